@@ -1,1 +1,17 @@
-//! gantry-oci
+//! OCI vocabulary shared by every Gantry component: content digests, image
+//! references, media types, and canonical JSON for manifests and configs.
+//!
+//! This crate does no I/O. Manifest, index and config types come from
+//! [`oci_spec`] (re-exported as [`spec`]); [`canonical_json`] serializes them
+//! with sorted object keys so that a manifest digest never depends on hash map
+//! iteration order.
+
+mod canonical;
+mod digest;
+pub mod media_types;
+mod reference;
+
+pub use canonical::{canonical_json, canonical_json_pretty, CanonicalJsonError};
+pub use digest::{Digest, DigestError, DigestHasher};
+pub use oci_spec::image as spec;
+pub use reference::{Reference, ReferenceError, DEFAULT_REGISTRY};
