@@ -42,17 +42,18 @@ impl LayerOptions {
 
 /// A source of already-compressed chunks (a build cache): given the sha256 of
 /// a chunk's uncompressed bytes, the gzip member made for it earlier with the
-/// same options. Returned bytes must be exactly what compression would give.
+/// same options, and that member's recorded id. A member whose bytes do not
+/// hash to the id is ignored and the chunk is compressed afresh.
 pub trait ChunkReuse: Sync {
-    /// The stored gzip member for these uncompressed bytes, if any.
-    fn lookup(&self, uncompressed: &Digest, uncompressed_len: u64) -> Option<Vec<u8>>;
+    /// The stored gzip member for these uncompressed bytes and its chunk id.
+    fn lookup(&self, uncompressed: &Digest, uncompressed_len: u64) -> Option<(Vec<u8>, Digest)>;
 }
 
 /// Compress everything afresh.
 pub struct NoReuse;
 
 impl ChunkReuse for NoReuse {
-    fn lookup(&self, _: &Digest, _: u64) -> Option<Vec<u8>> {
+    fn lookup(&self, _: &Digest, _: u64) -> Option<(Vec<u8>, Digest)> {
         None
     }
 }
@@ -167,14 +168,21 @@ fn compress_worker(level: u32, reuse: &dyn ChunkReuse, rx: Receiver<Work>, tx: S
     for item in rx {
         let result = item.and_then(|(seq, data)| {
             let uncompressed_digest = Digest::of(&data);
-            let (member, reused) = match reuse.lookup(&uncompressed_digest, data.len() as u64) {
-                Some(member) => (member, true),
-                None => (compressor.compress(&data)?, false),
+            let stored = reuse
+                .lookup(&uncompressed_digest, data.len() as u64)
+                .map(|(member, id)| (Digest::of(&member), member, id))
+                .filter(|(actual, _, id)| actual == id);
+            let (id, member, reused) = match stored {
+                Some((id, member, _)) => (id, member, true),
+                None => {
+                    let member = compressor.compress(&data)?;
+                    (Digest::of(&member), member, false)
+                }
             };
             let record = ChunkRecord {
                 compressed_len: member.len() as u64,
                 uncompressed_len: data.len() as u64,
-                id: Digest::of(&member),
+                id,
             };
             Ok((
                 seq,
@@ -324,9 +332,28 @@ mod tests {
 
     struct MapReuse(Mutex<std::collections::HashMap<Digest, Vec<u8>>>);
     impl ChunkReuse for MapReuse {
-        fn lookup(&self, d: &Digest, _: u64) -> Option<Vec<u8>> {
-            self.0.lock().unwrap().get(d).cloned()
+        fn lookup(&self, d: &Digest, _: u64) -> Option<(Vec<u8>, Digest)> {
+            self.0.lock().unwrap().get(d).cloned().map(|m| {
+                let id = Digest::of(&m);
+                (m, id)
+            })
         }
+    }
+
+    struct CorruptReuse;
+    impl ChunkReuse for CorruptReuse {
+        fn lookup(&self, _: &Digest, _: u64) -> Option<(Vec<u8>, Digest)> {
+            Some((b"garbage".to_vec(), Digest::of(b"something else")))
+        }
+    }
+
+    #[test]
+    fn corrupt_cached_chunks_are_not_used() {
+        let data = pseudo_random(300_000, 6);
+        let (blob, _) = write(&data, &NoReuse, 2);
+        let (again, layer) = write(&data, &CorruptReuse, 2);
+        assert_eq!(again, blob);
+        assert_eq!(layer.reused_bytes(), 0);
     }
 
     #[test]

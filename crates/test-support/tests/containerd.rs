@@ -1,0 +1,257 @@
+//! The Containerd helper against real containerd + runc, and the registry helper against
+//! real CNCF distribution, skopeo and `ctr images pull`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use gantry_test_support::{
+    assert_success, output_with_timeout, require_tool, tempdir, write_busybox_oci_layout,
+    write_mirror_hosts_toml, Containerd, DistributionRegistry,
+};
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn import_and_run_hello() {
+    let layout = tempdir();
+    let img = write_busybox_oci_layout(layout.path(), "latest");
+    let ctd = Containerd::start();
+    ctd.import_oci_layout(layout.path(), "gantry.test/busybox:latest");
+    assert_eq!(
+        ctd.image_digest("gantry.test/busybox:latest"),
+        img.manifest_digest
+    );
+
+    let out = ctd.run(
+        "gantry.test/busybox:latest",
+        &["/bin/sh", "-c", "echo hello-from-container"],
+    );
+    assert_success("ctr run", &out);
+    assert_eq!(stdout(&out), "hello-from-container\n");
+
+    // Exit status, stderr and the image's environment come through.
+    let out = ctd.run(
+        "gantry.test/busybox:latest",
+        &[
+            "/bin/sh",
+            "-c",
+            "echo $PATH; ls /bin/busybox; echo oops >&2; exit 7",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert_eq!(
+        stdout(&out),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/bin/busybox\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+
+    // Extra ctr run flags.
+    let out = ctd.run_with(
+        "gantry.test/busybox:latest",
+        &["--env", "GANTRY_X=42"],
+        &["/bin/sh", "-c", "echo x=$GANTRY_X"],
+    );
+    assert_success("ctr run --env", &out);
+    assert_eq!(stdout(&out), "x=42\n");
+}
+
+#[test]
+fn two_instances_at_once() {
+    let layout = tempdir();
+    write_busybox_oci_layout(layout.path(), "latest");
+    let handles: Vec<_> = (0..2)
+        .map(|i| {
+            let layout = layout.path().to_path_buf();
+            std::thread::spawn(move || {
+                let ctd = Containerd::start();
+                ctd.import_oci_layout(&layout, "gantry.test/twin:v1");
+                let mut outputs = Vec::new();
+                for round in 0..2 {
+                    let out = ctd.run(
+                        "gantry.test/twin:v1",
+                        &["/bin/sh", "-c", &format!("echo instance-{i}-round-{round}")],
+                    );
+                    assert_success("ctr run", &out);
+                    outputs.push(stdout(&out));
+                }
+                (ctd.address().to_path_buf(), outputs, ctd)
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_ne!(results[0].0, results[1].0, "distinct sockets");
+    for (i, (_, outputs, _)) in results.iter().enumerate() {
+        assert_eq!(
+            outputs,
+            &vec![
+                format!("instance-{i}-round-0\n"),
+                format!("instance-{i}-round-1\n")
+            ]
+        );
+    }
+}
+
+#[test]
+fn import_names_are_deterministic() {
+    let ctd = Containerd::start();
+
+    // A layout whose ref.name is a bare tag: ctr alone would call it import-<date>:v1.
+    let layout = tempdir();
+    let img = write_busybox_oci_layout(layout.path(), "v1");
+    ctd.import_oci_layout(layout.path(), "registry.gantry.test/games/arena:v1");
+    // The same layout imported under a second name.
+    ctd.import_oci_layout(layout.path(), "local/arena");
+    let listed = stdout(&ctd.ctr(&["images", "ls", "-q"]));
+    let mut names: Vec<&str> = listed.lines().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["local/arena", "registry.gantry.test/games/arena:v1"]
+    );
+    assert_eq!(ctd.image_digest("local/arena"), img.manifest_digest);
+
+    // A layout with two entries: the one whose ref.name is the requested tag is chosen.
+    let two = tempdir();
+    let a = write_busybox_oci_layout(two.path(), "a");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(two.path().join("index.json")).unwrap()).unwrap();
+    let mut other = index["manifests"][0].clone();
+    other["annotations"]["org.opencontainers.image.ref.name"] = "b".into();
+    // Point "b" at a distinct manifest blob: same content plus an annotation.
+    let hex = a.manifest_digest.strip_prefix("sha256:").unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(two.path().join("blobs/sha256").join(hex)).unwrap())
+            .unwrap();
+    manifest["annotations"] = serde_json::json!({"variant": "b"});
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    use sha2::Digest;
+    let b_hex = hex::encode(sha2::Sha256::digest(&bytes));
+    std::fs::write(two.path().join("blobs/sha256").join(&b_hex), &bytes).unwrap();
+    other["digest"] = format!("sha256:{b_hex}").into();
+    other["size"] = bytes.len().into();
+    index["manifests"].as_array_mut().unwrap().push(other);
+    std::fs::write(
+        two.path().join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    ctd.import_oci_layout(two.path(), "gantry.test/pick:b");
+    assert_eq!(
+        ctd.image_digest("gantry.test/pick:b"),
+        format!("sha256:{b_hex}")
+    );
+    ctd.import_oci_layout(two.path(), "gantry.test/pick:a");
+    assert_eq!(ctd.image_digest("gantry.test/pick:a"), a.manifest_digest);
+    let out = ctd.run("gantry.test/pick:b", &["/bin/echo", "picked"]);
+    assert_success("run picked image", &out);
+    assert_eq!(stdout(&out), "picked\n");
+}
+
+fn skopeo_push(layout: &Path, tag: &str, dest: &str) {
+    let skopeo = require_tool("skopeo");
+    let policy = layout.join("..").join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
+    let out = output_with_timeout(
+        std::process::Command::new(skopeo)
+            .arg("--policy")
+            .arg(&policy)
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{dest}")),
+        Duration::from_secs(120),
+    );
+    assert_success("skopeo copy", &out);
+}
+
+#[test]
+fn pull_from_registry_directly_and_through_hosts_dir() {
+    let registry = DistributionRegistry::start();
+    let work = tempdir();
+    let layout = work.path().join("layout");
+    let img = write_busybox_oci_layout(&layout, "latest");
+    let reference = format!("{}/gantry/busybox:latest", registry.host());
+    skopeo_push(&layout, "latest", &reference);
+
+    let ctd = Containerd::start();
+    let out = ctd.pull(&reference, None, true, None);
+    assert_success("ctr images pull --plain-http", &out);
+    assert_eq!(ctd.image_digest(&reference), img.manifest_digest);
+    let out = ctd.run(&reference, &["/bin/sh", "-c", "echo pulled-and-ran"]);
+    assert_success("run pulled image", &out);
+    assert_eq!(stdout(&out), "pulled-and-ran\n");
+
+    // A name that resolves nowhere, redirected by hosts.toml to the real registry.
+    let hosts = ctd.hosts_dir();
+    write_mirror_hosts_toml(
+        &hosts,
+        "registry.gantry.invalid",
+        "https://registry.gantry.invalid",
+        &registry.url(),
+    );
+    let mirrored = "registry.gantry.invalid/gantry/busybox:latest";
+    let out = ctd.pull(mirrored, Some(&hosts), false, None);
+    assert_success("ctr images pull --hosts-dir", &out);
+    assert_eq!(ctd.image_digest(mirrored), img.manifest_digest);
+
+    // A host with a port: its directory is named `host:port`. Port 1 has no listener, so
+    // only the mirror can answer.
+    write_mirror_hosts_toml(&hosts, "127.0.0.1:1", "http://127.0.0.1:1", &registry.url());
+    let ported = "127.0.0.1:1/gantry/busybox:latest";
+    let out = ctd.pull(ported, Some(&hosts), false, None);
+    assert_success("ctr images pull --hosts-dir (host:port)", &out);
+    assert_eq!(ctd.image_digest(ported), img.manifest_digest);
+
+    // Credentials are passed (this registry has no auth and ignores them).
+    let second = format!("{}/gantry/busybox:latest", registry.host());
+    let out = ctd.pull(&second, None, true, Some("user:secret"));
+    assert_success("ctr images pull --user", &out);
+}
+
+#[test]
+fn drop_cleans_up_containers_shims_and_dirs() {
+    let layout = tempdir();
+    write_busybox_oci_layout(layout.path(), "latest");
+    let ctd = Containerd::start().with_namespace("k8s.io");
+    assert_eq!(ctd.namespace(), "k8s.io");
+    ctd.import_oci_layout(layout.path(), "gantry.test/sleeper:latest");
+    // A detached container that would run for a long time.
+    let out = ctd.ctr(&[
+        "run",
+        "-d",
+        "gantry.test/sleeper:latest",
+        &format!("sleeper-{}", std::process::id()),
+        "/bin/sleep",
+        "600",
+    ]);
+    assert_success("ctr run -d", &out);
+    let tasks = stdout(&ctd.ctr(&["tasks", "ls"]));
+    assert!(tasks.contains("RUNNING"), "{tasks}");
+    let dir = ctd.dir().to_path_buf();
+    let sock = ctd.address().as_os_str().to_owned();
+    let start = Instant::now();
+    drop(ctd);
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "teardown took too long"
+    );
+    assert!(!dir.exists(), "temp dir removed");
+    // No process still names the socket (shim) and nothing is mounted under the dir.
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) {
+            use std::os::unix::ffi::OsStrExt;
+            assert!(
+                !cmdline.split(|b| *b == 0).any(|a| a == sock.as_bytes()),
+                "process {:?} still refers to {sock:?}",
+                p.file_name()
+            );
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(dir.to_str().unwrap()), "{mounts}");
+}

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Runs every Gantry test on a fresh Debian 12 machine: installs the real peers the tests use
+# (containerd + runc, skopeo, buildah, umoci, CNCF distribution, static busybox, iproute2),
+# then rustfmt, clippy and `cargo test --workspace`.
+#
+# Usage: bash scripts/test.sh        (as root; works with CI=true and no stdin)
+# Exits non-zero at the first failing step.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Debian puts runc and iproute2's `ip` in sbin; cargo may live in ~/.cargo/bin.
+export PATH="${HOME:-/root}/.cargo/bin:${PATH}:/usr/local/sbin:/usr/sbin:/sbin"
+export DEBIAN_FRONTEND=noninteractive
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+step() { printf '\n==> %s\n' "$*"; }
+fail() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }
+
+# Debian packages of the real peers the tests run against.
+PACKAGES=(
+  containerd        # containerd, ctr, containerd-shim-runc-v2
+  runc
+  skopeo
+  buildah
+  umoci
+  docker-registry   # CNCF distribution, reference registry
+  busybox-static    # /bin/busybox for test base images
+  iproute2          # ip netns, tc tbf for separate hosts / slow links
+)
+
+step "Checking privileges"
+if [[ "$(id -u)" != 0 ]]; then
+  fail "the tests start containerd, runc and network namespaces: run as root"
+fi
+
+step "Checking Debian packages: ${PACKAGES[*]}"
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$pkg")
+  fi
+done
+if ((${#missing[@]})); then
+  echo "missing: ${missing[*]}"
+  # Keep package scripts from starting services (docker-registry would take port 5000).
+  policy_added=""
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    policy_added=1
+  fi
+  cleanup_policy() { if [[ -n "${policy_added}" ]]; then rm -f /usr/sbin/policy-rc.d; fi; }
+  trap cleanup_policy EXIT
+  step "apt-get update"
+  apt-get update -q < /dev/null || fail "apt-get update"
+  step "apt-get install ${missing[*]}"
+  apt-get install -y -q --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    "${missing[@]}" < /dev/null || fail "apt-get install ${missing[*]}"
+  cleanup_policy
+  trap - EXIT
+else
+  echo "all installed"
+fi
+
+step "Checking tools"
+for tool in containerd ctr containerd-shim-runc-v2 runc skopeo buildah umoci docker-registry ip cargo; do
+  command -v "$tool" > /dev/null || fail "$tool not found on PATH ($PATH)"
+done
+[[ -x /bin/busybox ]] || fail "/bin/busybox (busybox-static) missing"
+containerd --version
+runc --version | head -n 1
+skopeo --version
+docker-registry --version
+cargo --version
+rustc --version
+
+if ! cargo fmt --version > /dev/null 2>&1 || ! cargo clippy --version > /dev/null 2>&1; then
+  if command -v rustup > /dev/null; then
+    step "rustup component add rustfmt clippy"
+    rustup component add rustfmt clippy < /dev/null || true
+  fi
+fi
+cargo fmt --version > /dev/null 2>&1 || fail "rustfmt is not installed (rustup component add rustfmt)"
+cargo clippy --version > /dev/null 2>&1 || fail "clippy is not installed (rustup component add clippy)"
+cargo fmt --version
+cargo clippy --version
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check || fail "formatting differs: run cargo fmt --all"
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings || fail "clippy"
+
+step "cargo test --workspace"
+cargo test --workspace < /dev/null || fail "cargo test"
+
+step "All checks passed"
