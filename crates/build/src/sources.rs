@@ -362,9 +362,11 @@ fn extract_archive(
             | tar::EntryType::GNULongLink => {
                 count -= 1;
             }
-            other => return Err(archive_err(format!(
+            other => {
+                return Err(archive_err(format!(
                 "member {raw:?} has unsupported type {other:?} (devices and FIFOs are not allowed)"
-            ))),
+            )))
+            }
         }
     }
     // Read to the end so a truncated or corrupt gzip trailer is noticed too.

@@ -1,0 +1,349 @@
+//! End-to-end builds checked with real peers: GNU tar and gzip read every
+//! layer, containerd + runc run the image, skopeo and umoci read the layout.
+
+mod common;
+
+use gantry_layer::ChunkIndex;
+use gantry_oci::{media_types, Digest};
+use gantry_test_support::{
+    assert_success, command, output_with_timeout, require_tool, tempdir, Containerd,
+};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+fn manifest(layout: &Path) -> serde_json::Value {
+    let l = gantry_build::OciLayout::open(layout).unwrap();
+    let r = l.resolve(None, "linux", "amd64").unwrap();
+    serde_json::from_slice(&r.bytes).unwrap()
+}
+
+fn layer_blobs(layout: &Path) -> Vec<(String, String, Option<Digest>)> {
+    let m = manifest(layout);
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let digest = d["digest"].as_str().unwrap().to_string();
+            let name = d["annotations"][media_types::ANNOTATION_LAYER_NAME]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let index = d["annotations"][media_types::ANNOTATION_CHUNK_INDEX]
+                .as_str()
+                .map(|s| s.parse().unwrap());
+            (name, digest, index)
+        })
+        .collect()
+}
+
+fn blob_path(layout: &Path, digest: &str) -> std::path::PathBuf {
+    layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+#[test]
+fn every_layer_is_a_gzip_tar_that_gnu_tar_lists_as_expected() {
+    let tmp = tempdir();
+    let game = common::small_game(&tmp.path().join("game"));
+    let out = common::build(&game, &tmp.path().join("image"), None);
+    let layout = out.layout.clone();
+    let layers = layer_blobs(&layout);
+    assert_eq!(
+        layers.iter().map(|l| l.0.as_str()).collect::<Vec<_>>(),
+        ["base-rootfs", "engine", "runtime", "assets"]
+    );
+    let tar_bin = require_tool("tar");
+    let mut listed = Vec::new();
+    for (name, digest, index) in &layers {
+        let path = blob_path(&layout, digest);
+        let o = output_with_timeout(
+            &mut command(&tar_bin, &["-tzvf".as_ref(), path.as_os_str()]),
+            Duration::from_secs(60),
+        );
+        assert_success(format!("tar -tz of layer {name}"), &o);
+        listed.push(String::from_utf8(o.stdout).unwrap());
+        // The chunk index matches the blob chunk by chunk.
+        let index = ChunkIndex::from_blob(
+            &std::fs::read(blob_path(&layout, &index.unwrap().to_string())).unwrap(),
+        )
+        .unwrap();
+        let blob = std::fs::read(&path).unwrap();
+        assert_eq!(index.layer_digest.to_string(), *digest);
+        assert_eq!(index.layer_size, blob.len() as u64);
+        for c in index.chunks_with_offsets() {
+            let member = &blob[c.compressed_offset as usize
+                ..(c.compressed_offset + c.record.compressed_len) as usize];
+            assert_eq!(
+                Digest::of(member),
+                c.record.id,
+                "layer {name} chunk {}",
+                c.index
+            );
+        }
+        // diff_id is the sha256 of what gzip -d gives.
+        let o = output_with_timeout(
+            &mut command("gzip", &["-dc".as_ref(), path.as_os_str()]),
+            Duration::from_secs(60),
+        );
+        assert_success("gzip -dc", &o);
+        assert_eq!(Digest::of(&o.stdout), index.diff_id);
+    }
+    let names = |listing: &str| -> Vec<String> {
+        listing
+            .lines()
+            .map(|l| l.split_whitespace().last().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&listed[1]),
+        [
+            "Engine/",
+            "Engine/launcher",
+            "Engine/lib/",
+            "Engine/lib/libgame.so"
+        ]
+    );
+    assert_eq!(names(&listed[2]), ["start.sh"]);
+    assert_eq!(
+        names(&listed[3]),
+        [
+            "Engine/",
+            "Engine/game.cfg",
+            "Engine/levels/",
+            "Engine/levels/level1.pak"
+        ]
+    );
+    // Fixed metadata: uid/gid 0, the build's epoch, modes kept.
+    assert!(listed[2].starts_with("-rwxr-xr-x 0/0"), "{}", listed[2]);
+    assert!(
+        listed[3].contains("2023-11-14"),
+        "mtime should be SOURCE_DATE_EPOCH: {}",
+        listed[3]
+    );
+    assert!(listed[0].contains("bin/busybox"));
+}
+
+#[test]
+fn same_inputs_give_the_same_digest_on_rebuild_and_after_copying() {
+    let tmp = tempdir();
+    let game = common::small_game(&tmp.path().join("game"));
+    let first = common::build(&game, &tmp.path().join("a"), None);
+    let cached = common::build(
+        &game,
+        &tmp.path().join("b"),
+        Some(&tmp.path().join("cache")),
+    );
+    let cached_again = common::build(
+        &game,
+        &tmp.path().join("c"),
+        Some(&tmp.path().join("cache")),
+    );
+    assert_eq!(first.manifest_digest, cached.manifest_digest);
+    assert_eq!(first.manifest_digest, cached_again.manifest_digest);
+    assert!(cached_again.layers.iter().all(|l| l.source == "cached"));
+    // A copy has new inodes, new mtimes and a different directory order.
+    let copy = tmp.path().join("copy");
+    common::copy_dir(&game, &copy);
+    std::fs::write(copy.join("assets/zz-new"), b"x").unwrap();
+    std::fs::remove_file(copy.join("assets/zz-new")).unwrap();
+    let moved = common::build(&copy, &tmp.path().join("d"), None);
+    assert_eq!(first.manifest_digest, moved.manifest_digest);
+    for (a, b) in first.layers.iter().zip(&moved.layers) {
+        assert_eq!(a.digest, b.digest, "layer {}", a.name);
+    }
+    // And with a different cache state the blobs are byte-identical too.
+    for l in &first.layers {
+        let a = std::fs::read(blob_path(&first.layout, &l.digest.to_string())).unwrap();
+        let b = std::fs::read(blob_path(&moved.layout, &l.digest.to_string())).unwrap();
+        assert_eq!(a, b);
+    }
+}
+
+#[test]
+fn chunk_ids_of_unchanged_regions_survive_an_update() {
+    let tmp = tempdir();
+    let game = tmp.path().join("game");
+    gantry_sample_game::generate(
+        &game,
+        &gantry_sample_game::SampleSpec {
+            scale_bytes: 12_000_000,
+            seed: 7,
+        },
+    )
+    .unwrap();
+    let v1 = common::build(&game, &tmp.path().join("v1"), None);
+    gantry_sample_game::update(
+        &game,
+        &gantry_sample_game::UpdateSpec {
+            bytes: 300_000,
+            seed: 7,
+            kind: gantry_sample_game::UpdateKind::Assets,
+        },
+    )
+    .unwrap();
+    let v2 = common::build(
+        &game,
+        &tmp.path().join("v2"),
+        Some(&tmp.path().join("cache")),
+    );
+    let index = |out: &gantry_build::BuildOutput, name: &str| {
+        let l = out.layers.iter().find(|l| l.name == name).unwrap();
+        ChunkIndex::from_blob(
+            &std::fs::read(blob_path(&out.layout, &l.chunk_index.unwrap().to_string())).unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        index(&v1, "engine").layer_digest,
+        index(&v2, "engine").layer_digest,
+        "engine untouched by an asset update"
+    );
+    let old: BTreeSet<Digest> = index(&v1, "paks").chunks.iter().map(|c| c.id).collect();
+    let new = index(&v2, "paks");
+    assert_ne!(new.layer_digest, index(&v1, "paks").layer_digest);
+    let kept: u64 = new
+        .chunks
+        .iter()
+        .filter(|c| old.contains(&c.id))
+        .map(|c| c.uncompressed_len)
+        .sum();
+    let share = kept as f64 / new.uncompressed_size as f64;
+    assert!(
+        share > 0.7,
+        "only {:.0}% of the new paks layer is in chunks v1 already had",
+        share * 100.0
+    );
+}
+
+#[test]
+fn containerd_runs_a_command_from_the_built_image() {
+    let tmp = tempdir();
+    let game = common::small_game(&tmp.path().join("game"));
+    let out = common::build(&game, &tmp.path().join("image"), None);
+    let containerd = Containerd::start();
+    containerd.import_oci_layout(&out.layout, "localhost/smallgame:v1");
+    assert_eq!(
+        containerd.image_digest("localhost/smallgame:v1"),
+        out.manifest_digest.to_string()
+    );
+    let o = containerd.run("localhost/smallgame:v1", &[]);
+    assert_success("running the entrypoint", &o);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "game server up, cfg: sv_maxplayers=16"
+    );
+    let o = containerd.run(
+        "localhost/smallgame:v1",
+        &[
+            "/bin/sh",
+            "-c",
+            "ls -l /Engine/lib/libgame.so | awk '{print $5}'; echo $GAME",
+        ],
+    );
+    assert_success("ls in the container", &o);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["90000", "small"]
+    );
+}
+
+#[test]
+fn skopeo_and_umoci_read_the_layout() {
+    let tmp = tempdir();
+    let game = common::small_game(&tmp.path().join("game"));
+    let out = common::build(&game, &tmp.path().join("image"), None);
+    let layout_ref = format!("oci:{}:v1", out.layout.display());
+    let o = output_with_timeout(
+        &mut command(require_tool("skopeo"), &["inspect", "--raw", &layout_ref]),
+        Duration::from_secs(60),
+    );
+    assert_success("skopeo inspect --raw", &o);
+    assert_eq!(Digest::of(&o.stdout), out.manifest_digest);
+    let o = output_with_timeout(
+        &mut command(require_tool("skopeo"), &["inspect", &layout_ref]),
+        Duration::from_secs(60),
+    );
+    assert_success("skopeo inspect", &o);
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(info["Layers"].as_array().unwrap().len(), 4);
+    // skopeo copies it, verifying every blob, to a fresh layout.
+    let copy = format!("oci:{}:copied", tmp.path().join("copy").display());
+    let o = output_with_timeout(
+        &mut command(require_tool("skopeo"), &["copy", &layout_ref, &copy]),
+        Duration::from_secs(120),
+    );
+    assert_success("skopeo copy", &o);
+    // umoci unpacks it into a runtime bundle.
+    let bundle = tmp.path().join("bundle");
+    let image = format!("{}:v1", out.layout.display());
+    let o = output_with_timeout(
+        &mut command(
+            require_tool("umoci"),
+            &[
+                "unpack".as_ref(),
+                "--image".as_ref(),
+                image.as_ref(),
+                bundle.as_os_str(),
+            ],
+        ),
+        Duration::from_secs(120),
+    );
+    assert_success("umoci unpack", &o);
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/Engine/game.cfg")).unwrap(),
+        "sv_maxplayers=16\n"
+    );
+    assert_eq!(
+        std::fs::metadata(bundle.join("rootfs/Engine/lib/libgame.so"))
+            .unwrap()
+            .len(),
+        90_000
+    );
+}
+
+#[test]
+fn base_image_from_a_layout_is_reused_unchanged() {
+    let tmp = tempdir();
+    let base = tmp.path().join("base");
+    let busybox = gantry_test_support::write_busybox_oci_layout(&base, "1.0");
+    let game = tmp.path().join("game");
+    std::fs::create_dir_all(&game).unwrap();
+    std::fs::write(game.join("hello.txt"), "hello from a layered image\n").unwrap();
+    std::fs::write(
+        game.join("gantry.toml"),
+        r#"
+[image]
+name = "layered"
+[base]
+layout = "../base"
+tag = "1.0"
+[config]
+cmd = ["cat", "/srv/hello.txt"]
+[[layers]]
+name = "data"
+[[layers.sources]]
+file = "hello.txt"
+dest = "/srv/"
+"#,
+    )
+    .unwrap();
+    let out = common::build(&game, &tmp.path().join("image"), None);
+    assert_eq!(
+        out.layers[0].digest,
+        busybox.layer_digest.parse::<Digest>().unwrap()
+    );
+    assert_eq!(out.layers[0].source, "base");
+    let containerd = Containerd::start();
+    containerd.import_oci_layout(&out.layout, "localhost/layered:latest");
+    let o = containerd.run("localhost/layered:latest", &[]);
+    assert_success("cat from layered image", &o);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "hello from a layered image\n"
+    );
+}
