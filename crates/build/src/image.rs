@@ -275,7 +275,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn BuildProgress) -> Result<BuildO
         .map_err(|e| BuildError::Spec(e.to_string()))?;
 
     // Chunk-index referrer artifact (subject: the image manifest).
-    let referrer_digest = if index_descriptors.is_empty() {
+    let referrer = if index_descriptors.is_empty() {
         None
     } else {
         let empty = writer.put_bytes(media_types::EMPTY_JSON)?;
@@ -297,17 +297,31 @@ pub fn build(opts: &BuildOptions, progress: &dyn BuildProgress) -> Result<BuildO
             .map_err(|e| BuildError::Spec(e.to_string()))?;
         let bytes = gantry_oci::canonical_json("referrer manifest", &referrer)
             .map_err(|e| BuildError::Spec(e.to_string()))?;
-        Some(writer.put_bytes(&bytes)?)
+        Some((writer.put_bytes(&bytes)?, bytes.len() as u64))
     };
 
     let mut tagged = manifest_desc_plain.clone();
     let mut ann = HashMap::new();
     ann.insert(media_types::ANNOTATION_REF_NAME.to_string(), tag.clone());
     tagged.set_annotations(Some(ann));
+    // The referrer is listed untagged with its artifactType, as `oras attach
+    // --oci-layout` does, so layout-aware tools can discover it.
+    let mut manifests = vec![tagged];
+    if let Some((digest, size)) = referrer {
+        manifests.push(
+            DescriptorBuilder::default()
+                .media_type(MediaType::ImageManifest)
+                .digest(digest.to_oci())
+                .size(size)
+                .artifact_type(MediaType::Other(media_types::CHUNK_INDEX_ARTIFACT.into()))
+                .build()
+                .map_err(|e| BuildError::Spec(e.to_string()))?,
+        );
+    }
     let index = ImageIndexBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageIndex)
-        .manifests(vec![tagged])
+        .manifests(manifests)
         .build()
         .map_err(|e| BuildError::Spec(e.to_string()))?;
     let layout = writer.commit(&index)?;
@@ -319,7 +333,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn BuildProgress) -> Result<BuildO
         manifest_digest,
         manifest_size: manifest_bytes.len() as u64,
         config_digest,
-        referrer_digest,
+        referrer_digest: referrer.map(|r| r.0),
         layout,
         image: format!("{}:{tag}", spec.image.name),
         tag,

@@ -229,6 +229,35 @@ fn containerd_runs_a_command_from_the_built_image() {
         containerd.image_digest("localhost/smallgame:v1"),
         out.manifest_digest.to_string()
     );
+    // Stock `ctr images import` of the untouched layout (which also lists the
+    // chunk-index referrer) imports the tagged image.
+    let archive = tmp.path().join("layout.tar");
+    let o = output_with_timeout(
+        &mut command(
+            require_tool("tar"),
+            &[
+                "-C".as_ref(),
+                out.layout.as_os_str(),
+                "-cf".as_ref(),
+                archive.as_os_str(),
+                ".".as_ref(),
+            ],
+        ),
+        Duration::from_secs(60),
+    );
+    assert_success("tar of the layout", &o);
+    let o = containerd.ctr(&[
+        "images".as_ref(),
+        "import".as_ref(),
+        "--base-name".as_ref(),
+        "localhost/stock".as_ref(),
+        archive.as_os_str(),
+    ]);
+    assert_success("ctr images import", &o);
+    assert_eq!(
+        containerd.image_digest("localhost/stock:v1"),
+        out.manifest_digest.to_string()
+    );
     let o = containerd.run("localhost/smallgame:v1", &[]);
     assert_success("running the entrypoint", &o);
     assert_eq!(
@@ -257,6 +286,25 @@ fn skopeo_and_umoci_read_the_layout() {
     let tmp = tempdir();
     let game = common::small_game(&tmp.path().join("game"));
     let out = common::build(&game, &tmp.path().join("image"), None);
+    // index.json lists the image by tag and the chunk-index referrer untagged.
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.layout.join("index.json")).unwrap()).unwrap();
+    let referrer = &index["manifests"][1];
+    assert_eq!(referrer["artifactType"], media_types::CHUNK_INDEX_ARTIFACT);
+    assert_eq!(referrer["digest"], out.referrer_digest.unwrap().to_string());
+    let referrer: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob_path(
+            &out.layout,
+            &out.referrer_digest.unwrap().to_string(),
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        referrer["subject"]["digest"],
+        out.manifest_digest.to_string()
+    );
+    assert_eq!(referrer["layers"].as_array().unwrap().len(), 4);
     let layout_ref = format!("oci:{}:v1", out.layout.display());
     let o = output_with_timeout(
         &mut command(require_tool("skopeo"), &["inspect", "--raw", &layout_ref]),

@@ -1,1 +1,48 @@
-fn main() {}
+//! The `gantry` command: argument parsing, progress and output formats.
+//! Every capability lives in a library crate; this binary only wires them.
+
+mod commands;
+mod progress;
+
+use clap::{Parser, Subcommand};
+
+/// Build game-server images and ship each update as only the bytes that changed.
+#[derive(Parser)]
+#[command(name = "gantry", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build an OCI image layout from a game repository's gantry.toml.
+    Build(commands::build::BuildArgs),
+    /// Show an image layout's manifest, layers and chunk indexes.
+    Inspect(commands::inspect::InspectArgs),
+    /// Generate the deterministic sample game repository (or its next version).
+    SampleGame(commands::sample_game::SampleGameArgs),
+    /// Run the end-to-end demo on a generated sample game.
+    Demo(commands::demo::DemoArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build(args) => commands::build::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::SampleGame(args) => commands::sample_game::run(args),
+        Command::Demo(args) => commands::demo::run(args),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
