@@ -143,7 +143,7 @@ BUSYBOX=/bin/busybox
 
 log "building gantry (cargo build --release)"
 (cd "$REPO" && "${CARGO:-cargo}" build --release --quiet -p gantry-cli) || die "cargo build failed"
-GANTRY="$REPO/target/release/gantry"
+GANTRY="${CARGO_TARGET_DIR:-$REPO/target}/release/gantry"
 [[ -x "$GANTRY" ]] || die "no $GANTRY after the build"
 
 # ---------------------------------------------------------------------------------------------

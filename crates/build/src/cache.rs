@@ -39,8 +39,10 @@ pub struct CachedLayer {
 #[derive(Serialize, Deserialize)]
 struct ChunkMap {
     blob: Digest,
-    /// (uncompressed sha256, offset in blob, compressed length, chunk id)
-    chunks: Vec<(Digest, u64, u64, Digest)>,
+    /// (uncompressed sha256, offset in blob, compressed length, chunk id, uncompressed length)
+    chunks: Vec<(Digest, u64, u64, Digest, u64)>,
+    /// Segments with a reuse key, and the chunks (indices into `chunks`) they were cut into.
+    segments: Vec<(Digest, Vec<u32>)>,
 }
 
 /// A cache directory (default `~/.cache/gantry/build`).
@@ -93,12 +95,14 @@ impl BuildCache {
         }
     }
 
-    /// Records a finished layer and the chunk map of its blob.
+    /// Records a finished layer, the chunk map of its blob and how each
+    /// keyed segment (see [`gantry_layer::Segment::reuse_key`]) was cut.
     pub fn record_layer(
         &self,
         fingerprint: &Digest,
         layer: &CachedLayer,
         written: &WrittenLayer,
+        segment_keys: &[Option<Digest>],
     ) -> Result<(), BuildError> {
         let mut offset = 0;
         let chunks = written
@@ -110,14 +114,29 @@ impl BuildCache {
                     offset,
                     c.record.compressed_len,
                     c.record.id,
+                    c.record.uncompressed_len,
                 );
                 offset += c.record.compressed_len;
                 entry
             })
             .collect();
+        // Chunk lists by reuse key: whole large files (metadata keys) and
+        // regions of large files (content keys).
+        let mut by_key: HashMap<Digest, Vec<u32>> = HashMap::new();
+        for (i, c) in written.chunks.iter().enumerate() {
+            if let Some(key) = segment_keys.get(c.segment).copied().flatten() {
+                by_key.entry(key).or_default().push(i as u32);
+            }
+            if let Some(key) = c.region_key {
+                by_key.entry(key).or_default().push(i as u32);
+            }
+        }
+        let mut segments: Vec<(Digest, Vec<u32>)> = by_key.into_iter().collect();
+        segments.sort_by_key(|(key, idx)| (idx.first().copied(), *key));
         let map = ChunkMap {
             blob: layer.digest,
             chunks,
+            segments,
         };
         self.write_json(&self.chunk_map_path(&layer.name), &map)?;
         self.write_json(
@@ -153,19 +172,32 @@ impl BuildCache {
             let map: ChunkMap =
                 serde_json::from_slice(&fs::read(self.chunk_map_path(layer_name)).ok()?).ok()?;
             let file = fs::File::open(self.blob_path(&map.blob)).ok()?;
+            let segments = map
+                .segments
+                .iter()
+                .filter_map(|(key, idx)| {
+                    let list: Option<Vec<(u64, Digest)>> = idx
+                        .iter()
+                        .map(|i| map.chunks.get(*i as usize).map(|c| (c.4, c.0)))
+                        .collect();
+                    Some((*key, list?))
+                })
+                .collect();
             let chunks = map
                 .chunks
                 .into_iter()
-                .map(|(u, off, len, id)| (u, (off, len, id)))
+                .map(|(u, off, len, id, _)| (u, (off, len, id)))
                 .collect();
             Some(CachedChunks {
                 file: Some(file),
                 chunks,
+                segments,
             })
         };
         load().unwrap_or(CachedChunks {
             file: None,
             chunks: HashMap::new(),
+            segments: HashMap::new(),
         })
     }
 
@@ -232,6 +264,7 @@ fn filetime_touch(path: &Path) -> std::io::Result<()> {
 pub struct CachedChunks {
     file: Option<fs::File>,
     chunks: HashMap<Digest, (u64, u64, Digest)>,
+    segments: HashMap<Digest, Vec<(u64, Digest)>>,
 }
 
 impl CachedChunks {
@@ -253,5 +286,9 @@ impl ChunkReuse for CachedChunks {
         let mut buf = vec![0u8; usize::try_from(len).ok()?];
         file.read_exact_at(&mut buf, offset).ok()?;
         Some((buf, id))
+    }
+
+    fn segment_chunks(&self, reuse_key: &Digest) -> Option<Vec<(u64, Digest)>> {
+        self.segments.get(reuse_key).cloned()
     }
 }

@@ -6,7 +6,7 @@ use crate::error::BuildError;
 use crate::layout::{LayoutWriter, OciLayout};
 use crate::sources::{fingerprint_layer, resolve_layer};
 use crate::spec::{BuildSpec, LayerSpec, SourceSpec};
-use gantry_layer::{ChunkerParams, LayerOptions, NoReuse, TarOptions, TarStream};
+use gantry_layer::{ChunkReuse, ChunkerParams, LayerOptions, NoReuse, SegmentPlan, TarOptions};
 use gantry_oci::spec::{
     Config, DescriptorBuilder, History, ImageConfiguration, ImageIndexBuilder, ImageManifest,
     ImageManifestBuilder, MediaType, RootFs,
@@ -128,6 +128,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn BuildProgress) -> Result<BuildO
             min: spec.chunking.min,
             avg: spec.chunking.avg,
             max: spec.chunking.max,
+            large_file_scale: spec.chunking.large_file_scale,
         },
         gzip_level: spec.chunking.gzip_level,
         threads: opts.threads.max(1),
@@ -404,17 +405,27 @@ fn build_layer(
     let blob_tmp = tempfile::NamedTempFile::new_in(&scratch_parent)
         .map_err(BuildError::io(&scratch_parent))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, blob_tmp.as_file());
-    let stream = TarStream::new(resolved.entries, tar_options);
+    // Files (and pak entries) of at least one average chunk get chunk
+    // boundaries of their own; see gantry_layer::SegmentPlan.
+    let plan = SegmentPlan::new(
+        resolved.entries,
+        tar_options,
+        u64::from(options.chunker.avg),
+    )
+    .map_err(|source| BuildError::Layer {
+        layer: layer.name.clone(),
+        source,
+    })?;
+    let segment_keys: Vec<Option<Digest>> = plan.segments.iter().map(|s| s.reuse_key).collect();
     let reuse = cache.as_ref().map(|c| c.chunk_reuse(&layer.name));
     let name = layer.name.as_str();
-    let written = match &reuse {
-        Some(r) => gantry_layer::write_layer(stream, &mut out, options, r, &|done| {
-            progress.layer_progress(name, done)
-        }),
-        None => gantry_layer::write_layer(stream, &mut out, options, &NoReuse, &|done| {
-            progress.layer_progress(name, done)
-        }),
-    }
+    let reuse: &dyn ChunkReuse = match &reuse {
+        Some(r) => r,
+        None => &NoReuse,
+    };
+    let written = gantry_layer::write_layer(plan, &mut out, options, reuse, &|done| {
+        progress.layer_progress(name, done)
+    })
     .map_err(|source| BuildError::Layer {
         layer: layer.name.clone(),
         source,
@@ -450,7 +461,7 @@ fn build_layer(
                 index_digest,
                 index_size: index_blob.len() as u64,
             };
-            cache.record_layer(&fingerprint, &cached, &written)?;
+            cache.record_layer(&fingerprint, &cached, &written, &segment_keys)?;
         }
         None => {
             let blob_path = writer.blob_path(&written.digest);

@@ -104,6 +104,8 @@ pub struct ChunkingSection {
     pub max: u32,
     /// gzip level of each chunk.
     pub gzip_level: u32,
+    /// Chunk size multiplier for files (and pak entries) of at least `avg` bytes.
+    pub large_file_scale: u32,
 }
 
 impl Default for ChunkingSection {
@@ -114,6 +116,7 @@ impl Default for ChunkingSection {
             avg: c.avg,
             max: c.max,
             gzip_level: gantry_layer::DEFAULT_GZIP_LEVEL,
+            large_file_scale: c.large_file_scale,
         }
     }
 }
@@ -316,6 +319,7 @@ impl BuildSpec {
             min: self.chunking.min,
             avg: self.chunking.avg,
             max: self.chunking.max,
+            large_file_scale: self.chunking.large_file_scale,
         }
         .validate()
         .map_err(|e| BuildError::Spec(format!("[chunking]: {e}")))?;

@@ -12,6 +12,11 @@ pub struct ChunkerParams {
     pub avg: u32,
     /// Largest chunk, bytes.
     pub max: u32,
+    /// Files of at least `avg` bytes get chunk boundaries of their own (as do
+    /// large entries inside zip/pak archives) and are cut with min, avg and
+    /// max multiplied by this: a changed entry is replaced whole anyway, and
+    /// larger chunks compress better.
+    pub large_file_scale: u32,
 }
 
 impl Default for ChunkerParams {
@@ -20,6 +25,7 @@ impl Default for ChunkerParams {
             min: 16 * 1024,
             avg: 64 * 1024,
             max: 256 * 1024,
+            large_file_scale: 4,
         }
     }
 }
@@ -32,6 +38,8 @@ impl ChunkerParams {
             && (1024..=16_777_216).contains(&self.max)
             && self.min <= self.avg
             && self.avg <= self.max
+            && (1..=64).contains(&self.large_file_scale)
+            && u64::from(self.max) * u64::from(self.large_file_scale) <= 16_777_216
             && self.min.is_multiple_of(2)
             && self.avg.is_multiple_of(2)
             && self.max.is_multiple_of(2);
@@ -39,8 +47,9 @@ impl ChunkerParams {
             Ok(())
         } else {
             Err(LayerError::Index(format!(
-                "chunker parameters min={} avg={} max={} are outside FastCDC's bounds (64 ≤ min ≤ avg ≤ max, even, max ≤ 16 MiB)",
-                self.min, self.avg, self.max
+                "chunker parameters min={} avg={} max={} large_file_scale={} are outside FastCDC's bounds \
+                 (64 ≤ min ≤ avg ≤ max, even, max × large_file_scale ≤ 16 MiB, scale 1–64)",
+                self.min, self.avg, self.max, self.large_file_scale
             )))
         }
     }

@@ -10,6 +10,7 @@ mod entry;
 mod error;
 mod index;
 mod pipeline;
+mod segment;
 mod tar_stream;
 
 pub use compress::{gunzip_all, GzipChunkCompressor, DEFAULT_GZIP_LEVEL, DEFLATE_IMPLEMENTATION};
@@ -17,4 +18,5 @@ pub use entry::{EntryKind, FileData, ImagePath, LayerEntry};
 pub use error::LayerError;
 pub use index::{ChunkIndex, ChunkRecord, ChunkerParams, CompressionParams, IndexedChunk};
 pub use pipeline::{write_layer, ChunkReuse, LayerOptions, NoReuse, WrittenChunk, WrittenLayer};
+pub use segment::{Segment, SegmentPlan};
 pub use tar_stream::{TarOptions, TarStream};

@@ -1,6 +1,5 @@
-use crate::entry::{EntryKind, FileData, LayerEntry};
+use crate::entry::{EntryKind, LayerEntry};
 use crate::error::LayerError;
-use std::fs::File;
 use std::io::{self, Read};
 
 /// Fixed metadata stamped on every entry of a deterministic tar.
@@ -16,88 +15,65 @@ const USTAR_MAX_SIZE: u64 = 0o777_7777_7777;
 
 /// A `Read` producing the tar of a sorted list of entries, byte for byte the
 /// same for the same entries on any machine: ustar headers, PAX records only
-/// for long names or huge files, fixed mtime, no user or group names.
+/// for long names or huge files, fixed mtime, no user or group names. The
+/// chunking pipeline reads the same bytes through a [`crate::SegmentPlan`].
 pub struct TarStream {
-    entries: std::vec::IntoIter<LayerEntry>,
-    options: TarOptions,
-    /// Bytes ready to hand out (headers, padding, in-memory data).
-    pending: Vec<u8>,
-    pending_pos: usize,
-    /// The file being streamed, its path and the bytes still owed.
-    current: Option<(File, std::path::PathBuf, u64, u64)>,
-    finished: bool,
+    inner: Result<crate::segment::PieceReader, Option<LayerError>>,
 }
 
 impl TarStream {
     /// Streams `entries` in the order given; callers sort them first.
     pub fn new(entries: Vec<LayerEntry>, options: TarOptions) -> Self {
-        TarStream {
-            entries: entries.into_iter(),
-            options,
-            pending: Vec::new(),
-            pending_pos: 0,
-            current: None,
-            finished: false,
-        }
-    }
-
-    fn next_entry(&mut self) -> Result<bool, LayerError> {
-        self.pending.clear();
-        self.pending_pos = 0;
-        let Some(entry) = self.entries.next() else {
-            if !self.finished {
-                self.finished = true;
-                self.pending.resize(2 * BLOCK, 0);
-                return Ok(true);
-            }
-            return Ok(false);
-        };
-        let (size, link) = match &entry.kind {
-            EntryKind::File { size, .. } => (*size, None),
-            EntryKind::Symlink { target } => (0, Some(target.as_str())),
-            EntryKind::Directory => (0, None),
-        };
-        let mut name = entry.path.as_str().to_string();
-        if matches!(entry.kind, EntryKind::Directory) {
-            name.push('/');
-        }
-        write_header(
-            &mut self.pending,
-            &entry,
-            &name,
-            link,
-            size,
-            self.options.mtime,
-        )?;
-        match entry.kind {
-            EntryKind::File {
-                data: FileData::Bytes(bytes),
-                size,
-            } => {
-                if bytes.len() as u64 != size {
-                    return Err(LayerError::SourceChanged {
-                        path: entry.path.as_str().into(),
-                        expected: size,
-                    });
-                }
-                self.pending.extend_from_slice(&bytes);
-                pad(&mut self.pending, size);
-            }
-            EntryKind::File {
-                data: FileData::Disk(path),
-                size,
-            } => {
-                let file = File::open(&path).map_err(|source| LayerError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                self.current = Some((file, path, size, size));
-            }
-            _ => {}
-        }
-        Ok(true)
+        let inner = crate::segment::SegmentPlan::new(entries, options, u64::MAX)
+            .map(|plan| {
+                crate::segment::PieceReader::new(
+                    plan.segments.into_iter().flat_map(|s| s.pieces).collect(),
+                )
+            })
+            .map_err(Some);
+        TarStream { inner }
     }
 }
+
+impl Read for TarStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            Ok(reader) => reader.read(buf),
+            Err(e) => Err(io::Error::other(
+                e.take()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "tar stream failed".into()),
+            )),
+        }
+    }
+}
+
+/// The bytes that precede an entry's data: an optional PAX header and the
+/// ustar header.
+pub(crate) fn entry_header(entry: &LayerEntry, options: TarOptions) -> Result<Vec<u8>, LayerError> {
+    let (size, link) = match &entry.kind {
+        EntryKind::File { size, .. } => (*size, None),
+        EntryKind::Symlink { target } => (0, Some(target.as_str())),
+        EntryKind::Directory => (0, None),
+    };
+    let mut name = entry.path.as_str().to_string();
+    if matches!(entry.kind, EntryKind::Directory) {
+        name.push('/');
+    }
+    let mut out = Vec::with_capacity(BLOCK);
+    write_header(&mut out, entry, &name, link, size, options.mtime)?;
+    Ok(out)
+}
+
+/// Zero bytes that pad `size` bytes of data to a whole tar block.
+pub(crate) fn padding(size: u64) -> Vec<u8> {
+    let mut v = Vec::new();
+    pad(&mut v, size);
+    v
+}
+
+/// The two zero blocks that end a tar.
+pub(crate) const END_OF_ARCHIVE: [u8; 2 * BLOCK] = [0; 2 * BLOCK];
 
 fn pad(buf: &mut Vec<u8>, size: u64) {
     let rem = (size % BLOCK as u64) as usize;
@@ -196,48 +172,10 @@ fn set_name(h: &mut tar::Header, name: &[u8]) -> Result<(), LayerError> {
     Ok(())
 }
 
-impl Read for TarStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if self.pending_pos < self.pending.len() {
-                let n = buf.len().min(self.pending.len() - self.pending_pos);
-                buf[..n].copy_from_slice(&self.pending[self.pending_pos..self.pending_pos + n]);
-                self.pending_pos += n;
-                return Ok(n);
-            }
-            if let Some((file, path, size, remaining)) = &mut self.current {
-                if *remaining > 0 {
-                    let want = buf
-                        .len()
-                        .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
-                    let n = file.read(&mut buf[..want])?;
-                    if n == 0 {
-                        return Err(io::Error::other(LayerError::SourceChanged {
-                            path: path.clone(),
-                            expected: *size,
-                        }));
-                    }
-                    *remaining -= n as u64;
-                    return Ok(n);
-                }
-                let size = *size;
-                self.current = None;
-                self.pending.clear();
-                self.pending_pos = 0;
-                pad(&mut self.pending, size);
-                continue;
-            }
-            if !self.next_entry().map_err(io::Error::other)? {
-                return Ok(0);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::ImagePath;
+    use crate::entry::{FileData, ImagePath};
     use std::sync::Arc;
 
     fn file(path: &str, content: &[u8]) -> LayerEntry {

@@ -1,0 +1,409 @@
+//! Splits a layer's tar stream into segments at entry boundaries, so that
+//! chunks never span two large files (or two large entries of a pak/zip
+//! archive). A change to one file or one archive entry then changes only the
+//! chunks of that file or entry, whatever its neighbours do; and an
+//! unchanged file's chunks can be known from a cache without re-chunking it.
+
+use crate::entry::{EntryKind, FileData, LayerEntry};
+use crate::error::LayerError;
+use crate::tar_stream::{entry_header, padding, TarOptions, END_OF_ARCHIVE};
+use gantry_oci::{Digest, DigestHasher};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A piece of the tar stream: literal bytes or a region of a file on disk.
+#[derive(Clone, Debug)]
+pub(crate) enum Piece {
+    Bytes(Arc<[u8]>),
+    File {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl Piece {
+    fn len(&self) -> u64 {
+        match self {
+            Piece::Bytes(b) => b.len() as u64,
+            Piece::File { len, .. } => *len,
+        }
+    }
+}
+
+/// A run of the tar stream that chunking treats on its own: chunks end at
+/// the segment's end and at each of its `cuts`.
+#[derive(Clone, Debug)]
+pub struct Segment {
+    pub(crate) pieces: Vec<Piece>,
+    /// Length in bytes.
+    pub len: u64,
+    /// Offsets inside the segment where a chunk must end (sorted, each
+    /// strictly between 0 and `len`).
+    pub cuts: Vec<u64>,
+    /// Whether the segment is one large file (chunked with the larger sizes
+    /// of [`crate::ChunkerParams::large_file_scale`]).
+    pub own_file: bool,
+    /// For a segment that is exactly one file read from disk: a digest of
+    /// its tar header, the file's identity and metadata, and its cuts. Equal
+    /// keys mean equal bytes, so a cache may supply the segment's chunk
+    /// lengths and digests without reading it through the chunker.
+    pub reuse_key: Option<Digest>,
+}
+
+/// A layer's tar stream as segments, in order.
+#[derive(Clone, Debug)]
+pub struct SegmentPlan {
+    /// The segments; their concatenation is the layer's tar.
+    pub segments: Vec<Segment>,
+}
+
+impl SegmentPlan {
+    /// Plans the tar of `entries` (already sorted). Files of at least
+    /// `big_file` bytes get a segment of their own; inside a zip archive
+    /// (game paks), entries of at least `big_file` bytes get cuts around them.
+    pub fn new(
+        entries: Vec<LayerEntry>,
+        options: TarOptions,
+        big_file: u64,
+    ) -> Result<Self, LayerError> {
+        let mut segments = Vec::new();
+        let mut group: Vec<Piece> = Vec::new();
+        let flush = |group: &mut Vec<Piece>, segments: &mut Vec<Segment>| {
+            if !group.is_empty() {
+                let pieces = std::mem::take(group);
+                let len = pieces.iter().map(Piece::len).sum();
+                segments.push(Segment {
+                    pieces,
+                    len,
+                    cuts: Vec::new(),
+                    own_file: false,
+                    reuse_key: None,
+                });
+            }
+        };
+        for entry in &entries {
+            let header: Arc<[u8]> = entry_header(entry, options)?.into();
+            match &entry.kind {
+                EntryKind::File { data, size } if *size >= big_file => {
+                    flush(&mut group, &mut segments);
+                    let mut pieces = vec![Piece::Bytes(header.clone())];
+                    let mut cuts = Vec::new();
+                    let mut reuse_key = None;
+                    match data {
+                        FileData::Disk(path) => {
+                            pieces.push(Piece::File {
+                                path: path.clone(),
+                                offset: 0,
+                                len: *size,
+                            });
+                            cuts = archive_cuts(path, *size, big_file)
+                                .into_iter()
+                                .map(|c| c + header.len() as u64)
+                                .collect();
+                            reuse_key = file_key(path, &header, &cuts);
+                        }
+                        FileData::Bytes(bytes) => pieces.push(Piece::Bytes(bytes.clone())),
+                    }
+                    pieces.push(Piece::Bytes(padding(*size).into()));
+                    let len = pieces.iter().map(Piece::len).sum();
+                    segments.push(Segment {
+                        pieces,
+                        len,
+                        cuts,
+                        own_file: true,
+                        reuse_key,
+                    });
+                }
+                EntryKind::File { data, size } => {
+                    group.push(Piece::Bytes(header));
+                    match data {
+                        FileData::Disk(path) => group.push(Piece::File {
+                            path: path.clone(),
+                            offset: 0,
+                            len: *size,
+                        }),
+                        FileData::Bytes(bytes) => group.push(Piece::Bytes(bytes.clone())),
+                    }
+                    let pad = padding(*size);
+                    if !pad.is_empty() {
+                        group.push(Piece::Bytes(pad.into()));
+                    }
+                }
+                _ => group.push(Piece::Bytes(header)),
+            }
+        }
+        group.push(Piece::Bytes(Arc::from(&END_OF_ARCHIVE[..])));
+        flush(&mut group, &mut segments);
+        Ok(SegmentPlan { segments })
+    }
+
+    /// A plan of literal bytes in one segment (tests, small streams).
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        let len = bytes.len() as u64;
+        SegmentPlan {
+            segments: vec![Segment {
+                pieces: vec![Piece::Bytes(bytes.into())],
+                len,
+                cuts: Vec::new(),
+                own_file: false,
+                reuse_key: None,
+            }],
+        }
+    }
+
+    /// Total length of the tar stream.
+    pub fn len(&self) -> u64 {
+        self.segments.iter().map(|s| s.len).sum()
+    }
+
+    /// Whether the stream is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Identity of a file's bytes from metadata: inode, device, size, and
+/// modification and change times (ctime moves on any write), plus the tar
+/// header and cuts that shape its chunks.
+fn file_key(path: &std::path::Path, header: &[u8], cuts: &[u64]) -> Option<Digest> {
+    let m = std::fs::metadata(path).ok()?;
+    let mut h = DigestHasher::new();
+    h.update(b"gantry-segment-v1\0");
+    h.update(header);
+    for v in [
+        m.dev(),
+        m.ino(),
+        m.len(),
+        m.mtime() as u64,
+        m.mtime_nsec() as u64,
+        m.ctime() as u64,
+        m.ctime_nsec() as u64,
+    ] {
+        h.update(&v.to_le_bytes());
+    }
+    for c in cuts {
+        h.update(&c.to_le_bytes());
+    }
+    Some(h.finish())
+}
+
+/// Offsets inside a zip archive (a game pak) that separate its large
+/// entries from their neighbours and its central directory from the data.
+/// Not a zip, or one that cannot be read: no cuts.
+fn archive_cuts(path: &std::path::Path, size: u64, big: u64) -> Vec<u64> {
+    let mut magic = [0u8; 4];
+    let is_zip = File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"PK\x03\x04";
+    if !is_zip {
+        return Vec::new();
+    }
+    let Ok(file) = File::open(path) else {
+        return Vec::new();
+    };
+    let Ok(mut archive) = zip::ZipArchive::new(io::BufReader::new(file)) else {
+        return Vec::new();
+    };
+    let mut cuts = Vec::new();
+    let mut data_end = 0u64;
+    for i in 0..archive.len() {
+        let Ok(entry) = archive.by_index_raw(i) else {
+            return Vec::new();
+        };
+        let Some(data_start) = entry.data_start() else {
+            return Vec::new();
+        };
+        let end = data_start + entry.compressed_size();
+        data_end = data_end.max(end);
+        if entry.compressed_size() >= big {
+            cuts.push(entry.header_start());
+            cuts.push(end);
+        }
+    }
+    cuts.push(data_end);
+    cuts.retain(|c| *c > 0 && *c < size);
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts
+}
+
+/// Reads a list of pieces in order, opening files lazily and failing if a
+/// file is shorter than planned.
+pub(crate) struct PieceReader {
+    pieces: std::vec::IntoIter<Piece>,
+    current: Option<Current>,
+}
+
+enum Current {
+    Bytes(Arc<[u8]>, usize),
+    File {
+        file: File,
+        path: PathBuf,
+        remaining: u64,
+        planned: u64,
+    },
+}
+
+impl PieceReader {
+    pub(crate) fn new(pieces: Vec<Piece>) -> Self {
+        PieceReader {
+            pieces: pieces.into_iter(),
+            current: None,
+        }
+    }
+}
+
+impl Read for PieceReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match &mut self.current {
+                Some(Current::Bytes(bytes, pos)) if *pos < bytes.len() => {
+                    let n = buf.len().min(bytes.len() - *pos);
+                    buf[..n].copy_from_slice(&bytes[*pos..*pos + n]);
+                    *pos += n;
+                    return Ok(n);
+                }
+                Some(Current::File {
+                    file,
+                    path,
+                    remaining,
+                    planned,
+                }) if *remaining > 0 => {
+                    let want = buf
+                        .len()
+                        .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                    let n = file.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(io::Error::other(LayerError::SourceChanged {
+                            path: path.clone(),
+                            expected: *planned,
+                        }));
+                    }
+                    *remaining -= n as u64;
+                    return Ok(n);
+                }
+                _ => {}
+            }
+            self.current = match self.pieces.next() {
+                None => return Ok(0),
+                Some(Piece::Bytes(b)) => Some(Current::Bytes(b, 0)),
+                Some(Piece::File { path, offset, len }) => {
+                    let mut file = File::open(&path).map_err(|source| {
+                        io::Error::other(LayerError::Read {
+                            path: path.clone(),
+                            source,
+                        })
+                    })?;
+                    if offset > 0 {
+                        file.seek(SeekFrom::Start(offset))?;
+                    }
+                    let planned = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    if planned != len + offset {
+                        return Err(io::Error::other(LayerError::SourceChanged {
+                            path,
+                            expected: len + offset,
+                        }));
+                    }
+                    Some(Current::File {
+                        file,
+                        path,
+                        remaining: len,
+                        planned,
+                    })
+                }
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::ImagePath;
+    use std::io::Write;
+
+    fn disk_file(dir: &std::path::Path, name: &str, bytes: &[u8]) -> LayerEntry {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        LayerEntry {
+            path: ImagePath::parse(name, false).unwrap(),
+            kind: EntryKind::File {
+                data: FileData::Disk(p),
+                size: bytes.len() as u64,
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    fn read_all(plan: &SegmentPlan) -> Vec<u8> {
+        let mut out = Vec::new();
+        PieceReader::new(
+            plan.segments
+                .iter()
+                .flat_map(|s| s.pieces.clone())
+                .collect(),
+        )
+        .read_to_end(&mut out)
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn segments_concatenate_to_the_plain_tar_and_split_at_big_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries = vec![
+            disk_file(dir.path(), "a.txt", b"small"),
+            disk_file(dir.path(), "b.bin", &vec![3u8; 5000]),
+            disk_file(dir.path(), "c.txt", b"tail"),
+        ];
+        let plan = SegmentPlan::new(entries.clone(), TarOptions::default(), 4096).unwrap();
+        assert_eq!(plan.segments.len(), 3);
+        assert!(plan.segments[1].reuse_key.is_some());
+        let mut plain = Vec::new();
+        crate::TarStream::new(entries, TarOptions::default())
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(read_all(&plan), plain);
+        assert_eq!(plan.len(), plain.len() as u64);
+    }
+
+    #[test]
+    fn zip_entries_get_cuts_and_keys_follow_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut zip_bytes = Vec::new();
+        {
+            let mut w = zip::ZipWriter::new(io::Cursor::new(&mut zip_bytes));
+            let opts = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored);
+            for (name, len) in [("small1", 100usize), ("big", 20_000), ("small2", 50)] {
+                w.start_file(name, opts).unwrap();
+                w.write_all(&vec![7u8; len]).unwrap();
+            }
+            w.finish().unwrap();
+        }
+        let entry = disk_file(dir.path(), "game.pak", &zip_bytes);
+        let plan = SegmentPlan::new(vec![entry.clone()], TarOptions::default(), 10_000).unwrap();
+        let seg = &plan.segments[0];
+        assert_eq!(
+            seg.cuts.len(),
+            3,
+            "cuts around the big entry and before the central directory: {:?}",
+            seg.cuts
+        );
+        let key = seg.reuse_key.unwrap();
+        let again = SegmentPlan::new(vec![entry.clone()], TarOptions::default(), 10_000).unwrap();
+        assert_eq!(again.segments[0].reuse_key, Some(key));
+        // Rewriting the file (same bytes) changes its ctime, so its key.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(dir.path().join("game.pak"), &zip_bytes).unwrap();
+        let later = SegmentPlan::new(vec![entry], TarOptions::default(), 10_000).unwrap();
+        assert_ne!(later.segments[0].reuse_key, Some(key));
+    }
+}
