@@ -27,6 +27,7 @@ PACKAGES=(
   docker-registry   # CNCF distribution, reference registry
   busybox-static    # /bin/busybox for test base images
   iproute2          # ip netns, tc tbf for separate hosts / slow links
+  openssl           # test certificates for the registry TLS tests
 )
 
 step "Checking privileges"

@@ -24,6 +24,8 @@ enum Command {
     SampleGame(commands::sample_game::SampleGameArgs),
     /// Run the end-to-end demo on a generated sample game.
     Demo(commands::demo::DemoArgs),
+    /// Run the OCI registry (Distribution API 1.1) on local storage.
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() {
@@ -40,6 +42,7 @@ fn main() {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::SampleGame(args) => commands::sample_game::run(args),
         Command::Demo(args) => commands::demo::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -316,9 +316,7 @@ fn trailer_matches(member: &[u8], data: &[u8]) -> bool {
         return false;
     }
     let t = &member[member.len() - 8..];
-    let mut crc = flate2::Crc::new();
-    crc.update(data);
-    t[..4] == crc.sum().to_le_bytes() && t[4..] == (data.len() as u32).to_le_bytes()
+    t[..4] == crc32fast::hash(data).to_le_bytes() && t[4..] == (data.len() as u32).to_le_bytes()
 }
 
 fn compress_worker(level: u32, reuse: &dyn ChunkReuse, rx: Receiver<Work>, tx: Sender<Done>) {

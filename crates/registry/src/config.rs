@@ -1,0 +1,263 @@
+//! Configuration of `gantry serve` (a TOML file; every field optional).
+//!
+//! ```toml
+//! addr = "127.0.0.1:5000"
+//! root = "/var/lib/gantry/registry"
+//! delete_enabled = true
+//!
+//! [tls]                       # HTTPS when present
+//! cert = "/etc/gantry/tls.crt"  # PEM chain
+//! key = "/etc/gantry/tls.key"   # PEM private key (PKCS#8, PKCS#1 or SEC1)
+//!
+//! [limits]
+//! max_manifest_bytes = 4194304
+//! max_blob_bytes = 68719476736
+//! max_ranges = 64               # ranges in one multi-range blob GET
+//!
+//! [uploads]
+//! max_age = "24h"               # sessions idle this long are removed
+//! purge_interval = "15m"
+//!
+//! [gc]
+//! grace_period = "1h"           # blobs written or touched this recently are kept
+//! interval = "6h"               # run online GC periodically (default: never)
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default listen address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:5000";
+/// The manifest size the spec asks registries to accept, used as the default limit.
+pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Everything `gantry serve` needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub addr: SocketAddr,
+    /// Storage directory.
+    pub root: PathBuf,
+    /// Serve HTTPS with this certificate and key.
+    pub tls: Option<TlsConfig>,
+    /// Whether DELETE of manifests, tags and blobs is allowed.
+    pub delete_enabled: bool,
+    /// Size limits.
+    pub limits: Limits,
+    /// Upload sessions.
+    pub uploads: UploadConfig,
+    /// Garbage collection.
+    pub gc: GcConfig,
+}
+
+/// Certificate and key files (PEM).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// Size limits that keep a client from filling the disk or memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest manifest accepted (413 above).
+    pub max_manifest_bytes: u64,
+    /// Largest blob accepted (413 above).
+    pub max_blob_bytes: u64,
+    /// Most ranges served in one multi-range GET (more: the whole blob is sent).
+    pub max_ranges: usize,
+}
+
+/// Upload session housekeeping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadConfig {
+    /// Sessions that received nothing for this long are removed.
+    #[serde(with = "duration_str")]
+    pub max_age: Duration,
+    /// How often stale sessions are looked for.
+    #[serde(with = "duration_str")]
+    pub purge_interval: Duration,
+}
+
+/// Garbage collection settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcConfig {
+    /// Blobs written, linked or touched more recently than this are never collected, so a
+    /// push that uploaded blobs but not yet its manifest keeps them.
+    #[serde(with = "duration_str")]
+    pub grace_period: Duration,
+    /// Run garbage collection online at this interval; `None` runs it only on demand.
+    #[serde(with = "opt_duration_str")]
+    pub interval: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: DEFAULT_ADDR
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 5000))),
+            root: PathBuf::from("gantry-registry"),
+            tls: None,
+            delete_enabled: true,
+            limits: Limits::default(),
+            uploads: UploadConfig::default(),
+            gc: GcConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
+            max_blob_bytes: 64 * 1024 * 1024 * 1024,
+            max_ranges: 64,
+        }
+    }
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            max_age: Duration::from_secs(24 * 3600),
+            purge_interval: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            grace_period: Duration::from_secs(3600),
+            interval: None,
+        }
+    }
+}
+
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`].
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML configuration text.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+mod duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.collect_str(&humantime::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let text = r#"
+            addr = "0.0.0.0:5443"
+            root = "/srv/registry"
+            delete_enabled = false
+            [tls]
+            cert = "/c.pem"
+            key = "/k.pem"
+            [limits]
+            max_manifest_bytes = 1000
+            [uploads]
+            max_age = "2h"
+            [gc]
+            grace_period = "10m"
+            interval = "6h"
+        "#;
+        let c = Config::from_toml(text).unwrap();
+        assert_eq!(c.addr.port(), 5443);
+        assert_eq!(c.root, PathBuf::from("/srv/registry"));
+        assert!(!c.delete_enabled);
+        assert_eq!(c.tls.as_ref().unwrap().key, PathBuf::from("/k.pem"));
+        assert_eq!(c.limits.max_manifest_bytes, 1000);
+        assert_eq!(c.limits.max_ranges, 64, "defaults fill the rest");
+        assert_eq!(c.uploads.max_age, Duration::from_secs(7200));
+        assert_eq!(c.uploads.purge_interval, Duration::from_secs(900));
+        assert_eq!(c.gc.grace_period, Duration::from_secs(600));
+        assert_eq!(c.gc.interval, Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_durations() {
+        assert!(Config::from_toml("adr = \"x\"").is_err());
+        assert!(Config::from_toml("[uploads]\nmax_age = \"soon\"").is_err());
+        let err = Config::from_file(Path::new("/nonexistent/gantry.toml")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/gantry.toml"));
+    }
+}

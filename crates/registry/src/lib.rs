@@ -1,0 +1,447 @@
+//! `gantry serve`: an OCI Distribution Spec 1.1 registry.
+//!
+//! - [`storage`]: the [`Storage`] trait (content-addressed blobs, per-repository links,
+//!   manifests, tags, referrers, resumable uploads) and its filesystem implementation
+//!   [`FsStorage`], crash-safe by fsync + atomic rename.
+//! - [`router`]: the HTTP API on axum (pull, push, chunked and resumable uploads, mount,
+//!   tags, referrers, catalog, delete, Range reads), behind an [`Authorizer`] hook.
+//! - [`gc`]: garbage collection of unreferenced blobs, safe against concurrent pushes.
+//! - [`metrics`]: Prometheus metrics, including egress per repository and client.
+//! - [`server`]: [`serve`] / [`bind`] with optional TLS (rustls), from a [`Config`].
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod gc;
+pub mod manifest;
+pub mod metrics;
+pub mod names;
+pub mod range;
+pub mod route;
+pub mod server;
+pub mod storage;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use gantry_oci::Digest;
+
+pub use api::router;
+pub use auth::{Access, Action, AllowAll, AuthError, Authorizer, Principal};
+pub use config::{Config, ConfigError, GcConfig, Limits, TlsConfig, UploadConfig};
+pub use error::{ApiError, ErrorCode};
+pub use gc::{GcOptions, GcReport};
+pub use metrics::Metrics;
+pub use server::{
+    bind, bind_registry, gc_blocking, serve, serve_blocking, RunningServer, ServeError,
+};
+pub use storage::{BlobMeta, FsStorage, Storage, StorageError, UploadInfo};
+
+/// Settings of a [`Registry`] that do not concern the listener.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// Size limits.
+    pub limits: Limits,
+    /// Whether DELETE is allowed.
+    pub delete_enabled: bool,
+    /// Garbage collection grace period (see [`GcConfig::grace_period`]).
+    pub gc_grace_period: Duration,
+    /// Idle upload sessions older than this are purged.
+    pub upload_max_age: Duration,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions::from_config(&Config::default())
+    }
+}
+
+impl RegistryOptions {
+    /// The options a [`Config`] asks for.
+    pub fn from_config(config: &Config) -> Self {
+        RegistryOptions {
+            limits: config.limits.clone(),
+            delete_enabled: config.delete_enabled,
+            gc_grace_period: config.gc.grace_period,
+            upload_max_age: config.uploads.max_age,
+        }
+    }
+}
+
+/// The registry: storage plus the rules of the API (what a push must reference, which
+/// blobs a repository may serve, garbage collection's lock), metrics and authorization.
+/// Shared by the HTTP handlers through an `Arc`.
+pub struct Registry {
+    storage: Arc<dyn Storage>,
+    options: RegistryOptions,
+    authorizer: Arc<dyn Authorizer>,
+    metrics: Metrics,
+    /// Held shared by operations that make a blob referenced (link, mount, manifest push)
+    /// and exclusively by garbage collection's sweep; see [`gc`].
+    gc_lock: tokio::sync::RwLock<()>,
+}
+
+/// A manifest found by tag or digest.
+#[derive(Debug, Clone)]
+pub struct FoundManifest {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+}
+
+/// Result of a successful manifest push.
+#[derive(Debug, Clone)]
+pub struct PushedManifest {
+    /// Digest of the manifest bytes.
+    pub digest: Digest,
+    /// The manifest's subject, when it has one.
+    pub subject: Option<Digest>,
+}
+
+impl Registry {
+    /// A registry over `storage` that allows every request.
+    pub fn new(storage: Arc<dyn Storage>, options: RegistryOptions) -> Self {
+        Registry {
+            storage,
+            options,
+            authorizer: Arc::new(AllowAll),
+            metrics: Metrics::new(),
+            gc_lock: tokio::sync::RwLock::new(()),
+        }
+    }
+
+    /// Replaces the authorizer.
+    pub fn with_authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
+        self.authorizer = authorizer;
+        self
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// The options.
+    pub fn options(&self) -> &RegistryOptions {
+        &self.options
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The authorizer.
+    pub fn authorizer(&self) -> &Arc<dyn Authorizer> {
+        &self.authorizer
+    }
+
+    /// Restarts a blob's grace period when it is old enough that garbage collection could
+    /// take it: called whenever a client learns that a blob exists (HEAD, GET, mount,
+    /// manifest push), so that a push which skips an existing blob still finds it when it
+    /// pushes the manifest.
+    async fn keep_alive(&self, digest: &Digest, meta: &BlobMeta) -> Result<(), StorageError> {
+        let age = SystemTime::now()
+            .duration_since(meta.modified)
+            .unwrap_or_default();
+        if age > self.options.gc_grace_period / 2 {
+            match self.storage.touch_blob(digest).await {
+                Ok(()) | Err(StorageError::BlobNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// A blob readable in `repo`: linked there and stored. Keeps it alive for a pusher.
+    pub async fn repo_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<BlobMeta>, StorageError> {
+        if !self.storage.blob_linked(repo, digest).await? {
+            return Ok(None);
+        }
+        let Some(meta) = self.storage.stat_blob(digest).await? else {
+            return Ok(None);
+        };
+        let age = SystemTime::now()
+            .duration_since(meta.modified)
+            .unwrap_or_default();
+        if age > self.options.gc_grace_period / 2 {
+            // Under the shared lock, so that a sweep either ran before (and the blob is gone)
+            // or runs after and sees the fresh time.
+            let _shared = self.gc_lock.read().await;
+            let Some(meta) = self.storage.stat_blob(digest).await? else {
+                return Ok(None);
+            };
+            self.keep_alive(digest, &meta).await?;
+            return Ok(Some(meta));
+        }
+        Ok(Some(meta))
+    }
+
+    /// Finishes an upload session: verifies the digest, stores the blob durably and links it
+    /// into `repo`.
+    pub async fn commit_upload(
+        &self,
+        repo: &str,
+        id: &str,
+        digest: &Digest,
+    ) -> Result<BlobMeta, StorageError> {
+        let _shared = self.gc_lock.read().await;
+        let meta = self.storage.finish_upload(repo, id, digest).await?;
+        self.storage.link_blob(repo, digest).await?;
+        Ok(meta)
+    }
+
+    /// Mounts blob `digest` from repository `from` into `repo`; `false` when `from` does not
+    /// hold it.
+    pub async fn mount_blob(
+        &self,
+        repo: &str,
+        from: &str,
+        digest: &Digest,
+    ) -> Result<bool, StorageError> {
+        let _shared = self.gc_lock.read().await;
+        if !self.storage.blob_linked(from, digest).await? {
+            return Ok(false);
+        }
+        let Some(meta) = self.storage.stat_blob(digest).await? else {
+            return Ok(false);
+        };
+        self.keep_alive(digest, &meta).await?;
+        self.storage.link_blob(repo, digest).await?;
+        Ok(true)
+    }
+
+    /// Looks up a manifest of `repo` by digest or tag.
+    pub async fn find_manifest(
+        &self,
+        repo: &str,
+        reference: &ManifestRef,
+    ) -> Result<Option<FoundManifest>, StorageError> {
+        let digest = match reference {
+            ManifestRef::Digest(d) => *d,
+            ManifestRef::Tag(t) => match self.storage.get_tag(repo, t).await? {
+                Some(d) => d,
+                None => return Ok(None),
+            },
+        };
+        Ok(self
+            .storage
+            .manifest_media_type(repo, &digest)
+            .await?
+            .map(|media_type| FoundManifest { digest, media_type }))
+    }
+
+    /// Validates and stores a manifest pushed to `repo` under `reference`.
+    pub async fn push_manifest(
+        &self,
+        repo: &str,
+        reference: &ManifestRef,
+        content_type: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<PushedManifest, ApiError> {
+        let internal = |e: StorageError| ApiError::internal(&e);
+        let max = self.options.limits.max_manifest_bytes;
+        if bytes.len() as u64 > max {
+            return Err(manifest_too_large(bytes.len() as u64, max));
+        }
+        let parsed = manifest::parse(&bytes, content_type)
+            .map_err(|e| ApiError::new(ErrorCode::ManifestInvalid, e.to_string()))?;
+        let digest = Digest::of(&bytes);
+        if let ManifestRef::Digest(expected) = reference {
+            if *expected != digest {
+                return Err(ApiError::new(
+                    ErrorCode::DigestInvalid,
+                    format!("manifest digest is {digest}, not {expected}"),
+                )
+                .with_detail(serde_json::json!({ "digest": expected.to_string() })));
+            }
+        }
+        let _shared = self.gc_lock.read().await;
+        for d in parsed.required_blobs() {
+            let meta = match self
+                .storage
+                .blob_linked(repo, &d.digest)
+                .await
+                .map_err(internal)?
+            {
+                true => self.storage.stat_blob(&d.digest).await.map_err(internal)?,
+                false => None,
+            };
+            let Some(meta) = meta else {
+                return Err(ApiError::new(
+                    ErrorCode::ManifestBlobUnknown,
+                    format!("blob {} is not in repository {repo}", d.digest),
+                )
+                .with_detail(serde_json::json!({ "digest": d.digest.to_string() })));
+            };
+            if meta.size != d.size {
+                return Err(ApiError::new(
+                    ErrorCode::ManifestInvalid,
+                    format!(
+                        "descriptor of {} says {} bytes, the blob has {}",
+                        d.digest, d.size, meta.size
+                    ),
+                ));
+            }
+            self.keep_alive(&d.digest, &meta).await.map_err(internal)?;
+        }
+        for child in &parsed.manifests {
+            if self
+                .storage
+                .manifest_media_type(repo, &child.digest)
+                .await
+                .map_err(internal)?
+                .is_none()
+            {
+                return Err(ApiError::new(
+                    ErrorCode::ManifestBlobUnknown,
+                    format!("manifest {} is not in repository {repo}", child.digest),
+                )
+                .with_detail(serde_json::json!({ "digest": child.digest.to_string() })));
+            }
+        }
+        let size = bytes.len() as u64;
+        self.storage
+            .put_blob_bytes(&digest, bytes)
+            .await
+            .map_err(internal)?;
+        self.storage
+            .link_blob(repo, &digest)
+            .await
+            .map_err(internal)?;
+        self.storage
+            .put_manifest(repo, &digest, &parsed.media_type)
+            .await
+            .map_err(internal)?;
+        let subject = parsed.subject.as_ref().map(|s| s.digest);
+        if let Some(subject) = &subject {
+            let descriptor = parsed.referrer_descriptor(&digest, size).to_string();
+            self.storage
+                .put_referrer(repo, subject, &digest, Bytes::from(descriptor))
+                .await
+                .map_err(internal)?;
+        }
+        if let ManifestRef::Tag(tag) = reference {
+            self.storage
+                .put_tag(repo, tag, &digest)
+                .await
+                .map_err(internal)?;
+        }
+        Ok(PushedManifest { digest, subject })
+    }
+
+    /// Deletes manifest `digest` of `repo` with the tags that point at it and its referrer
+    /// entry; `false` when `repo` has no such manifest. Its blobs stay until garbage
+    /// collection finds them unreferenced.
+    pub async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<bool, StorageError> {
+        if self
+            .storage
+            .manifest_media_type(repo, digest)
+            .await?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        for tag in self.storage.list_tags(repo).await? {
+            if self.storage.get_tag(repo, &tag).await? == Some(*digest) {
+                self.storage.delete_tag(repo, &tag).await?;
+            }
+        }
+        let max = self.options.limits.max_manifest_bytes;
+        if let Ok(bytes) = self.storage.read_blob_bytes(digest, max).await {
+            if let Ok(m) = manifest::parse(&bytes, None) {
+                if let Some(subject) = m.subject {
+                    self.storage
+                        .delete_referrer(repo, &subject.digest, digest)
+                        .await?;
+                }
+            }
+        }
+        let existed = self.storage.delete_manifest(repo, digest).await?;
+        self.storage.unlink_blob(repo, digest).await?;
+        Ok(existed)
+    }
+
+    /// Removes upload sessions idle for longer than the configured maximum age.
+    pub async fn purge_uploads(&self) -> Result<usize, StorageError> {
+        let before = SystemTime::now()
+            .checked_sub(self.options.upload_max_age)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let n = self.storage.purge_uploads(before).await?;
+        self.metrics.uploads_purged.inc_by(n as u64);
+        if n > 0 {
+            tracing::info!(purged = n, "removed stale upload sessions");
+        }
+        Ok(n)
+    }
+}
+
+/// How a manifest is named in a request: by tag or by digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestRef {
+    /// A tag.
+    Tag(String),
+    /// A digest.
+    Digest(Digest),
+}
+
+impl ManifestRef {
+    /// Parses a `<reference>` path segment: a digest when it contains `:`, else a tag.
+    /// `None` when it is neither a valid digest nor a valid tag.
+    pub fn parse(s: &str) -> Option<ManifestRef> {
+        if s.contains(':') {
+            s.parse().ok().map(ManifestRef::Digest)
+        } else if names::valid_tag(s) {
+            Some(ManifestRef::Tag(s.to_string()))
+        } else {
+            None
+        }
+    }
+}
+
+fn manifest_too_large(size: u64, max: u64) -> ApiError {
+    ApiError::new(
+        ErrorCode::SizeInvalid,
+        format!("manifest of {size} bytes exceeds the limit of {max} bytes"),
+    )
+    .with_status(http::StatusCode::PAYLOAD_TOO_LARGE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_references() {
+        let d = Digest::of(b"x");
+        assert_eq!(
+            ManifestRef::parse(&d.to_string()),
+            Some(ManifestRef::Digest(d))
+        );
+        assert_eq!(
+            ManifestRef::parse("v1.0"),
+            Some(ManifestRef::Tag("v1.0".into()))
+        );
+        for bad in ["", "-x", "sha256:zz", "md5:abc", "a/b", &"t".repeat(129)] {
+            assert_eq!(ManifestRef::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn manifest_reference_parsing_never_panics(s in "\\PC{0,140}") {
+            match ManifestRef::parse(&s) {
+                Some(ManifestRef::Tag(t)) => proptest::prop_assert!(names::valid_tag(&t)),
+                Some(ManifestRef::Digest(d)) => proptest::prop_assert_eq!(d.to_string(), s),
+                None => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Running the registry: listener (plain HTTP or TLS with rustls), background housekeeping
+//! (stale upload purge, optional online garbage collection), graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+
+use crate::api::ClientAddr;
+use crate::config::{Config, TlsConfig};
+use crate::storage::{FsStorage, StorageError};
+use crate::{router, Registry, RegistryOptions};
+
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The storage root cannot be opened.
+    #[error("opening storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The server failed while running.
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+    /// A configuration file could not be used.
+    #[error(transparent)]
+    Config(#[from] crate::ConfigError),
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for ClientAddr {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for ClientAddr {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+/// A listener that hands out TLS connections whose handshake completed. Handshakes run in
+/// their own tasks so a slow client cannot hold up others.
+pub struct TlsListener {
+    incoming: mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+    acceptor_task: JoinHandle<()>,
+}
+
+impl TlsListener {
+    /// Wraps a bound TCP listener.
+    pub fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let (tx, incoming) = mpsc::channel(64);
+        let acceptor_task = tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener {
+            incoming,
+            local,
+            acceptor_task,
+        })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.acceptor_task.abort();
+    }
+}
+
+impl Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.incoming.recv().await {
+            Some(conn) => conn,
+            // The acceptor task ended (only when aborted): nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// Builds a rustls server configuration from PEM certificate chain and key files.
+pub fn load_tls(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServeError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let shown = |p: &Path| p.display().to_string();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .map_err(|e| ServeError::Tls(format!("certificate {}: {e}", shown(&tls.cert))))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| ServeError::Tls(format!("certificate {}: {e}", shown(&tls.cert))))?;
+    if certs.is_empty() {
+        return Err(ServeError::Tls(format!(
+            "certificate {}: no PEM certificate found",
+            shown(&tls.cert)
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| ServeError::Tls(format!("key {}: {e}", shown(&tls.key))))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServeError::Tls(format!("certificate and key: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A running server.
+pub struct RunningServer {
+    addr: SocketAddr,
+    tls: bool,
+    registry: Arc<Registry>,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+    housekeeping: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// The bound address (useful after binding port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>` or `https://<addr>`.
+    pub fn url(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.addr
+        )
+    }
+
+    /// The registry being served.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Stops accepting, lets in-flight requests finish, stops housekeeping.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(true);
+        for task in &self.housekeeping {
+            task.abort();
+        }
+        // Wait for the tasks to be gone, so that the storage (and its lock) is released
+        // when this returns and the caller drops the registry.
+        for task in self.housekeeping {
+            let _ = task.await;
+        }
+        match self.server.await {
+            Ok(result) => Ok(result?),
+            Err(e) => Err(ServeError::Io(std::io::Error::other(e))),
+        }
+    }
+}
+
+/// Opens the storage of `config` and starts serving it; returns once the listener is bound
+/// (`addr` may use port 0).
+pub async fn bind(config: &Config) -> Result<RunningServer, ServeError> {
+    let root = config.root.clone();
+    let storage = tokio::task::spawn_blocking(move || FsStorage::open(root))
+        .await
+        .map_err(|e| ServeError::Io(std::io::Error::other(e)))??;
+    let registry = Registry::new(Arc::new(storage), RegistryOptions::from_config(config));
+    bind_registry(config, Arc::new(registry)).await
+}
+
+/// Serves `registry` on the address (and TLS settings) of `config`.
+pub async fn bind_registry(
+    config: &Config,
+    registry: Arc<Registry>,
+) -> Result<RunningServer, ServeError> {
+    let tls = match &config.tls {
+        Some(t) => Some(TlsAcceptor::from(Arc::new(load_tls(t)?))),
+        None => None,
+    };
+    let tcp = TcpListener::bind(config.addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.addr,
+            source,
+        })?;
+    let addr = tcp.local_addr()?;
+    let (stop, mut stopped) = watch::channel(false);
+    let app = router(registry.clone()).into_make_service_with_connect_info::<ClientAddr>();
+    let is_tls = tls.is_some();
+    let server = match tls {
+        Some(acceptor) => {
+            let listener = TlsListener::new(tcp, acceptor)?;
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await
+            })
+        }
+        None => tokio::spawn(async move {
+            axum::serve(tcp, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        }),
+    };
+    let mut housekeeping = Vec::new();
+    let purge_every = config.uploads.purge_interval.max(Duration::from_secs(1));
+    let reg = registry.clone();
+    housekeeping.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(purge_every);
+        loop {
+            tick.tick().await;
+            if let Err(e) = reg.purge_uploads().await {
+                tracing::warn!(error = %e, "purging stale uploads");
+            }
+        }
+    }));
+    if let Some(every) = config.gc.interval {
+        let reg = registry.clone();
+        let every = every.max(Duration::from_secs(1));
+        housekeeping.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                let opts = reg.gc_options();
+                if let Err(e) = reg.collect_garbage(&opts).await {
+                    tracing::warn!(error = %e, "garbage collection");
+                }
+            }
+        }));
+    }
+    tracing::info!(%addr, tls = is_tls, root = %config.root.display(), "registry listening");
+    Ok(RunningServer {
+        addr,
+        tls: is_tls,
+        registry,
+        stop,
+        server,
+        housekeeping,
+    })
+}
+
+/// Serves until Ctrl-C or SIGTERM, then shuts down gracefully.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let server = bind(&config).await?;
+    eprintln!("gantry registry listening on {}", server.url());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await
+}
+
+/// [`serve`] on a new multi-threaded tokio runtime, for callers without one (the CLI).
+pub fn serve_blocking(config: Config) -> Result<(), ServeError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(config))
+}
+
+/// Offline garbage collection of the storage of `config` (for `gantry gc`): fails with
+/// [`StorageError::Locked`] while a server has the storage open; run it online with
+/// [`Registry::collect_garbage`] instead.
+pub fn gc_blocking(config: &Config, dry_run: bool) -> Result<crate::GcReport, ServeError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let root = config.root.clone();
+        let storage = tokio::task::spawn_blocking(move || FsStorage::open(root))
+            .await
+            .map_err(|e| ServeError::Io(std::io::Error::other(e)))??;
+        let registry = Registry::new(Arc::new(storage), RegistryOptions::from_config(config));
+        let mut opts = registry.gc_options();
+        opts.dry_run = dry_run;
+        Ok(registry.collect_garbage(&opts).await?)
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
