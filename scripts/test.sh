@@ -65,6 +65,25 @@ else
   echo "all installed"
 fi
 
+# moto's server mode: the S3-compatible server the registry's S3 backend is tested against.
+step "Checking moto (S3-compatible test server, PyPI moto[server])"
+command -v python3 > /dev/null || fail "python3 not found (needed for moto's S3 server)"
+if ! python3 -c 'import moto, moto.server' > /dev/null 2>&1; then
+  if ! python3 -m pip --version > /dev/null 2>&1; then
+    step "apt-get install python3-pip"
+    apt-get update -q < /dev/null || fail "apt-get update"
+    apt-get install -y -q --no-install-recommends python3-pip < /dev/null \
+      || fail "apt-get install python3-pip"
+  fi
+  step "pip install moto[server]"
+  # Debian 12 marks its python as externally managed; moto is only a test peer.
+  python3 -m pip install --quiet 'moto[server]' < /dev/null \
+    || python3 -m pip install --quiet --break-system-packages 'moto[server]' < /dev/null \
+    || fail "pip install 'moto[server]'"
+fi
+python3 -c 'import moto, moto.server; print("moto", moto.__version__)' \
+  || fail "moto is not importable after pip install"
+
 step "Checking tools"
 for tool in containerd ctr containerd-shim-runc-v2 runc skopeo buildah umoci docker-registry ip cargo; do
   command -v "$tool" > /dev/null || fail "$tool not found on PATH ($PATH)"

@@ -26,6 +26,8 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Run the OCI registry (Distribution API 1.1) on local storage.
     Serve(commands::serve::ServeArgs),
+    /// Manage the registry's users (argon2id-hashed passwords).
+    User(commands::user::UserArgs),
 }
 
 fn main() {
@@ -43,6 +45,7 @@ fn main() {
         Command::SampleGame(args) => commands::sample_game::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::User(args) => commands::user::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

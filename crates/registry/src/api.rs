@@ -69,6 +69,7 @@ struct RouteKind(&'static str);
 pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
+        .route("/token", get(token_handler).post(token_handler))
         .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(
             registry.clone(),
@@ -87,6 +88,19 @@ async fn metrics_handler(State(reg): State<Arc<Registry>>) -> Response {
     )
         .into_response();
     resp.extensions_mut().insert(RouteKind("metrics"));
+    resp
+}
+
+/// `/token`: Docker token auth (404 when the registry has no `[auth]`).
+async fn token_handler(State(reg): State<Arc<Registry>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let mut resp = match reg.token_auth() {
+        Some(auth) => auth.token_endpoint(&parts, body).await,
+        None => ApiError::new(ErrorCode::Unsupported, "token auth is not configured")
+            .with_status(StatusCode::NOT_FOUND)
+            .into_response(),
+    };
+    resp.extensions_mut().insert(RouteKind("token"));
     resp
 }
 

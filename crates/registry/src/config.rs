@@ -21,6 +21,32 @@
 //! [gc]
 //! grace_period = "1h"           # blobs written or touched this recently are kept
 //! interval = "6h"               # run online GC periodically (default: never)
+//!
+//! [storage]                     # default: kind = "fs", under `root`
+//! kind = "s3"                   # an S3-compatible bucket, shared by replicas
+//! bucket = "gantry"             # see [`crate::storage::S3Config`] for every field
+//! endpoint = "http://127.0.0.1:9000"
+//! allow_http = true
+//!
+//! [auth]                        # users, access rules, Docker token auth; without this
+//!                               # section every request is allowed (loopback dev use)
+//! users = "/etc/gantry/users"   # `name:$argon2id$...` lines (`gantry user add`);
+//!                               # default <root>/auth/users
+//! service = "gantry"            # token audience, the `service` of the challenge
+//! realm = "https://registry.example.com/token"  # default: <scheme>://<Host>/token
+//! token_ttl = "5m"
+//! key_file = "/etc/gantry/token.key"  # HMAC key (hex); default <root>/auth/token.key,
+//!                                     # generated on first start
+//! admins = ["root"]             # every action on every repository, and the catalog
+//!
+//! [[auth.access]]               # rules add up; nothing is allowed that no rule grants
+//! repository = "game/*"         # `*`: any characters but `/`; `**`: any characters
+//! users = ["ci"]                # `*` here: any authenticated user
+//! actions = ["pull", "push"]
+//!
+//! [[auth.access]]
+//! repository = "public/**"
+//! anonymous_pull = true         # pull without credentials
 //! ```
 
 use std::net::SocketAddr;
@@ -52,6 +78,64 @@ pub struct Config {
     pub uploads: UploadConfig,
     /// Garbage collection.
     pub gc: GcConfig,
+    /// Where blobs and metadata live.
+    pub storage: StorageConfig,
+    /// Users, access rules and token auth; `None` allows every request.
+    pub auth: Option<AuthConfig>,
+}
+
+/// Authentication and access control (see [`crate::token_auth`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The users file (`name:$argon2id$...` lines); default `<root>/auth/users`.
+    pub users: Option<PathBuf>,
+    /// The token service name (audience), sent as `service` in challenges.
+    pub service: String,
+    /// The token endpoint URL sent as `realm`; default `<scheme>://<Host header>/token`.
+    pub realm: Option<String>,
+    /// How long an issued token is valid.
+    #[serde(with = "duration_str")]
+    pub token_ttl: Duration,
+    /// The HMAC-SHA256 token key (hex); default `<root>/auth/token.key`, generated when
+    /// missing. Replicas sharing a store must share the key.
+    pub key_file: Option<PathBuf>,
+    /// Users allowed everything, including the catalog.
+    pub admins: Vec<String>,
+    /// Access rules; they add up.
+    pub access: Vec<AccessRule>,
+}
+
+/// Grants `actions` on the repositories matching `repository` to `users`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// A repository name or pattern: `*` matches any characters except `/`, `**` any
+    /// characters.
+    pub repository: String,
+    /// User names; `*` is any authenticated user.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// `pull`, `push`, `delete` (or `*` for all three).
+    #[serde(default)]
+    pub actions: Vec<String>,
+    /// Anyone, even without credentials, may pull.
+    #[serde(default)]
+    pub anonymous_pull: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            users: None,
+            service: "gantry".to_string(),
+            realm: None,
+            token_ttl: Duration::from_secs(300),
+            key_file: None,
+            admins: Vec::new(),
+            access: Vec::new(),
+        }
+    }
 }
 
 /// Certificate and key files (PEM).
@@ -101,6 +185,17 @@ pub struct GcConfig {
     pub interval: Option<Duration>,
 }
 
+/// The storage backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum StorageConfig {
+    /// The filesystem under [`Config::root`].
+    #[default]
+    Fs,
+    /// An S3-compatible bucket.
+    S3(crate::storage::S3Config),
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -113,6 +208,8 @@ impl Default for Config {
             limits: Limits::default(),
             uploads: UploadConfig::default(),
             gc: GcConfig::default(),
+            storage: StorageConfig::default(),
+            auth: None,
         }
     }
 }
@@ -251,6 +348,54 @@ mod tests {
         assert_eq!(c.gc.grace_period, Duration::from_secs(600));
         assert_eq!(c.gc.interval, Some(Duration::from_secs(6 * 3600)));
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn parses_auth_rules() {
+        let text = r#"
+            [auth]
+            users = "/etc/gantry/users"
+            admins = ["root"]
+            token_ttl = "10m"
+            [[auth.access]]
+            repository = "game/*"
+            users = ["ci"]
+            actions = ["pull", "push"]
+            [[auth.access]]
+            repository = "public/**"
+            anonymous_pull = true
+        "#;
+        let c = Config::from_toml(text).unwrap();
+        let auth = c.auth.unwrap();
+        assert_eq!(auth.service, "gantry");
+        assert_eq!(auth.token_ttl, Duration::from_secs(600));
+        assert_eq!(auth.access.len(), 2);
+        assert!(auth.access[1].anonymous_pull);
+        assert!(auth.access[1].users.is_empty());
+        assert!(Config::from_toml("[auth]\nuser = \"x\"").is_err());
+        assert!(Config::from_toml("[[auth.access]]\nusers = []").is_err());
+    }
+
+    #[test]
+    fn parses_s3_storage() {
+        let c = Config::from_toml(
+            "[storage]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9\"\n\
+             allow_http = true\naccess_key_id = \"k\"\nsecret_access_key = \"s\"",
+        )
+        .unwrap();
+        let StorageConfig::S3(s3) = &c.storage else {
+            panic!("{:?}", c.storage)
+        };
+        assert_eq!(s3.bucket, "b");
+        assert!(s3.allow_http);
+        assert!(!format!("{s3:?}").contains("\"s\""), "secret not shown");
+        let fs = Config::from_toml("[storage]\nkind = \"fs\"").unwrap();
+        assert_eq!(fs.storage, StorageConfig::Fs);
+        assert!(
+            Config::from_toml("[storage]\nkind = \"s3\"").is_err(),
+            "bucket needed"
+        );
+        assert!(Config::from_toml("[storage]\nkind = \"s3\"\nbucket = \"b\"\nbukket = 1").is_err());
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub mod range;
 pub mod route;
 pub mod server;
 pub mod storage;
+pub mod token;
+pub mod token_auth;
+pub mod users;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -30,7 +33,9 @@ use gantry_oci::Digest;
 
 pub use api::router;
 pub use auth::{Access, Action, AllowAll, AuthError, Authorizer, Principal};
-pub use config::{Config, ConfigError, GcConfig, Limits, TlsConfig, UploadConfig};
+pub use config::{
+    AccessRule, AuthConfig, Config, ConfigError, GcConfig, Limits, TlsConfig, UploadConfig,
+};
 pub use error::{ApiError, ErrorCode};
 pub use gc::{GcOptions, GcReport};
 pub use metrics::Metrics;
@@ -38,6 +43,8 @@ pub use server::{
     bind, bind_registry, gc_blocking, serve, serve_blocking, RunningServer, ServeError,
 };
 pub use storage::{BlobMeta, FsStorage, Storage, StorageError, UploadInfo};
+pub use token_auth::{AuthSetupError, Policy, TokenAuth};
+pub use users::{add_user, Users, UsersError};
 
 /// Settings of a [`Registry`] that do not concern the listener.
 #[derive(Debug, Clone)]
@@ -77,6 +84,8 @@ pub struct Registry {
     storage: Arc<dyn Storage>,
     options: RegistryOptions,
     authorizer: Arc<dyn Authorizer>,
+    /// The token issuer behind `/token`, when auth is configured.
+    token_auth: Option<Arc<TokenAuth>>,
     metrics: Metrics,
     /// Held shared by operations that make a blob referenced (link, mount, manifest push)
     /// and exclusively by garbage collection's sweep; see [`gc`].
@@ -108,6 +117,7 @@ impl Registry {
             storage,
             options,
             authorizer: Arc::new(AllowAll),
+            token_auth: None,
             metrics: Metrics::new(),
             gc_lock: tokio::sync::RwLock::new(()),
         }
@@ -117,6 +127,19 @@ impl Registry {
     pub fn with_authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
         self.authorizer = authorizer;
         self
+    }
+
+    /// Uses configured users, rules and token auth: `auth` becomes the authorizer and
+    /// answers `/token`.
+    pub fn with_token_auth(mut self, auth: Arc<TokenAuth>) -> Self {
+        self.authorizer = auth.clone();
+        self.token_auth = Some(auth);
+        self
+    }
+
+    /// The token issuer, when auth is configured.
+    pub fn token_auth(&self) -> Option<&Arc<TokenAuth>> {
+        self.token_auth.as_ref()
     }
 
     /// The storage.

@@ -16,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::api::ClientAddr;
 use crate::config::{Config, TlsConfig};
-use crate::storage::{FsStorage, StorageError};
+use crate::storage::StorageError;
 use crate::{router, Registry, RegistryOptions};
 
 /// How long a TLS handshake may take before the connection is dropped.
@@ -46,6 +46,9 @@ pub enum ServeError {
     /// A configuration file could not be used.
     #[error(transparent)]
     Config(#[from] crate::ConfigError),
+    /// The `[auth]` configuration could not be used.
+    #[error("auth: {0}")]
+    Auth(#[from] crate::AuthSetupError),
 }
 
 impl Connected<IncomingStream<'_, TcpListener>> for ClientAddr {
@@ -206,12 +209,23 @@ impl RunningServer {
 /// Opens the storage of `config` and starts serving it; returns once the listener is bound
 /// (`addr` may use port 0).
 pub async fn bind(config: &Config) -> Result<RunningServer, ServeError> {
-    let root = config.root.clone();
-    let storage = tokio::task::spawn_blocking(move || FsStorage::open(root))
-        .await
-        .map_err(|e| ServeError::Io(std::io::Error::other(e)))??;
-    let registry = Registry::new(Arc::new(storage), RegistryOptions::from_config(config));
+    let storage = crate::storage::open(config).await?;
+    let registry = Registry::new(storage, RegistryOptions::from_config(config));
+    let registry = with_configured_auth(registry, config)?;
     bind_registry(config, Arc::new(registry)).await
+}
+
+/// Applies the `[auth]` section of `config`, if any, to `registry` (without one, every
+/// request stays allowed).
+pub fn with_configured_auth(registry: Registry, config: &Config) -> Result<Registry, ServeError> {
+    Ok(match &config.auth {
+        Some(auth) => registry.with_token_auth(Arc::new(crate::TokenAuth::from_config(
+            auth,
+            &config.root,
+            config.tls.is_some(),
+        )?)),
+        None => registry,
+    })
 }
 
 /// Serves `registry` on the address (and TLS settings) of `config`.
@@ -308,17 +322,15 @@ pub fn serve_blocking(config: Config) -> Result<(), ServeError> {
 
 /// Offline garbage collection of the storage of `config` (for `gantry gc`): fails with
 /// [`StorageError::Locked`] while a server has the storage open; run it online with
-/// [`Registry::collect_garbage`] instead.
+/// [`Registry::collect_garbage`] instead. On S3 storage nothing stops it while replicas
+/// serve the bucket: only the grace period protects their pushes in progress.
 pub fn gc_blocking(config: &Config, dry_run: bool) -> Result<crate::GcReport, ServeError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let root = config.root.clone();
-        let storage = tokio::task::spawn_blocking(move || FsStorage::open(root))
-            .await
-            .map_err(|e| ServeError::Io(std::io::Error::other(e)))??;
-        let registry = Registry::new(Arc::new(storage), RegistryOptions::from_config(config));
+        let storage = crate::storage::open(config).await?;
+        let registry = Registry::new(storage, RegistryOptions::from_config(config));
         let mut opts = registry.gc_options();
         opts.dry_run = dry_run;
         Ok(registry.collect_garbage(&opts).await?)

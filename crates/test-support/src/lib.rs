@@ -18,10 +18,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 mod containerd;
+mod moto;
 mod registry;
 mod rootfs;
 
 pub use containerd::{write_mirror_hosts_toml, Containerd};
+pub use moto::{MotoServer, MOTO_ACCESS_KEY_ID, MOTO_REGION, MOTO_SECRET_ACCESS_KEY};
 pub use registry::DistributionRegistry;
 pub use rootfs::{
     busybox_rootfs_tar, host_oci_arch, write_busybox_oci_layout, BusyboxImage, BUSYBOX_APPLETS,

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod inspect;
 pub mod sample_game;
 pub mod serve;
+pub mod user;
 
 /// Human-readable byte counts (decimal units, as registries and WORKLOAD.md use).
 pub fn human_bytes(n: u64) -> String {

@@ -946,6 +946,8 @@ impl Storage for FsStorage {
 
 #[cfg(test)]
 mod tests {
+    //! Filesystem-only checks. The behaviour every backend shares is tested for the
+    //! filesystem and S3 alike in `tests/storage_suite.rs`.
     use super::*;
     use futures::stream;
 
@@ -957,163 +959,67 @@ mod tests {
         Box::pin(stream::iter(items))
     }
 
-    async fn read_all(s: &FsStorage, d: &Digest, range: Option<(u64, u64)>) -> Vec<u8> {
-        let mut stream = s.read_blob(d, range).await.unwrap();
-        let mut out = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            out.extend_from_slice(&chunk.unwrap());
-        }
-        out
-    }
-
     #[tokio::test]
-    async fn chunked_upload_becomes_a_blob_only_when_finished() {
+    async fn blobs_live_under_a_two_hex_fan_out() {
         let dir = tempfile::tempdir().unwrap();
         let s = FsStorage::open(dir.path()).unwrap();
-        let u = s.create_upload("a/b").await.unwrap();
-        assert_eq!(u.offset, 0);
-        let off = s
-            .append_upload("a/b", &u.id, 0, body(&[b"hello ", b"wor"]), 100)
-            .await
-            .unwrap();
-        assert_eq!(off, 9);
-        // Out of order.
-        let err = s
-            .append_upload("a/b", &u.id, 3, body(&[b"x"]), 100)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, StorageError::OutOfOrder { current: 9, .. }),
-            "{err}"
-        );
-        // Another repository does not see the session.
-        assert!(matches!(
-            s.upload_info("other", &u.id).await,
-            Err(StorageError::UploadNotFound(_))
-        ));
-        let off = s
-            .append_upload("a/b", &u.id, 9, body(&[b"ld"]), 100)
-            .await
-            .unwrap();
-        assert_eq!(off, 11);
-        assert_eq!(s.upload_info("a/b", &u.id).await.unwrap().offset, 11);
         let d = Digest::of(b"hello world");
-        assert!(s.stat_blob(&d).await.unwrap().is_none());
-        let meta = s.finish_upload("a/b", &u.id, &d).await.unwrap();
-        assert_eq!(meta.size, 11);
-        assert_eq!(read_all(&s, &d, None).await, b"hello world");
-        assert_eq!(read_all(&s, &d, Some((6, 5))).await, b"world");
-        assert!(matches!(
-            s.read_blob(&d, Some((6, 6))).await,
-            Err(StorageError::Range { .. })
-        ));
-        assert!(matches!(
-            s.upload_info("a/b", &u.id).await,
-            Err(StorageError::UploadNotFound(_))
-        ));
+        s.put_blob_bytes(&d, Bytes::from_static(b"hello world"))
+            .await
+            .unwrap();
         assert!(s
             .blob_path(&d)
             .ends_with(format!("blobs/sha256/{}/{}", &d.hex()[..2], d.hex())));
+        assert!(s.blob_path(&d).is_file());
     }
 
     #[tokio::test]
-    async fn digest_mismatch_stores_nothing() {
+    async fn bytes_past_the_persisted_offset_are_cut_off() {
         let dir = tempfile::tempdir().unwrap();
         let s = FsStorage::open(dir.path()).unwrap();
         let u = s.create_upload("r").await.unwrap();
-        s.append_upload("r", &u.id, 0, body(&[b"abc"]), 100)
+        s.append_upload("r", &u.id, 0, body(&[b"part1"]), 100)
             .await
             .unwrap();
-        let wrong = Digest::of(b"abd");
-        let err = s.finish_upload("r", &u.id, &wrong).await.unwrap_err();
-        assert!(matches!(err, StorageError::DigestMismatch { .. }), "{err}");
-        assert!(s.stat_blob(&wrong).await.unwrap().is_none());
-        assert!(s.stat_blob(&Digest::of(b"abc")).await.unwrap().is_none());
-        assert!(s.list_uploads().await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn size_limit_refuses_the_chunk_and_keeps_the_session() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = FsStorage::open(dir.path()).unwrap();
-        let u = s.create_upload("r").await.unwrap();
-        s.append_upload("r", &u.id, 0, body(&[b"1234"]), 8)
-            .await
-            .unwrap();
-        let err = s
-            .append_upload("r", &u.id, 4, body(&[b"56", b"789"]), 8)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StorageError::TooLarge { limit: 8, .. }));
-        assert_eq!(s.upload_info("r", &u.id).await.unwrap().offset, 4);
-        s.append_upload("r", &u.id, 4, body(&[b"5678"]), 8)
-            .await
-            .unwrap();
-        s.finish_upload("r", &u.id, &Digest::of(b"12345678"))
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn broken_body_keeps_received_bytes_and_restart_rehashes() {
-        let dir = tempfile::tempdir().unwrap();
-        let id;
-        {
-            let s = FsStorage::open(dir.path()).unwrap();
-            let u = s.create_upload("r").await.unwrap();
-            id = u.id.clone();
-            let items: Vec<Result<Bytes, std::io::Error>> = vec![
-                Ok(Bytes::from_static(b"part1")),
-                Err(std::io::Error::other("connection reset")),
-            ];
-            let err = s
-                .append_upload("r", &u.id, 0, Box::pin(stream::iter(items)), 100)
-                .await
-                .unwrap_err();
-            assert!(matches!(err, StorageError::Body(_)));
-            assert_eq!(s.upload_info("r", &u.id).await.unwrap().offset, 5);
-            // Garbage past the persisted offset (a chunk cut by a crash) is dropped.
-            let mut f = std::fs::OpenOptions::new()
+        // Garbage past the persisted offset (a chunk cut by a crash) is dropped at the next
+        // append, by a restarted server that has no running hash.
+        let data = dir.path().join("uploads").join(&u.id).join("data");
+        let garbage = |path: &Path| {
+            std::fs::OpenOptions::new()
                 .append(true)
-                .open(dir.path().join("uploads").join(&id).join("data"))
-                .unwrap();
-            f.write_all(b"GARBAGE").unwrap();
-        }
-        // A new instance (a restarted server) has no running hash and reads the file back.
+                .open(path)
+                .unwrap()
+                .write_all(b"GARBAGE")
+                .unwrap()
+        };
+        garbage(&data);
+        drop(s);
         let s = FsStorage::open(dir.path()).unwrap();
-        assert_eq!(s.list_uploads().await.unwrap().len(), 1);
-        s.append_upload("r", &id, 5, body(&[b"part2"]), 100)
+        s.append_upload("r", &u.id, 5, body(&[b"part2"]), 100)
             .await
             .unwrap();
-        s.finish_upload("r", &id, &Digest::of(b"part1part2"))
+        s.finish_upload("r", &u.id, &Digest::of(b"part1part2"))
             .await
             .unwrap();
+        // ... and at finish.
         let u = s.create_upload("r").await.unwrap();
         s.append_upload("r", &u.id, 0, body(&[b"xy"]), 100)
             .await
             .unwrap();
         drop(s);
         let s = FsStorage::open(dir.path()).unwrap();
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.path().join("uploads").join(&u.id).join("data"))
-            .unwrap()
-            .write_all(b"junk")
-            .unwrap();
+        garbage(&dir.path().join("uploads").join(&u.id).join("data"));
         s.finish_upload("r", &u.id, &Digest::of(b"xy"))
             .await
             .unwrap();
     }
 
     #[tokio::test]
-    async fn purge_removes_only_stale_sessions() {
+    async fn purge_removes_torn_sessions_and_leaves_stray_names() {
         let dir = tempfile::tempdir().unwrap();
         let s = FsStorage::open(dir.path()).unwrap();
-        let old = s.create_upload("r").await.unwrap();
-        let cutoff = SystemTime::now() + Duration::from_millis(50);
-        tokio::time::sleep(Duration::from_millis(100)).await;
         let fresh = s.create_upload("r").await.unwrap();
-        // A directory torn by a crash (no state.json) is purged too.
+        // A directory torn by a crash (no state.json) is purged by its own age.
         let torn = dir
             .path()
             .join("uploads")
@@ -1126,55 +1032,11 @@ mod tests {
             .unwrap();
         // Stray names are left alone.
         std::fs::write(dir.path().join("uploads/README"), b"x").unwrap();
-        assert_eq!(s.purge_uploads(cutoff).await.unwrap(), 2);
-        assert!(s.upload_info("r", &old.id).await.is_err());
+        let cutoff = SystemTime::now() - Duration::from_secs(60);
+        assert_eq!(s.purge_uploads(cutoff).await.unwrap(), 1);
         assert!(s.upload_info("r", &fresh.id).await.is_ok());
         assert!(!torn.exists());
-    }
-
-    #[tokio::test]
-    async fn links_manifests_tags_referrers_and_repositories() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = FsStorage::open(dir.path()).unwrap();
-        let d = Digest::of(b"{}");
-        s.put_blob_bytes(&d, Bytes::from_static(b"{}"))
-            .await
-            .unwrap();
-        assert!(matches!(
-            s.put_blob_bytes(&d, Bytes::from_static(b"{ }")).await,
-            Err(StorageError::DigestMismatch { .. })
-        ));
-        assert!(!s.repository_exists("a").await.unwrap());
-        s.link_blob("a", &d).await.unwrap();
-        s.link_blob("a/b/c", &d).await.unwrap();
-        assert!(s.blob_linked("a", &d).await.unwrap());
-        assert!(!s.blob_linked("a/b", &d).await.unwrap());
-        s.put_manifest("z", &d, "application/x").await.unwrap();
-        assert_eq!(
-            s.manifest_media_type("z", &d).await.unwrap().as_deref(),
-            Some("application/x")
-        );
-        s.put_tag("z", "v2", &d).await.unwrap();
-        s.put_tag("z", "v10", &d).await.unwrap();
-        assert_eq!(s.list_tags("z").await.unwrap(), ["v10", "v2"]);
-        assert_eq!(s.get_tag("z", "v2").await.unwrap(), Some(d));
-        assert!(s.delete_tag("z", "v2").await.unwrap());
-        assert!(!s.delete_tag("z", "v2").await.unwrap());
-        assert_eq!(s.list_repositories().await.unwrap(), ["a", "a/b/c", "z"]);
-        let r1 = Digest::of(b"r1");
-        s.put_referrer("z", &d, &r1, Bytes::from_static(b"{\"r\":1}"))
-            .await
-            .unwrap();
-        assert_eq!(s.list_referrers("z", &d).await.unwrap().len(), 1);
-        s.delete_referrer("z", &d, &r1).await.unwrap();
-        assert!(s.list_referrers("z", &d).await.unwrap().is_empty());
-        assert_eq!(s.list_manifests("z").await.unwrap(), [d]);
-        assert!(s.delete_manifest("z", &d).await.unwrap());
-        assert!(s.list_manifests("z").await.unwrap().is_empty());
-        assert_eq!(s.list_blobs().await.unwrap().len(), 1);
-        assert!(s.unlink_blob("a", &d).await.unwrap());
-        assert!(s.delete_blob(&d).await.unwrap());
-        assert!(!s.delete_blob(&d).await.unwrap());
+        assert!(dir.path().join("uploads/README").exists());
     }
 
     #[test]
@@ -1187,17 +1049,5 @@ mod tests {
         ));
         drop(first);
         FsStorage::open(dir.path()).unwrap();
-    }
-
-    #[tokio::test]
-    async fn upload_ids_cannot_escape_the_uploads_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = FsStorage::open(dir.path()).unwrap();
-        for id in ["../tmp", "..", "x", "00000000-0000-0000-0000-00000000000G"] {
-            assert!(matches!(
-                s.upload_info("r", id).await,
-                Err(StorageError::UploadNotFound(_))
-            ));
-        }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! The trait speaks in streams and byte ranges, never in local paths, so that an object
 //! store (S3-compatible, through `object_store`) can implement it as well as the
-//! filesystem ([`FsStorage`]).
+//! filesystem ([`FsStorage`]) and an S3-compatible bucket ([`S3Storage`]).
 //!
 //! Rules every implementation keeps:
 //! - A blob becomes visible under its digest only once its bytes are verified against that
@@ -14,8 +14,10 @@
 //!   an upload can be resumed after a restart.
 
 mod fs;
+mod s3;
 
 pub use fs::FsStorage;
+pub use s3::{S3Config, S3Storage};
 
 use std::pin::Pin;
 use std::time::SystemTime;
@@ -286,4 +288,21 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Removes upload sessions that received nothing since `before`; returns how many.
     async fn purge_uploads(&self, before: SystemTime) -> StorageResult<usize>;
+}
+
+/// Opens the storage `config` asks for: the filesystem under `root`, or the bucket of
+/// `[storage] kind = "s3"`.
+pub async fn open(config: &crate::Config) -> StorageResult<std::sync::Arc<dyn Storage>> {
+    match &config.storage {
+        crate::config::StorageConfig::Fs => {
+            let root = config.root.clone();
+            let storage = tokio::task::spawn_blocking(move || FsStorage::open(root))
+                .await
+                .map_err(|e| StorageError::io("open storage", std::io::Error::other(e)))??;
+            Ok(std::sync::Arc::new(storage))
+        }
+        crate::config::StorageConfig::S3(s3) => {
+            Ok(std::sync::Arc::new(S3Storage::connect(s3).await?))
+        }
+    }
 }
