@@ -4,7 +4,7 @@
 //! the chunk indexes, as Gantry's agent pulls).
 
 use crate::error::BuildError;
-use crate::layout::OciLayout;
+use gantry_client::layout::OciLayout;
 use gantry_layer::ChunkIndex;
 use gantry_oci::{media_types, Digest};
 use serde::Serialize;

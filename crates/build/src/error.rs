@@ -39,6 +39,9 @@ pub enum BuildError {
         #[source]
         source: gantry_layer::LayerError,
     },
+    /// An OCI layout could not be read or written.
+    #[error(transparent)]
+    Client(#[from] gantry_client::ClientError),
     /// An OCI layout could not be read.
     #[error("OCI layout {path}: {message}")]
     Layout { path: PathBuf, message: String },

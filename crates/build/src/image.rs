@@ -3,9 +3,9 @@
 
 use crate::cache::{BuildCache, CachedLayer};
 use crate::error::BuildError;
-use crate::layout::{LayoutWriter, OciLayout};
 use crate::sources::{fingerprint_layer, resolve_layer};
 use crate::spec::{BuildSpec, LayerSpec, SourceSpec};
+use gantry_client::layout::{LayoutWriter, OciLayout};
 use gantry_layer::{ChunkReuse, ChunkerParams, LayerOptions, NoReuse, SegmentPlan, TarOptions};
 use gantry_oci::spec::{
     Config, DescriptorBuilder, History, ImageConfiguration, ImageIndexBuilder, ImageManifest,

@@ -7,14 +7,13 @@ mod cache;
 mod cost;
 mod error;
 mod image;
-pub mod layout;
 mod sources;
 pub mod spec;
 
 pub use cache::{BuildCache, CachedLayer};
 pub use cost::{update_cost, LayerCost, UpdateCost};
 pub use error::BuildError;
+pub use gantry_client::layout::{LayoutWriter, OciLayout, ResolvedManifest};
 pub use image::{build, BuildOptions, BuildOutput, BuildProgress, LayerReport, NoProgress};
-pub use layout::{LayoutWriter, OciLayout, ResolvedManifest};
 pub use sources::{fingerprint_layer, resolve_layer, split_parts, ResolvedLayer};
 pub use spec::BuildSpec;

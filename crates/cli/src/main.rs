@@ -28,6 +28,16 @@ enum Command {
     Serve(commands::serve::ServeArgs),
     /// Manage the registry's users (argon2id-hashed passwords).
     User(commands::user::UserArgs),
+    /// Push an image from an OCI layout to a registry (only what it lacks).
+    Push(commands::push::PushArgs),
+    /// Pull an image from a registry into an OCI layout, verifying every blob.
+    Pull(commands::pull::PullArgs),
+    /// Copy an image between registries and OCI layouts (oci:DIR[:TAG] or a reference).
+    Copy(commands::copy::CopyArgs),
+    /// Log in to a registry (credentials stored as `docker login` stores them).
+    Login(commands::login::LoginArgs),
+    /// Remove the stored credentials of a registry.
+    Logout(commands::login::LogoutArgs),
 }
 
 fn main() {
@@ -46,6 +56,11 @@ fn main() {
         Command::Demo(args) => commands::demo::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::User(args) => commands::user::run(args),
+        Command::Push(args) => commands::push::run(args),
+        Command::Pull(args) => commands::pull::run(args),
+        Command::Copy(args) => commands::copy::run(args),
+        Command::Login(args) => commands::login::run_login(args),
+        Command::Logout(args) => commands::login::run_logout(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

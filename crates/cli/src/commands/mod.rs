@@ -1,10 +1,15 @@
 //! One module per subcommand.
 
 pub mod build;
+pub mod copy;
 pub mod demo;
 pub mod inspect;
+pub mod login;
+pub mod pull;
+pub mod push;
 pub mod sample_game;
 pub mod serve;
+pub mod transfer;
 pub mod user;
 
 /// Human-readable byte counts (decimal units, as registries and WORKLOAD.md use).

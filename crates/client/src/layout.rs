@@ -1,8 +1,9 @@
 //! OCI image layout directories: written into a temporary sibling and moved
 //! into place only when complete, so a failed build never leaves a partial
-//! image where a good one was; read for base images and `gantry inspect`.
+//! image where a good one was; read as the source of a push, a base image, `gantry
+//! inspect` and `gantry diff`.
 
-use crate::error::BuildError;
+use crate::error::ClientError;
 use gantry_oci::spec::{ImageIndex, ImageManifest};
 use gantry_oci::{media_types, Digest, DigestHasher};
 use std::fs;
@@ -19,12 +20,12 @@ pub struct LayoutWriter {
 
 impl LayoutWriter {
     /// Starts a layout that [`LayoutWriter::commit`] will move to `target`.
-    pub fn create(target: &Path) -> Result<Self, BuildError> {
+    pub fn create(target: &Path) -> Result<Self, ClientError> {
         let parent = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        fs::create_dir_all(&parent).map_err(BuildError::io(&parent))?;
+        fs::create_dir_all(&parent).map_err(ClientError::io(&parent))?;
         check_replaceable(target)?;
         let name = target
             .file_name()
@@ -33,10 +34,10 @@ impl LayoutWriter {
         let dir = tempfile::Builder::new()
             .prefix(&format!(".{name}.gantry-tmp-"))
             .tempdir_in(&parent)
-            .map_err(BuildError::io(&parent))?;
-        fs::create_dir_all(dir.path().join("blobs/sha256")).map_err(BuildError::io(dir.path()))?;
+            .map_err(ClientError::io(&parent))?;
+        fs::create_dir_all(dir.path().join("blobs/sha256")).map_err(ClientError::io(dir.path()))?;
         fs::write(dir.path().join("oci-layout"), OCI_LAYOUT_FILE)
-            .map_err(BuildError::io(dir.path()))?;
+            .map_err(ClientError::io(dir.path()))?;
         Ok(LayoutWriter {
             dir,
             target: target.to_path_buf(),
@@ -54,36 +55,40 @@ impl LayoutWriter {
     }
 
     /// Stores bytes as a blob and returns their digest.
-    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, BuildError> {
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, ClientError> {
         let digest = Digest::of(bytes);
         let path = self.blob_path(&digest);
-        fs::write(&path, bytes).map_err(BuildError::io(&path))?;
+        fs::write(&path, bytes).map_err(ClientError::io(&path))?;
         Ok(digest)
     }
 
     /// Puts an existing blob file into the layout: a hard link when possible
     /// (blobs are immutable), a copy otherwise.
-    pub fn put_file(&self, src: &Path, digest: &Digest) -> Result<(), BuildError> {
+    pub fn put_file(&self, src: &Path, digest: &Digest) -> Result<(), ClientError> {
         let dst = self.blob_path(digest);
         if dst.exists() {
             return Ok(());
         }
         if fs::hard_link(src, &dst).is_err() {
-            fs::copy(src, &dst).map_err(BuildError::io(src))?;
+            fs::copy(src, &dst).map_err(ClientError::io(src))?;
         }
         Ok(())
     }
 
     /// Writes `index.json`, syncs, and moves the layout to its target,
     /// replacing an older layout there.
-    pub fn commit(self, index: &ImageIndex) -> Result<PathBuf, BuildError> {
-        let json = gantry_oci::canonical_json_pretty("index.json", index)
-            .map_err(|e| BuildError::Spec(e.to_string()))?;
+    pub fn commit(self, index: &ImageIndex) -> Result<PathBuf, ClientError> {
+        let json = gantry_oci::canonical_json_pretty("index.json", index).map_err(|e| {
+            ClientError::Layout {
+                path: self.target.clone(),
+                message: format!("index.json: {e}"),
+            }
+        })?;
         let index_path = self.dir.path().join("index.json");
-        let mut f = fs::File::create(&index_path).map_err(BuildError::io(&index_path))?;
+        let mut f = fs::File::create(&index_path).map_err(ClientError::io(&index_path))?;
         f.write_all(&json)
             .and_then(|_| f.sync_all())
-            .map_err(BuildError::io(&index_path))?;
+            .map_err(ClientError::io(&index_path))?;
         check_replaceable(&self.target)?;
         let tmp = self.dir.keep();
         let old = if self.target.exists() {
@@ -95,7 +100,7 @@ impl LayoutWriter {
             let old = self
                 .target
                 .with_file_name(format!(".{name}.gantry-old-{}", std::process::id()));
-            fs::rename(&self.target, &old).map_err(BuildError::io(&self.target))?;
+            fs::rename(&self.target, &old).map_err(ClientError::io(&self.target))?;
             Some(old)
         } else {
             None
@@ -105,20 +110,20 @@ impl LayoutWriter {
                 let _ = fs::rename(old, &self.target);
             }
             let _ = fs::remove_dir_all(&tmp);
-            return Err(BuildError::Io {
+            return Err(ClientError::Io {
                 path: self.target.clone(),
                 source: e,
             });
         }
         if let Some(old) = old {
-            fs::remove_dir_all(&old).map_err(BuildError::io(&old))?;
+            fs::remove_dir_all(&old).map_err(ClientError::io(&old))?;
         }
         Ok(self.target.clone())
     }
 }
 
 /// Only an OCI layout or an empty directory may be replaced by a build.
-fn check_replaceable(target: &Path) -> Result<(), BuildError> {
+fn check_replaceable(target: &Path) -> Result<(), ClientError> {
     if !target.exists() {
         return Ok(());
     }
@@ -130,7 +135,7 @@ fn check_replaceable(target: &Path) -> Result<(), BuildError> {
     if is_layout || is_empty_dir {
         Ok(())
     } else {
-        Err(BuildError::Layout {
+        Err(ClientError::Layout {
             path: target.to_path_buf(),
             message: "exists and is not an OCI image layout; refusing to replace it".into(),
         })
@@ -158,10 +163,10 @@ pub struct ResolvedManifest {
 
 impl OciLayout {
     /// Opens a layout, checking its `oci-layout` marker.
-    pub fn open(root: &Path) -> Result<Self, BuildError> {
+    pub fn open(root: &Path) -> Result<Self, ClientError> {
         let marker = root.join("oci-layout");
         if !marker.is_file() {
-            return Err(BuildError::Layout {
+            return Err(ClientError::Layout {
                 path: root.to_path_buf(),
                 message: "not an OCI image layout (no oci-layout file)".into(),
             });
@@ -182,25 +187,25 @@ impl OciLayout {
     }
 
     /// `index.json`.
-    pub fn index(&self) -> Result<ImageIndex, BuildError> {
+    pub fn index(&self) -> Result<ImageIndex, ClientError> {
         let path = self.root.join("index.json");
-        let bytes = fs::read(&path).map_err(BuildError::io(&path))?;
+        let bytes = fs::read(&path).map_err(ClientError::io(&path))?;
         serde_json::from_slice(&bytes).map_err(|e| self.err(format!("index.json: {e}")))
     }
 
-    fn err(&self, message: String) -> BuildError {
-        BuildError::Layout {
+    fn err(&self, message: String) -> ClientError {
+        ClientError::Layout {
             path: self.root.clone(),
             message,
         }
     }
 
     /// Reads a blob and checks its digest.
-    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, BuildError> {
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, ClientError> {
         let path = self.blob_path(digest);
         let bytes = fs::read(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => self.err(format!("blob {digest} is missing")),
-            _ => BuildError::Io {
+            _ => ClientError::Io {
                 path: path.clone(),
                 source: e,
             },
@@ -212,7 +217,7 @@ impl OciLayout {
     }
 
     /// Streams a blob file through sha256 and checks digest and size.
-    pub fn verify_blob(&self, digest: &Digest, size: u64) -> Result<(), BuildError> {
+    pub fn verify_blob(&self, digest: &Digest, size: u64) -> Result<(), ClientError> {
         let path = self.blob_path(digest);
         let mut f =
             fs::File::open(&path).map_err(|_| self.err(format!("blob {digest} is missing")))?;
@@ -220,7 +225,7 @@ impl OciLayout {
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
         loop {
-            let n = f.read(&mut buf).map_err(BuildError::io(&path))?;
+            let n = f.read(&mut buf).map_err(ClientError::io(&path))?;
             if n == 0 {
                 break;
             }
@@ -242,7 +247,7 @@ impl OciLayout {
         tag: Option<&str>,
         os: &str,
         arch: &str,
-    ) -> Result<ResolvedManifest, BuildError> {
+    ) -> Result<ResolvedManifest, ClientError> {
         let index = self.index()?;
         let tagged = |d: &gantry_oci::spec::Descriptor| {
             d.annotations()

@@ -1,0 +1,456 @@
+//! `gantry push`: an image from an OCI layout to a registry, sending only what the
+//! registry lacks — existing blobs are skipped (HEAD first), blobs of a base image living
+//! in another repository of the same registry are mounted, and against a registry that
+//! advertises delta push a changed layer is assembled from the chunks the repository
+//! already holds plus only the new chunks. Referrers (the chunk indexes) follow, then the
+//! manifest by digest, then the tag.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use gantry_layer::ChunkIndex;
+use gantry_oci::spec::{Descriptor, ImageIndex, ImageManifest};
+use gantry_oci::{media_types, Digest, Reference};
+use serde::Serialize;
+
+use crate::error::{ClientError, ClientResult};
+use crate::layout::OciLayout;
+use crate::progress::{BlobOutcome, TransferProgress};
+use crate::registry::{fallback_tag, BlobRange, DeltaOp, RegistryClient, UploadStart};
+
+/// Annotation naming the base image an image was built on (OCI pre-defined key).
+pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
+/// Largest chunk index read while planning a delta push.
+const MAX_INDEX_BYTES: u64 = 64 << 20;
+
+/// Options of a push.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// Blobs transferred at once.
+    pub jobs: usize,
+    /// Use delta push when the registry offers it.
+    pub delta: bool,
+    /// Image in the destination repository whose chunks a delta push may reuse (a tag or
+    /// digest); default: what the destination tag points at before the push.
+    pub delta_from: Option<String>,
+    /// A repository of the same registry to mount missing blobs from (a copy between
+    /// repositories); by default the base image's repository, when it is on this registry.
+    pub mount_from: Option<String>,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions {
+            jobs: 4,
+            delta: true,
+            delta_from: None,
+            mount_from: None,
+        }
+    }
+}
+
+/// One blob of a push.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushedBlob {
+    /// Digest.
+    pub digest: Digest,
+    /// Size.
+    pub size: u64,
+    /// What it is (`config`, a layer name, `chunk index`).
+    pub label: String,
+    /// How it got there.
+    pub outcome: BlobOutcome,
+    /// Bytes sent for it.
+    pub bytes_sent: u64,
+    /// Bytes the registry copied from blobs it held (delta push).
+    pub bytes_reused: u64,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushReport {
+    /// The destination, pinned to the pushed manifest.
+    pub reference: String,
+    /// The image manifest's digest.
+    pub manifest_digest: Digest,
+    /// Every blob.
+    pub blobs: Vec<PushedBlob>,
+    /// Referrer manifests pushed (chunk indexes).
+    pub referrers: Vec<Digest>,
+    /// Whether the registry supports the referrers API (else the fallback tag was used).
+    pub referrers_api: bool,
+    /// Whether delta push was used for at least one blob.
+    pub delta_push: bool,
+    /// Sum of blob bytes sent (manifests excluded).
+    pub bytes_sent: u64,
+    /// Sum of blob bytes reused by the registry.
+    pub bytes_reused: u64,
+    /// Size of the image's blobs (config and layers).
+    pub image_bytes: u64,
+}
+
+struct BlobJob {
+    desc: Descriptor,
+    digest: Digest,
+    label: String,
+    /// The layer's chunk index in the layout, for delta push.
+    index: Option<Digest>,
+}
+
+/// Pushes the image tagged `tag` (or the only image) of `layout` to `dest`.
+pub async fn push_layout(
+    client: &RegistryClient,
+    layout: &OciLayout,
+    tag: Option<&str>,
+    dest: &Reference,
+    options: &PushOptions,
+    progress: Arc<dyn TransferProgress>,
+) -> ClientResult<PushReport> {
+    let image = layout.resolve(tag, "linux", "amd64").or_else(|e| {
+        // A layout built for another platform still pushes when it holds one image.
+        layout
+            .resolve(tag, "linux", std::env::consts::ARCH)
+            .map_err(|_| e)
+    })?;
+    let repo = dest.repository.as_str();
+    let caps = client.ping().await?;
+    let referrers = layout_referrers(layout, &image.digest)?;
+
+    let mut jobs = Vec::new();
+    jobs.push(job(image.manifest.config(), "config".into(), layout)?);
+    for (i, d) in image.manifest.layers().iter().enumerate() {
+        let label = d
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(media_types::ANNOTATION_LAYER_NAME))
+            .cloned()
+            .unwrap_or_else(|| format!("layer {}", i + 1));
+        jobs.push(job(d, label, layout)?);
+    }
+    let image_bytes: u64 = jobs.iter().map(|j| j.desc.size()).sum();
+    for (_, manifest) in &referrers {
+        jobs.push(job(manifest.config(), "chunk index config".into(), layout)?);
+        for d in manifest.layers() {
+            let mut j = job(d, "chunk index".into(), layout)?;
+            // There the annotation points back at the layer, not at an index.
+            j.index = None;
+            jobs.push(j);
+        }
+    }
+    // One job per digest.
+    let mut seen = std::collections::HashSet::new();
+    jobs.retain(|j| seen.insert(j.digest));
+
+    let old_chunks = if caps.delta_push && options.delta {
+        let from = options
+            .delta_from
+            .clone()
+            .unwrap_or_else(|| dest.tag_or_latest().to_string());
+        old_chunk_map(client, repo, &from).await?
+    } else {
+        HashMap::new()
+    };
+    let mount_from = options
+        .mount_from
+        .clone()
+        .filter(|from| from != repo)
+        .or_else(|| base_repository(&image.manifest, client.host(), repo));
+
+    let ctx = Ctx {
+        client,
+        layout,
+        repo,
+        old_chunks: &old_chunks,
+        mount_from: mount_from.as_deref(),
+        progress: progress.as_ref(),
+    };
+    let blobs: Vec<PushedBlob> = stream::iter(jobs.iter().map(|j| ctx.push_blob(j)))
+        .buffer_unordered(options.jobs.max(1))
+        .try_collect()
+        .await?;
+
+    // The manifest by digest, then its referrers, then the tag.
+    let media_type = image
+        .manifest
+        .media_type()
+        .as_ref()
+        .map(|m| m.to_string())
+        .unwrap_or_else(|| media_types::OCI_MANIFEST.to_string());
+    let manifest_bytes = Bytes::from(image.bytes.clone());
+    client
+        .put_manifest(
+            repo,
+            &image.digest.to_string(),
+            &media_type,
+            manifest_bytes.clone(),
+        )
+        .await?;
+    let mut referrers_api = true;
+    let mut pushed_referrers = Vec::new();
+    for (desc, _) in &referrers {
+        let digest = Digest::from_oci(desc.digest()).map_err(|e| invalid(layout, e))?;
+        let bytes = Bytes::from(layout.read_blob(&digest)?);
+        let (_, acknowledged) = client
+            .put_manifest(repo, &digest.to_string(), media_types::OCI_MANIFEST, bytes)
+            .await?;
+        if !acknowledged {
+            referrers_api = false;
+            add_to_fallback_index(client, repo, &image.digest, desc).await?;
+        }
+        pushed_referrers.push(digest);
+    }
+    let tag_ref = dest
+        .tag
+        .clone()
+        .or_else(|| dest.digest.is_none().then(|| "latest".to_string()));
+    if let Some(t) = &tag_ref {
+        client
+            .put_manifest(repo, t, &media_type, manifest_bytes)
+            .await?;
+    }
+    let mut pinned = dest.clone();
+    pinned.digest = Some(image.digest);
+    Ok(PushReport {
+        reference: pinned.to_string(),
+        manifest_digest: image.digest,
+        bytes_sent: blobs.iter().map(|b| b.bytes_sent).sum(),
+        bytes_reused: blobs.iter().map(|b| b.bytes_reused).sum(),
+        delta_push: blobs.iter().any(|b| b.outcome == BlobOutcome::Delta),
+        blobs,
+        referrers: pushed_referrers,
+        referrers_api,
+        image_bytes,
+    })
+}
+
+fn invalid(layout: &OciLayout, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Layout {
+        path: layout.root().to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+fn job(desc: &Descriptor, label: String, layout: &OciLayout) -> ClientResult<BlobJob> {
+    let digest = Digest::from_oci(desc.digest()).map_err(|e| invalid(layout, e))?;
+    let index = desc
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(media_types::ANNOTATION_CHUNK_INDEX))
+        .and_then(|s| s.parse::<Digest>().ok());
+    Ok(BlobJob {
+        desc: desc.clone(),
+        digest,
+        label,
+        index,
+    })
+}
+
+/// The referrer manifests of `subject` listed in the layout's `index.json`.
+pub fn layout_referrers(
+    layout: &OciLayout,
+    subject: &Digest,
+) -> ClientResult<Vec<(Descriptor, ImageManifest)>> {
+    let mut out = Vec::new();
+    for d in layout.index()?.manifests() {
+        if d.artifact_type().is_none() {
+            continue;
+        }
+        let digest = Digest::from_oci(d.digest()).map_err(|e| invalid(layout, e))?;
+        let bytes = layout.read_blob(&digest)?;
+        let Ok(manifest) = serde_json::from_slice::<ImageManifest>(&bytes) else {
+            continue;
+        };
+        let about = manifest
+            .subject()
+            .as_ref()
+            .and_then(|s| Digest::from_oci(s.digest()).ok());
+        if about == Some(*subject) {
+            out.push((d.clone(), manifest));
+        }
+    }
+    Ok(out)
+}
+
+/// The repository of the image's base, when it lives on the same registry (so its
+/// layers can be mounted rather than sent).
+fn base_repository(manifest: &ImageManifest, host: &str, repo: &str) -> Option<String> {
+    let name = manifest.annotations().as_ref()?.get(ANNOTATION_BASE_NAME)?;
+    let base: Reference = name.parse().ok()?;
+    (base.registry == host && base.repository != repo).then_some(base.repository)
+}
+
+/// Chunk id → where its bytes are in the repository, from the chunk indexes of the
+/// layers of image `from` (a tag or digest) in `repo`. Empty when there is no such image.
+async fn old_chunk_map(
+    client: &RegistryClient,
+    repo: &str,
+    from: &str,
+) -> ClientResult<HashMap<Digest, BlobRange>> {
+    let mut map = HashMap::new();
+    let fetched = match client.get_manifest(repo, from).await {
+        Ok(m) => m,
+        Err(e) if matches!(e.status(), Some(404)) => return Ok(map),
+        Err(e) => return Err(e),
+    };
+    let Ok(manifest) = serde_json::from_slice::<ImageManifest>(&fetched.bytes) else {
+        return Ok(map); // an index or something else: no delta source
+    };
+    for layer in manifest.layers() {
+        let Some(index_digest) = layer
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(media_types::ANNOTATION_CHUNK_INDEX))
+            .and_then(|s| s.parse::<Digest>().ok())
+        else {
+            continue;
+        };
+        let Ok(layer_digest) = Digest::from_oci(layer.digest()) else {
+            continue;
+        };
+        let blob = match client
+            .read_blob_bytes(repo, &index_digest, MAX_INDEX_BYTES)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(%index_digest, error = %e, "chunk index unavailable; no delta from this layer");
+                continue;
+            }
+        };
+        let Ok(index) = ChunkIndex::from_blob(&blob) else {
+            tracing::warn!(%index_digest, "unreadable chunk index; no delta from this layer");
+            continue;
+        };
+        if index.layer_digest != layer_digest {
+            continue;
+        }
+        for c in index.chunks_with_offsets() {
+            map.entry(c.record.id).or_insert(BlobRange {
+                digest: layer_digest,
+                offset: c.compressed_offset,
+                length: c.record.compressed_len,
+            });
+        }
+    }
+    Ok(map)
+}
+
+/// Adds a referrer descriptor to the fallback-tag index of `subject`.
+async fn add_to_fallback_index(
+    client: &RegistryClient,
+    repo: &str,
+    subject: &Digest,
+    desc: &Descriptor,
+) -> ClientResult<()> {
+    let tag = fallback_tag(subject);
+    let mut manifests: Vec<Descriptor> = match client.get_manifest(repo, &tag).await {
+        Ok(m) => serde_json::from_slice::<ImageIndex>(&m.bytes)
+            .map(|i| i.manifests().clone())
+            .unwrap_or_default(),
+        Err(e) if e.status() == Some(404) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    if manifests.iter().any(|m| m.digest() == desc.digest()) {
+        return Ok(());
+    }
+    manifests.push(desc.clone());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_types::OCI_INDEX,
+        "manifests": manifests,
+    });
+    let bytes = gantry_oci::canonical_json("referrers index", &index).map_err(|e| {
+        ClientError::Invalid {
+            what: "referrers index".into(),
+            message: e.to_string(),
+        }
+    })?;
+    client
+        .put_manifest(repo, &tag, media_types::OCI_INDEX, Bytes::from(bytes))
+        .await?;
+    Ok(())
+}
+
+struct Ctx<'a> {
+    client: &'a RegistryClient,
+    layout: &'a OciLayout,
+    repo: &'a str,
+    old_chunks: &'a HashMap<Digest, BlobRange>,
+    mount_from: Option<&'a str>,
+    progress: &'a dyn TransferProgress,
+}
+
+impl Ctx<'_> {
+    async fn push_blob(&self, job: &BlobJob) -> ClientResult<PushedBlob> {
+        let size = job.desc.size();
+        let digest = job.digest;
+        let done = |outcome, sent, reused| {
+            self.progress.blob_finished(&digest, outcome);
+            PushedBlob {
+                digest,
+                size,
+                label: job.label.clone(),
+                outcome,
+                bytes_sent: sent,
+                bytes_reused: reused,
+            }
+        };
+        self.progress.blob_started(&digest, size, &job.label);
+        if self.client.blob_size(self.repo, &digest).await?.is_some() {
+            return Ok(done(BlobOutcome::Existing, 0, 0));
+        }
+        let path = self.layout.blob_path(&digest);
+        self.layout.verify_blob(&digest, size)?;
+        let mount = self.mount_from.map(|from| (&digest, from));
+        let location = match self.client.start_upload(self.repo, mount).await? {
+            UploadStart::Mounted => return Ok(done(BlobOutcome::Mounted, 0, 0)),
+            UploadStart::Session(location) => location,
+        };
+        let on_bytes = |n| self.progress.blob_bytes(&digest, n);
+        if let Some(ops) = self.delta_ops(job)? {
+            let (sent, reused) = self
+                .client
+                .upload_ops(self.repo, location, &digest, &path, &ops, &on_bytes)
+                .await?;
+            return Ok(done(BlobOutcome::Delta, sent, reused));
+        }
+        let sent = self
+            .client
+            .upload_file(self.repo, location, &digest, &path, size, &on_bytes)
+            .await?;
+        Ok(done(BlobOutcome::Uploaded, sent, 0))
+    }
+
+    /// The delta plan of a layer: copies of chunks the repository holds, sends of the
+    /// rest. `None` when there is nothing to reuse.
+    fn delta_ops(&self, job: &BlobJob) -> ClientResult<Option<Vec<DeltaOp>>> {
+        if self.old_chunks.is_empty() {
+            return Ok(None);
+        }
+        let Some(index_digest) = job.index else {
+            return Ok(None);
+        };
+        let blob = self.layout.read_blob(&index_digest)?;
+        let index = ChunkIndex::from_blob(&blob).map_err(|e| invalid(self.layout, e))?;
+        if index.layer_digest != job.digest {
+            return Ok(None);
+        }
+        let mut ops = Vec::with_capacity(index.chunks.len());
+        let mut reused = 0u64;
+        for c in index.chunks_with_offsets() {
+            match self.old_chunks.get(&c.record.id) {
+                Some(r) => {
+                    reused += r.length;
+                    ops.push(DeltaOp::Copy(r.clone()));
+                }
+                None => ops.push(DeltaOp::Send {
+                    offset: c.compressed_offset,
+                    len: c.record.compressed_len,
+                }),
+            }
+        }
+        Ok((reused > 0).then_some(ops))
+    }
+}
