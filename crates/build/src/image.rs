@@ -39,6 +39,8 @@ pub struct BuildOptions {
     pub threads: usize,
     /// Overrides the spec's tag.
     pub tag: Option<String>,
+    /// How to reach the registry of a `[base] image = "…"` (credentials, CA, plain HTTP).
+    pub registry: gantry_client::ClientOptions,
 }
 
 /// Progress callbacks for long builds.
@@ -91,6 +93,8 @@ pub struct BuildOutput {
     pub config_digest: Digest,
     /// Digest of the chunk-index referrer manifest, if any layer has an index.
     pub referrer_digest: Option<Digest>,
+    /// The manifest digest a `[base] image` reference resolved to.
+    pub base_digest: Option<Digest>,
     /// The layout written.
     pub layout: PathBuf,
     /// `name:tag`.
@@ -142,6 +146,8 @@ pub fn build(opts: &BuildOptions, progress: &dyn BuildProgress) -> Result<BuildO
 
     // Base image.
     let mut base = BaseImage::default();
+    let mut base_annotations = HashMap::new();
+    let mut base_digest = None;
     let mut layer_specs: Vec<LayerSpec> = spec.layers.clone();
     if let Some(b) = &spec.base {
         if let Some(rootfs) = &b.rootfs {
@@ -166,10 +172,14 @@ pub fn build(opts: &BuildOptions, progress: &dyn BuildProgress) -> Result<BuildO
                 progress,
             )?;
         } else if let Some(image) = &b.image {
-            return Err(BuildError::Base {
-                location: image.clone(),
-                message: "base images from a registry are not supported by this build yet; use `layout` or `rootfs`".into(),
-            });
+            let (pulled, reference, digest) = pull_base(image, opts, &spec)?;
+            base = BaseImage::from_layout(pulled.path(), None, &spec, &writer, progress)?;
+            base_annotations.insert(media_types::ANNOTATION_BASE_NAME.to_string(), reference);
+            base_annotations.insert(
+                media_types::ANNOTATION_BASE_DIGEST.to_string(),
+                digest.to_string(),
+            );
+            base_digest = Some(digest);
         }
     }
 
@@ -257,6 +267,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn BuildProgress) -> Result<BuildO
     // Manifest.
     let mut manifest_annotations = HashMap::new();
     manifest_annotations.insert(media_types::ANNOTATION_CREATED.to_string(), created.clone());
+    manifest_annotations.extend(base_annotations);
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
@@ -335,6 +346,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn BuildProgress) -> Result<BuildO
         manifest_size: manifest_bytes.len() as u64,
         config_digest,
         referrer_digest: referrer.map(|r| r.0),
+        base_digest,
         layout,
         image: format!("{}:{tag}", spec.image.name),
         tag,
@@ -492,6 +504,97 @@ struct BaseImage {
     diff_ids: Vec<String>,
     history: Vec<History>,
     reports: Vec<LayerReport>,
+}
+
+/// A pulled base image: in the build cache (kept, so a rebuild of a base pinned by digest
+/// needs no network and one by tag downloads only what changed), or a temporary directory.
+enum PulledBase {
+    Cached(PathBuf),
+    /// The layout inside a directory removed when this is dropped.
+    Temporary {
+        _dir: tempfile::TempDir,
+        layout: PathBuf,
+    },
+}
+
+impl PulledBase {
+    fn path(&self) -> &Path {
+        match self {
+            PulledBase::Cached(p) => p,
+            PulledBase::Temporary { layout, .. } => layout,
+        }
+    }
+}
+
+/// Resolves `[base] image` for the spec's platform through the registry client and pulls
+/// it into a layout. Returns the layout, the reference as written (without `http://`),
+/// and the manifest digest it resolved to.
+fn pull_base(
+    image: &str,
+    opts: &BuildOptions,
+    spec: &BuildSpec,
+) -> Result<(PulledBase, String, Digest), BuildError> {
+    let berr = |message: String| BuildError::Base {
+        location: image.to_string(),
+        message,
+    };
+    let (plain_http, text) = match image.strip_prefix("http://") {
+        Some(rest) => (true, rest),
+        None => (false, image),
+    };
+    let reference: gantry_oci::Reference = text.parse().map_err(|e| berr(format!("{e}")))?;
+    let mut client_options = opts.registry.clone();
+    client_options.insecure |= plain_http;
+    let client = gantry_client::RegistryClient::new(&reference.registry, &client_options)
+        .map_err(|e| berr(e.to_string()))?;
+    let key = format!("{}/{}", reference.registry, reference.repository).replace([':', '/'], "_");
+    let target = match &opts.cache_dir {
+        Some(dir) => {
+            let d = dir.join("bases");
+            fs::create_dir_all(&d).map_err(BuildError::io(&d))?;
+            PulledBase::Cached(d.join(key))
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("gantry-base-")
+                .tempdir()
+                .map_err(BuildError::io(std::env::temp_dir()))?;
+            let layout = t.path().join("base");
+            PulledBase::Temporary { _dir: t, layout }
+        }
+    };
+    let layout_dir = target.path().to_path_buf();
+    // A base pinned by digest that the cache already holds needs no network.
+    if let Some(digest) = reference.digest {
+        if let Ok(layout) = OciLayout::open(&layout_dir) {
+            if layout
+                .resolve(None, &spec.image.os, &spec.image.architecture)
+                .is_ok_and(|m| m.digest == digest)
+            {
+                return Ok((target, text.to_string(), digest));
+            }
+        }
+    }
+    let options = gantry_client::PullOptions {
+        os: spec.image.os.clone(),
+        arch: spec.image.architecture.clone(),
+        referrers: true,
+        ..gantry_client::PullOptions::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| berr(format!("starting the async runtime: {e}")))?;
+    let report = runtime
+        .block_on(gantry_client::pull_to_layout(
+            &client,
+            &reference,
+            &layout_dir,
+            &options,
+            std::sync::Arc::new(gantry_client::NoProgress),
+        ))
+        .map_err(|e| berr(e.to_string()))?;
+    Ok((target, text.to_string(), report.manifest_digest))
 }
 
 impl BaseImage {

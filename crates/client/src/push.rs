@@ -20,8 +20,6 @@ use crate::layout::OciLayout;
 use crate::progress::{BlobOutcome, TransferProgress};
 use crate::registry::{fallback_tag, BlobRange, DeltaOp, RegistryClient, UploadStart};
 
-/// Annotation naming the base image an image was built on (OCI pre-defined key).
-pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
 /// Largest chunk index read while planning a delta push.
 const MAX_INDEX_BYTES: u64 = 64 << 20;
 
@@ -276,7 +274,10 @@ pub fn layout_referrers(
 /// The repository of the image's base, when it lives on the same registry (so its
 /// layers can be mounted rather than sent).
 fn base_repository(manifest: &ImageManifest, host: &str, repo: &str) -> Option<String> {
-    let name = manifest.annotations().as_ref()?.get(ANNOTATION_BASE_NAME)?;
+    let name = manifest
+        .annotations()
+        .as_ref()?
+        .get(media_types::ANNOTATION_BASE_NAME)?;
     let base: Reference = name.parse().ok()?;
     (base.registry == host && base.repository != repo).then_some(base.repository)
 }

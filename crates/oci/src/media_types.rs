@@ -35,6 +35,10 @@ pub const ANNOTATION_LAYER_NAME: &str = "dev.gantry.layer";
 /// Standard annotation carrying the tag of a manifest in an OCI layout.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Standard annotation of the creation time.
+/// The base image an image was built on, by reference (OCI pre-defined annotation).
+pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
+/// The base image's manifest digest (OCI pre-defined annotation).
+pub const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
 pub const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
 
 /// The bytes of the empty JSON descriptor's blob.

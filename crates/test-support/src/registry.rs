@@ -12,7 +12,7 @@ use tempfile::TempDir;
 use crate::{free_port, require_tool};
 
 /// A `docker-registry serve` (CNCF distribution 2.8) on a free port of 127.0.0.1, plain HTTP,
-/// no auth, deletes enabled, storage in a temp dir. Killed on drop.
+/// deletes enabled, storage in a temp dir, no auth or htpasswd basic auth. Killed on drop.
 pub struct DistributionRegistry {
     child: Child,
     dir: TempDir,
@@ -23,17 +23,36 @@ impl DistributionRegistry {
     /// Starts the registry and waits until it answers `GET /v2/` (panics after 30 s, with
     /// the registry's log).
     pub fn start() -> Self {
+        Self::start_with_auth(None)
+    }
+
+    /// Starts the registry requiring HTTP basic auth for `user`/`password` (its htpasswd
+    /// backend, bcrypt hash) on every request.
+    pub fn start_with_basic_auth(user: &str, password: &str) -> Self {
+        Self::start_with_auth(Some((user, password)))
+    }
+
+    fn start_with_auth(auth: Option<(&str, &str)>) -> Self {
         let bin = require_tool("docker-registry");
         let dir = tempfile::Builder::new()
             .prefix("gantry-registry-")
             .tempdir()
             .expect("create registry temp dir");
+        let htpasswd = auth.map(|(user, password)| {
+            let hash = bcrypt::hash(password, 5).expect("bcrypt hash");
+            let path = dir.path().join("htpasswd");
+            std::fs::write(&path, format!("{user}:{hash}\n")).expect("write htpasswd");
+            path
+        });
         // Retry on the rare race where the free port is taken before the registry binds it.
         for _attempt in 0..5 {
             let port = free_port();
             let config = dir.path().join("config.yml");
-            std::fs::write(&config, config_yml(&dir.path().join("data"), port))
-                .expect("write registry config");
+            std::fs::write(
+                &config,
+                config_yml(&dir.path().join("data"), port, htpasswd.as_deref()),
+            )
+            .expect("write registry config");
             let log = File::create(dir.path().join("registry.log")).expect("create registry log");
             let mut child = Command::new(&bin)
                 .arg("serve")
@@ -135,12 +154,19 @@ fn wait_until_serving(child: &mut Child, port: u16, timeout: Duration) -> Ready 
     }
 }
 
-fn config_yml(storage: &Path, port: u16) -> String {
+fn config_yml(storage: &Path, port: u16, htpasswd: Option<&Path>) -> String {
+    let auth = match htpasswd {
+        Some(path) => format!(
+            "auth:\n  htpasswd:\n    realm: gantry-test\n    path: {}\n",
+            path.display()
+        ),
+        None => String::new(),
+    };
     format!(
         "version: 0.1\n\
          log:\n  level: warn\n  accesslog:\n    disabled: true\n\
          storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-         http:\n  addr: 127.0.0.1:{port}\n",
+         http:\n  addr: 127.0.0.1:{port}\n{auth}",
         storage.display()
     )
 }

@@ -14,6 +14,7 @@ pub fn options(context: &Path, output: &Path, cache: Option<&Path>) -> BuildOpti
         source_date_epoch: 1_700_000_000,
         threads: 2,
         tag: None,
+        registry: Default::default(),
     }
 }
 

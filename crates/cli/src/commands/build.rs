@@ -30,6 +30,15 @@ pub struct BuildArgs {
     /// Compression threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Push the built image to this reference (`http://` prefix for plain HTTP), sending
+    /// only what the registry lacks.
+    #[arg(long, value_name = "REF")]
+    pub push: Option<String>,
+    #[command(flatten)]
+    pub push_flags: super::push::PushFlags,
+    /// Registry access, for `--push` and for a `[base] image` reference.
+    #[command(flatten)]
+    pub registry: super::transfer::RegistryArgs,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -72,6 +81,7 @@ pub fn options(args: &BuildArgs) -> anyhow::Result<gantry_build::BuildOptions> {
                 .unwrap_or(1)
         }),
         tag: args.tag.clone(),
+        registry: args.registry.options(false)?,
     })
 }
 
@@ -80,8 +90,24 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
     let opts = options(&args)?;
     let out = gantry_build::build(&opts, &BuildBars::new(args.json))
         .with_context(|| format!("building {}", args.dir.display()))?;
+    let pushed = match &args.push {
+        Some(dest) => Some(super::push::push(
+            &out.layout,
+            Some(&out.tag),
+            dest,
+            &args.push_flags,
+            &args.registry,
+            args.json,
+        )?),
+        None => None,
+    };
     if args.json {
-        return print_json(&out);
+        // The build's object, with a `push` member when it was pushed.
+        let mut value = serde_json::to_value(&out)?;
+        if let (Some(p), Some(obj)) = (&pushed, value.as_object_mut()) {
+            obj.insert("push".into(), serde_json::to_value(p)?);
+        }
+        return print_json(&value);
     }
     println!("built {} in {:.1}s", out.image, out.seconds);
     println!("  layout    {}", out.layout.display());
@@ -91,5 +117,8 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         human_bytes(out.total_size),
         out.layers.len()
     );
+    if let Some(p) = &pushed {
+        super::push::print_report(p);
+    }
     Ok(())
 }

@@ -108,6 +108,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(1),
         tag: None,
+        registry: Default::default(),
     };
     say("building v1 (cold cache)".into());
     let v1 = gantry_build::build(&opts("image-v1"), &NoProgress)?;
