@@ -31,7 +31,8 @@ pub struct PushOptions {
     /// Use delta push when the registry offers it.
     pub delta: bool,
     /// Image in the destination repository whose chunks a delta push may reuse (a tag or
-    /// digest); default: what the destination tag points at before the push.
+    /// digest); default: what the destination tag points at before the push, else
+    /// `latest`.
     pub delta_from: Option<String>,
     /// A repository of the same registry to mount missing blobs from (a copy between
     /// repositories); by default the base image's repository, when it is on this registry.
@@ -141,15 +142,20 @@ pub async fn push_layout(
     let mut seen = std::collections::HashSet::new();
     jobs.retain(|j| seen.insert(j.digest));
 
-    let old_chunks = if caps.delta_push && options.delta {
-        let from = options
-            .delta_from
-            .clone()
-            .unwrap_or_else(|| dest.tag_or_latest().to_string());
-        old_chunk_map(client, repo, &from).await?
-    } else {
-        HashMap::new()
-    };
+    let mut old_chunks = HashMap::new();
+    if caps.delta_push && options.delta {
+        // The named image, else what the destination tag points at, else `latest`.
+        let candidates = match &options.delta_from {
+            Some(from) => vec![from.clone()],
+            None => vec![dest.tag_or_latest().to_string(), "latest".to_string()],
+        };
+        for from in candidates {
+            old_chunks = old_chunk_map(client, repo, &from).await?;
+            if !old_chunks.is_empty() {
+                break;
+            }
+        }
+    }
     let mount_from = options
         .mount_from
         .clone()
