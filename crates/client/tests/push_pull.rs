@@ -78,7 +78,7 @@ async fn pull(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_and_pull_with_token_auth_on_gantry_serve() {
-    let images = sample_images(4_000_000, 100_000);
+    let images = sample_images(4_000_000, 100_000, None);
     let serve = Serve::with_auth().await;
     let host = serve.host();
     let dest = reference(&host, "team/game:v1");
@@ -135,7 +135,7 @@ async fn push_and_pull_with_token_auth_on_gantry_serve() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_and_pull_with_basic_auth_on_cncf_distribution() {
-    let images = sample_images(3_000_000, 100_000);
+    let images = sample_images(3_000_000, 100_000, None);
     let reg = DistributionRegistry::start_with_basic_auth("bob", "bobpw");
     let host = reg.host();
     let dest = reference(&host, "studio/game:v1");
@@ -173,7 +173,7 @@ async fn push_and_pull_with_basic_auth_on_cncf_distribution() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_push_uploads_no_more_than_the_new_chunks() {
-    let images = sample_images(8_000_000, 300_000);
+    let images = sample_images(8_000_000, 300_000, None);
     let serve = Serve::open().await;
     let host = serve.host();
     let c = client(&host, None);
@@ -253,7 +253,7 @@ fn skopeo(args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_reads_what_gantry_pushed_and_gantry_reads_what_skopeo_pushed() {
-    let images = sample_images(2_000_000, 50_000);
+    let images = sample_images(2_000_000, 50_000, None);
     let serve = Serve::open().await;
     let host = serve.host();
     let c = client(&host, None);

@@ -21,6 +21,8 @@ mod containerd;
 mod moto;
 mod registry;
 mod rootfs;
+mod sample;
+mod serve;
 
 pub use containerd::{write_mirror_hosts_toml, Containerd};
 pub use moto::{MotoServer, MOTO_ACCESS_KEY_ID, MOTO_REGION, MOTO_SECRET_ACCESS_KEY};
@@ -28,6 +30,8 @@ pub use registry::DistributionRegistry;
 pub use rootfs::{
     busybox_rootfs_tar, host_oci_arch, write_busybox_oci_layout, BusyboxImage, BUSYBOX_APPLETS,
 };
+pub use sample::{build as build_sample, sample_images, SampleImages};
+pub use serve::{metric, GantryServe};
 
 /// Directories searched after `PATH` by [`require_tool`]: a non-login root shell (or a CI
 /// environment) may lack the `sbin` directories where Debian puts `runc`.

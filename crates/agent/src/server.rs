@@ -1,0 +1,600 @@
+//! The pull side of the Distribution API for containerd (`/v2/`, manifests and blobs, GET
+//! and HEAD, Range on blobs, the `ns` parameter of mirror requests), plus `/metrics` and
+//! `/status`.
+//!
+//! - Manifests always come from upstream, with the client's `Authorization` (the registry
+//!   decides what a tag means and who may read it); the agent learns from each image
+//!   manifest which chunk index belongs to which layer.
+//! - A blob request is first confirmed upstream (HEAD with the client's `Authorization`),
+//!   so a held blob is never handed to a client the registry would refuse; a 401 and its
+//!   `WWW-Authenticate` challenge reach containerd unchanged. Then the blob is served from
+//!   the store, after being obtained (delta or whole) if needed. Concurrent requests for
+//!   one blob share one fetch.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use axum::Router;
+use gantry_oci::{media_types, Digest};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use crate::assemble::Fetcher;
+use crate::error::AgentError;
+use crate::metrics::{Metrics, Status};
+use crate::store::Store;
+use crate::upstream::{UpstreamSpec, Upstreams};
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Store directory.
+    pub root: PathBuf,
+    /// Upstream registries.
+    pub upstreams: Vec<UpstreamSpec>,
+    /// Store size limit in bytes (0: none).
+    pub max_bytes: u64,
+    /// Range requests in flight per blob.
+    pub fetch_jobs: usize,
+}
+
+/// Shared state of the running agent.
+pub struct AgentState {
+    /// The store.
+    pub store: Store,
+    /// Upstreams.
+    pub upstreams: Upstreams,
+    /// Metrics.
+    pub metrics: Metrics,
+    jobs: usize,
+    inflight: tokio::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// An agent listening in the background.
+pub struct RunningAgent {
+    addr: SocketAddr,
+    state: Arc<AgentState>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningAgent {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The shared state (store, metrics).
+    pub fn state(&self) -> &Arc<AgentState> {
+        &self.state
+    }
+
+    /// Stops accepting and waits for the server task.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Opens the store and starts serving on `config.addr` in the background.
+pub async fn bind(config: &AgentConfig) -> Result<RunningAgent, AgentError> {
+    if config.upstreams.is_empty() {
+        return Err(AgentError::Invalid {
+            what: "agent configuration".into(),
+            message: "no upstream registry (--upstream HOST[=URL])".into(),
+        });
+    }
+    let root = config.root.clone();
+    let max = config.max_bytes;
+    let store = tokio::task::spawn_blocking(move || Store::open(&root, max))
+        .await
+        .map_err(|e| AgentError::Invalid {
+            what: "store".into(),
+            message: e.to_string(),
+        })??;
+    let state = Arc::new(AgentState {
+        store,
+        upstreams: Upstreams::new(config.upstreams.clone())?,
+        metrics: Metrics::new(),
+        jobs: config.fetch_jobs.max(1),
+        inflight: tokio::sync::Mutex::new(HashMap::new()),
+    });
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(AgentError::io(format!("listen on {}", config.addr)))?;
+    let addr = listener.local_addr().map_err(AgentError::io("listener"))?;
+    let app = router(state.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok(RunningAgent {
+        addr,
+        state,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
+}
+
+/// The agent's HTTP API.
+pub fn router(state: Arc<AgentState>) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({"errors": [{"code": code, "message": message}]}).to_string();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("docker-distribution-api-version", "registry/2.0")
+        .body(Body::from(body))
+        .unwrap_or_default()
+}
+
+fn agent_error(e: &AgentError) -> Response {
+    match e {
+        AgentError::UnknownUpstream(_) => {
+            error_response(StatusCode::NOT_FOUND, "NAME_UNKNOWN", &e.to_string())
+        }
+        AgentError::UpstreamStatus { status, .. } => error_response(
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
+            "UNKNOWN",
+            &e.to_string(),
+        ),
+        _ => error_response(StatusCode::BAD_GATEWAY, "UNKNOWN", &e.to_string()),
+    }
+}
+
+enum Route {
+    Base,
+    Manifest(String, String),
+    Blob(String, String),
+}
+
+fn parse_route(path: &str) -> Option<Route> {
+    if path == "/v2/" || path == "/v2" {
+        return Some(Route::Base);
+    }
+    let rest = path.strip_prefix("/v2/")?;
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.split('/').all(|c| {
+                !c.is_empty()
+                    && c.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                    })
+            })
+    };
+    if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
+        return (valid_name(name) && !reference.is_empty() && !reference.contains('/'))
+            .then(|| Route::Manifest(name.to_string(), reference.to_string()));
+    }
+    if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
+        return (valid_name(name) && !digest.contains('/'))
+            .then(|| Route::Blob(name.to_string(), digest.to_string()));
+    }
+    None
+}
+
+fn query_param(req: &Request, key: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.replace("%3A", ":").replace("%3a", ":"))
+    })
+}
+
+async fn handle(State(state): State<Arc<AgentState>>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    match path.as_str() {
+        "/metrics" => {
+            return Response::builder()
+                .header(
+                    "content-type",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+                .body(Body::from(state.metrics.encode()))
+                .unwrap_or_default()
+        }
+        "/status" => {
+            let mut status: Status = state.metrics.status();
+            let blobs = state.store.blobs();
+            status.blobs_held = blobs.len() as u64;
+            status.bytes_held = blobs.iter().map(|b| b.1).sum();
+            status.chunks_known = state.store.chunk_count() as u64;
+            return Response::builder()
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    serde_json::to_string_pretty(&status).unwrap_or_default(),
+                ))
+                .unwrap_or_default();
+        }
+        _ => {}
+    }
+    let method = req.method().clone();
+    if method != Method::GET && method != Method::HEAD {
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "the gantry agent is a pull-only mirror",
+        );
+    }
+    let Some(route) = parse_route(&path) else {
+        return error_response(StatusCode::NOT_FOUND, "NAME_INVALID", "not a pull route");
+    };
+    let ns = query_param(&req, "ns");
+    let up = match route {
+        Route::Base => {
+            return Response::builder()
+                .header("docker-distribution-api-version", "registry/2.0")
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .unwrap_or_default()
+        }
+        _ => match state.upstreams.pick(ns.as_deref()) {
+            Ok(u) => u.clone(),
+            Err(e) => return agent_error(&e),
+        },
+    };
+    let auth = req.headers().get("authorization").cloned();
+    match route {
+        Route::Manifest(name, reference) => {
+            manifest(
+                &state,
+                &up,
+                &name,
+                &reference,
+                method,
+                req.headers().clone(),
+                auth,
+            )
+            .await
+        }
+        Route::Blob(name, digest) => match digest.parse::<Digest>() {
+            Ok(d) => blob(&state, &up, &name, &d, method, req.headers().clone(), auth).await,
+            Err(e) => error_response(StatusCode::BAD_REQUEST, "DIGEST_INVALID", &e.to_string()),
+        },
+        Route::Base => unreachable!("answered above"),
+    }
+}
+
+/// Copies the headers of an upstream answer that a client needs.
+fn relay_headers(
+    from: &reqwest::header::HeaderMap,
+    mut builder: http::response::Builder,
+) -> http::response::Builder {
+    for name in [
+        "content-type",
+        "docker-content-digest",
+        "www-authenticate",
+        "etag",
+        "docker-distribution-api-version",
+    ] {
+        if let Some(v) = from.get(name) {
+            builder = builder.header(name, v.clone());
+        }
+    }
+    builder
+}
+
+async fn manifest(
+    state: &AgentState,
+    up: &UpstreamSpec,
+    name: &str,
+    reference: &str,
+    method: Method,
+    headers: HeaderMap,
+    auth: Option<HeaderValue>,
+) -> Response {
+    let auth = auth.as_ref();
+    let accept = headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json",
+        )
+        .to_string();
+    let path = format!("/v2/{name}/manifests/{reference}");
+    let resp = match state
+        .upstreams
+        .send(up, method.clone(), &path, auth, &[("accept", accept)])
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return agent_error(&e),
+    };
+    let status = resp.status();
+    let builder = relay_headers(resp.headers(), Response::builder().status(status.as_u16()));
+    if method == Method::HEAD {
+        let len = resp
+            .headers()
+            .get("content-length")
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("0"));
+        return builder
+            .header("content-length", len)
+            .body(Body::empty())
+            .unwrap_or_default();
+    }
+    let bytes = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            return agent_error(&AgentError::Upstream {
+                url: format!("{}{path}", up.url),
+                message: crate::upstream::describe(&e),
+            })
+        }
+    };
+    if status.is_success() {
+        let digest = Digest::of(&bytes);
+        if let Ok(expected) = reference.parse::<Digest>() {
+            if expected != digest {
+                state.metrics.verification_failure();
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "MANIFEST_INVALID",
+                    &format!(
+                        "upstream manifest does not match {expected} (has {digest}); not served"
+                    ),
+                );
+            }
+        }
+        learn_layers(&state.store, &bytes);
+    }
+    builder.body(Body::from(bytes)).unwrap_or_default()
+}
+
+/// Remembers the chunk index of every layer of an image manifest.
+fn learn_layers(store: &Store, bytes: &[u8]) {
+    let Ok(m) = serde_json::from_slice::<gantry_oci::spec::ImageManifest>(bytes) else {
+        return;
+    };
+    for layer in m.layers() {
+        let index = layer
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(media_types::ANNOTATION_CHUNK_INDEX))
+            .and_then(|s| s.parse::<Digest>().ok());
+        if let (Some(index), Ok(digest)) = (index, Digest::from_oci(layer.digest())) {
+            store.learn(&digest, &index);
+        }
+    }
+}
+
+async fn blob(
+    state: &Arc<AgentState>,
+    up: &UpstreamSpec,
+    name: &str,
+    digest: &Digest,
+    method: Method,
+    headers: HeaderMap,
+    auth: Option<HeaderValue>,
+) -> Response {
+    let auth = auth.as_ref();
+    // Upstream decides whether this client may read the blob, held or not.
+    let path = format!("/v2/{name}/blobs/{digest}");
+    let check = match state
+        .upstreams
+        .send(up, Method::HEAD, &path, auth, &[])
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return agent_error(&e),
+    };
+    if !check.status().is_success() {
+        let status =
+            StatusCode::from_u16(check.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let (code, message) = match status {
+            StatusCode::UNAUTHORIZED => ("UNAUTHORIZED", "authentication required"),
+            StatusCode::FORBIDDEN => ("DENIED", "requested access to the resource is denied"),
+            StatusCode::NOT_FOUND => ("BLOB_UNKNOWN", "blob unknown to registry"),
+            _ => ("UNKNOWN", "upstream refused the blob"),
+        };
+        let body = serde_json::json!({"errors": [{"code": code, "message": message}]}).to_string();
+        return relay_headers(check.headers(), Response::builder().status(status))
+            .header("content-type", "application/json")
+            .body(if method == Method::HEAD {
+                Body::empty()
+            } else {
+                Body::from(body)
+            })
+            .unwrap_or_default();
+    }
+    let upstream_size = check
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+
+    if !state.store.has(digest) {
+        if let Err(e) = obtain(state, up, name, digest, upstream_size, auth).await {
+            tracing::warn!(%digest, repository = name, error = %e, "could not obtain blob");
+            return agent_error(&e);
+        }
+    }
+    state.store.touch(digest);
+    serve_file(state, name, digest, &method, &headers).await
+}
+
+/// Obtains a blob once however many requests ask for it at the same time.
+async fn obtain(
+    state: &Arc<AgentState>,
+    up: &UpstreamSpec,
+    repo: &str,
+    digest: &Digest,
+    size: Option<u64>,
+    auth: Option<&HeaderValue>,
+) -> Result<(), AgentError> {
+    let lock = {
+        let mut map = state.inflight.lock().await;
+        map.entry(*digest)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone()
+    };
+    let _guard = lock.lock().await;
+    let result = if state.store.has(digest) {
+        Ok(())
+    } else {
+        let fetcher = Fetcher {
+            store: &state.store,
+            upstreams: &state.upstreams,
+            metrics: &state.metrics,
+            up,
+            repo,
+            auth,
+            jobs: state.jobs,
+        };
+        fetcher
+            .obtain(digest, size, state.store.known_index(digest))
+            .await
+    };
+    let mut map = state.inflight.lock().await;
+    if Arc::strong_count(&lock) <= 2 {
+        map.remove(digest);
+    }
+    result
+}
+
+/// Parses a single `Range: bytes=…` against `size`: `Some(Ok((start, len)))`, `Some(Err)`
+/// when unsatisfiable, `None` for no (or a multi-) range.
+fn parse_range(headers: &HeaderMap, size: u64) -> Option<Result<(u64, u64), ()>> {
+    let v = headers.get("range")?.to_str().ok()?.trim();
+    let spec = v.strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().ok()?;
+            if n == 0 {
+                return Some(Err(()));
+            }
+            (size.saturating_sub(n), size.checked_sub(1)?)
+        }
+        (s, "") => (s.parse().ok()?, size.checked_sub(1)?),
+        (s, e) => (
+            s.parse().ok()?,
+            e.parse::<u64>().ok()?.min(size.saturating_sub(1)),
+        ),
+    };
+    if start >= size || end < start {
+        return Some(Err(()));
+    }
+    Some(Ok((start, end - start + 1)))
+}
+
+async fn serve_file(
+    state: &Arc<AgentState>,
+    repo: &str,
+    digest: &Digest,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response {
+    let path = state.store.blob_path(digest);
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => return agent_error(&AgentError::Io { path, source: e }),
+    };
+    let size = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(e) => return agent_error(&AgentError::Io { path, source: e }),
+    };
+    let base = Response::builder()
+        .header("docker-content-digest", digest.to_string())
+        .header("etag", format!("\"{digest}\""))
+        .header("accept-ranges", "bytes")
+        .header("content-type", "application/octet-stream")
+        .header("docker-distribution-api-version", "registry/2.0");
+    let (status, start, len) = match parse_range(headers, size) {
+        Some(Ok((start, len))) => (StatusCode::PARTIAL_CONTENT, start, len),
+        Some(Err(())) => {
+            return base
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header("content-range", format!("bytes */{size}"))
+                .body(Body::empty())
+                .unwrap_or_default()
+        }
+        None => (StatusCode::OK, 0, size),
+    };
+    let mut builder = base.status(status).header("content-length", len);
+    if status == StatusCode::PARTIAL_CONTENT {
+        builder = builder.header(
+            "content-range",
+            format!("bytes {start}-{}/{size}", start + len - 1),
+        );
+    }
+    if method == Method::HEAD {
+        return builder.body(Body::empty()).unwrap_or_default();
+    }
+    if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "seek failed");
+    }
+    state.metrics.served(repo, len);
+    let stream = ReaderStream::with_capacity(file.take(len), 256 * 1024);
+    builder.body(Body::from_stream(stream)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert!(matches!(parse_route("/v2/"), Some(Route::Base)));
+        assert!(matches!(
+            parse_route("/v2/studio/game/manifests/v1"),
+            Some(Route::Manifest(n, r)) if n == "studio/game" && r == "v1"
+        ));
+        assert!(matches!(
+            parse_route("/v2/a/blobs/sha256:00"),
+            Some(Route::Blob(n, _)) if n == "a"
+        ));
+        assert!(parse_route("/v2/A/blobs/x").is_none());
+        assert!(parse_route("/v2/a/tags/list").is_none());
+    }
+
+    #[test]
+    fn ranges() {
+        let mut h = HeaderMap::new();
+        assert!(parse_range(&h, 10).is_none());
+        h.insert("range", "bytes=2-4".parse().unwrap());
+        assert_eq!(parse_range(&h, 10), Some(Ok((2, 3))));
+        h.insert("range", "bytes=-3".parse().unwrap());
+        assert_eq!(parse_range(&h, 10), Some(Ok((7, 3))));
+        h.insert("range", "bytes=8-".parse().unwrap());
+        assert_eq!(parse_range(&h, 10), Some(Ok((8, 2))));
+        h.insert("range", "bytes=10-".parse().unwrap());
+        assert_eq!(parse_range(&h, 10), Some(Err(())));
+        h.insert("range", "bytes=0-1,3-4".parse().unwrap());
+        assert!(parse_range(&h, 10).is_none());
+    }
+}

@@ -1,0 +1,332 @@
+//! The node's local store: verified blobs plus a map from chunk id to where the chunk's
+//! bytes are in a held blob.
+//!
+//! ```text
+//! <root>/blobs/sha256/<hex>   blobs, each verified against its digest before it got here
+//! <root>/layers/<hex>         for a held layer blob: the digest of its chunk index blob
+//! <root>/known/<hex>          for a layer seen in a manifest: its chunk index digest
+//! <root>/tmp/                 assemblies in progress (emptied at start: a crash never
+//!                             leaves a partial blob that could be taken for whole)
+//! ```
+//!
+//! A blob enters by [`Store::commit`]: written and fsynced in `tmp/`, verified, renamed.
+//! The chunk map is rebuilt at start from `layers/` and the index blobs. A size limit evicts
+//! the least recently used blobs (served or written) after each commit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::{Duration, SystemTime};
+
+use gantry_layer::ChunkIndex;
+use gantry_oci::Digest;
+
+use crate::error::AgentError;
+
+/// Where a chunk's compressed bytes are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLocation {
+    /// The held blob.
+    pub blob: Digest,
+    /// Offset of the chunk in it.
+    pub offset: u64,
+    /// Compressed length.
+    pub len: u64,
+}
+
+/// Blobs younger than this (last use) are never evicted: they may be being served.
+const EVICTION_GRACE: Duration = Duration::from_secs(120);
+
+/// The local store.
+pub struct Store {
+    root: PathBuf,
+    max_bytes: u64,
+    chunks: RwLock<HashMap<Digest, ChunkLocation>>,
+}
+
+impl Store {
+    /// Opens (creating) the store at `root`, empties `tmp/` and rebuilds the chunk map.
+    /// `max_bytes` 0 means no limit.
+    pub fn open(root: &Path, max_bytes: u64) -> Result<Store, AgentError> {
+        for d in ["blobs/sha256", "layers", "known", "tmp"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(AgentError::io(&p))?;
+        }
+        let tmp = root.join("tmp");
+        for entry in std::fs::read_dir(&tmp)
+            .map_err(AgentError::io(&tmp))?
+            .flatten()
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        let store = Store {
+            root: root.to_path_buf(),
+            max_bytes,
+            chunks: RwLock::new(HashMap::new()),
+        };
+        let layers = root.join("layers");
+        for entry in std::fs::read_dir(&layers)
+            .map_err(AgentError::io(&layers))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let (Ok(layer), Ok(text)) = (
+                Digest::from_hex(&name),
+                std::fs::read_to_string(entry.path()),
+            ) else {
+                continue;
+            };
+            let Ok(index_digest) = text.trim().parse::<Digest>() else {
+                continue;
+            };
+            if !store.has(&layer) {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            match store.read_index(&index_digest) {
+                Ok(index) if index.layer_digest == layer => store.add_chunks(&index),
+                _ => {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// The store directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Path of a held blob.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Whether a blob is held.
+    pub fn has(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Size of a held blob.
+    pub fn size(&self, digest: &Digest) -> Option<u64> {
+        std::fs::metadata(self.blob_path(digest))
+            .ok()
+            .map(|m| m.len())
+    }
+
+    /// Marks a blob as used now (for LRU eviction).
+    pub fn touch(&self, digest: &Digest) {
+        let _ = filetime::set_file_mtime(self.blob_path(digest), filetime::FileTime::now());
+    }
+
+    /// A new temporary file for an assembly or download.
+    pub fn temp_file(&self, digest: &Digest) -> Result<(PathBuf, std::fs::File), AgentError> {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            self.root
+                .join("tmp")
+                .join(format!("{}.{}.{n}", digest.hex(), std::process::id()));
+        let file = std::fs::File::create(&path).map_err(AgentError::io(&path))?;
+        Ok((path, file))
+    }
+
+    /// Verifies the temporary file `tmp` against `digest` and `size` (when known), fsyncs
+    /// it and moves it into the store. On a mismatch the file is removed and the error
+    /// names what it held.
+    pub fn commit(&self, tmp: &Path, digest: &Digest, size: Option<u64>) -> Result<(), AgentError> {
+        let (actual, len) = hash_file(tmp)?;
+        if actual != *digest || size.is_some_and(|s| s != len) {
+            let _ = std::fs::remove_file(tmp);
+            return Err(AgentError::Corrupt {
+                what: format!("blob {digest} ({len} bytes)"),
+                expected: *digest,
+                actual,
+            });
+        }
+        let f = std::fs::File::open(tmp).map_err(AgentError::io(tmp))?;
+        f.sync_all().map_err(AgentError::io(tmp))?;
+        let dest = self.blob_path(digest);
+        std::fs::rename(tmp, &dest).map_err(AgentError::io(&dest))?;
+        if let Ok(dir) = std::fs::File::open(self.root.join("blobs/sha256")) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Stores small verified bytes (a chunk index) as a blob.
+    pub fn put_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<(), AgentError> {
+        if self.has(digest) {
+            return Ok(());
+        }
+        let (path, mut file) = self.temp_file(digest)?;
+        std::io::Write::write_all(&mut file, bytes).map_err(AgentError::io(&path))?;
+        drop(file);
+        self.commit(&path, digest, Some(bytes.len() as u64))
+    }
+
+    /// Reads and parses a held chunk index blob.
+    pub fn read_index(&self, digest: &Digest) -> Result<ChunkIndex, AgentError> {
+        let path = self.blob_path(digest);
+        let bytes = std::fs::read(&path).map_err(AgentError::io(&path))?;
+        ChunkIndex::from_blob(&bytes).map_err(|e| AgentError::Invalid {
+            what: format!("chunk index {digest}"),
+            message: e.to_string(),
+        })
+    }
+
+    /// Records that held layer `index.layer_digest` has chunk index `index_digest`, and
+    /// adds its chunks to the map.
+    pub fn record_layer(
+        &self,
+        index_digest: &Digest,
+        index: &ChunkIndex,
+    ) -> Result<(), AgentError> {
+        let path = self.root.join("layers").join(index.layer_digest.hex());
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, index_digest.to_string()).map_err(AgentError::io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(AgentError::io(&path))?;
+        self.add_chunks(index);
+        Ok(())
+    }
+
+    fn add_chunks(&self, index: &ChunkIndex) {
+        let Ok(mut map) = self.chunks.write() else {
+            return;
+        };
+        for c in index.chunks_with_offsets() {
+            map.entry(c.record.id).or_insert(ChunkLocation {
+                blob: index.layer_digest,
+                offset: c.compressed_offset,
+                len: c.record.compressed_len,
+            });
+        }
+    }
+
+    /// Remembers, from a manifest, that `layer` has chunk index `index` (kept across
+    /// restarts, so a blob request after a restart still assembles by delta).
+    pub fn learn(&self, layer: &Digest, index: &Digest) {
+        let path = self.root.join("known").join(layer.hex());
+        if std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == index.to_string()) {
+            return;
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, index.to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+
+    /// The chunk index a manifest named for `layer`.
+    pub fn known_index(&self, layer: &Digest) -> Option<Digest> {
+        std::fs::read_to_string(self.root.join("known").join(layer.hex()))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Where a chunk is held, if anywhere.
+    pub fn chunk(&self, id: &Digest) -> Option<ChunkLocation> {
+        self.chunks.read().ok()?.get(id).copied()
+    }
+
+    /// Number of chunks known.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Every held blob with its size and last use.
+    pub fn blobs(&self) -> Vec<(Digest, u64, SystemTime)> {
+        let dir = self.root.join("blobs/sha256");
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let d = Digest::from_hex(&e.file_name().to_string_lossy()).ok()?;
+                let m = e.metadata().ok()?;
+                Some((d, m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+            })
+            .collect()
+    }
+
+    /// Evicts least recently used blobs until the store is under its limit; returns how
+    /// many were removed.
+    pub fn evict(&self) -> usize {
+        if self.max_bytes == 0 {
+            return 0;
+        }
+        let mut blobs = self.blobs();
+        let mut total: u64 = blobs.iter().map(|b| b.1).sum();
+        if total <= self.max_bytes {
+            return 0;
+        }
+        blobs.sort_by_key(|b| b.2);
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for (digest, size, used) in blobs {
+            if total <= self.max_bytes {
+                break;
+            }
+            if now.duration_since(used).unwrap_or_default() < EVICTION_GRACE {
+                continue;
+            }
+            // Forget its chunks first, so no assembly starts reading a blob being removed.
+            if let Ok(mut map) = self.chunks.write() {
+                map.retain(|_, loc| loc.blob != digest);
+            }
+            let _ = std::fs::remove_file(self.root.join("layers").join(digest.hex()));
+            if std::fs::remove_file(self.blob_path(&digest)).is_ok() {
+                total -= size;
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+/// sha256 and length of a file.
+pub fn hash_file(path: &Path) -> Result<(Digest, u64), AgentError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(AgentError::io(path))?;
+    let mut h = gantry_oci::DigestHasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).map_err(AgentError::io(path))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((h.finish(), n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_refuses_wrong_bytes_and_tmp_is_emptied_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 0).unwrap();
+        let good = Digest::of(b"hello");
+        let (path, mut f) = store.temp_file(&good).unwrap();
+        std::io::Write::write_all(&mut f, b"hellO").unwrap();
+        drop(f);
+        assert!(matches!(
+            store.commit(&path, &good, None),
+            Err(AgentError::Corrupt { .. })
+        ));
+        assert!(!store.has(&good));
+        store.put_bytes(&good, b"hello").unwrap();
+        assert!(store.has(&good));
+        // A leftover partial file is removed at the next open.
+        let (leftover, _) = store.temp_file(&good).unwrap();
+        drop(store);
+        let _store = Store::open(dir.path(), 0).unwrap();
+        assert!(!leftover.exists());
+    }
+}

@@ -1,0 +1,198 @@
+//! `gantry agent`: the node-side mirror; `gantry agent status`; `gantry agent
+//! install-containerd-config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use gantry_agent::{AgentConfig, UpstreamSpec};
+
+use super::transfer::runtime;
+
+/// Arguments of `gantry agent`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `gantry agent` subcommands.
+#[derive(Subcommand)]
+pub enum AgentCommand {
+    /// Show what a running agent fetched and reused, per layer.
+    Status(StatusArgs),
+    /// Write containerd's hosts.toml that makes the agent a registry's mirror.
+    InstallContainerdConfig(InstallArgs),
+}
+
+/// Running the agent.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:5050")]
+    pub addr: SocketAddr,
+    /// Store directory (verified blobs and the chunk map).
+    #[arg(long, default_value = "/var/lib/gantry/agent")]
+    pub root: PathBuf,
+    /// An upstream registry, `HOST` (HTTPS) or `HOST=URL`; repeat for several.
+    #[arg(long = "upstream", value_name = "HOST[=URL]")]
+    pub upstreams: Vec<String>,
+    /// Store size limit (e.g. 50GB; least recently used blobs are evicted; 0: none).
+    #[arg(long, default_value = "0")]
+    pub max_size: String,
+    /// Range requests in flight per blob.
+    #[arg(long, default_value_t = 4)]
+    pub fetch_jobs: usize,
+}
+
+/// Arguments of `gantry agent status`.
+#[derive(Args)]
+pub struct StatusArgs {
+    /// The agent's address.
+    #[arg(long, default_value = "127.0.0.1:5050")]
+    pub addr: SocketAddr,
+    /// Print the status JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `gantry agent install-containerd-config`.
+#[derive(Args)]
+pub struct InstallArgs {
+    /// containerd's registry config directory (`config_path`).
+    #[arg(long, default_value = "/etc/containerd/certs.d")]
+    pub hosts_dir: PathBuf,
+    /// Registry host to mirror (`host[:port]`); repeat for several.
+    #[arg(long = "registry", required = true)]
+    pub registries: Vec<String>,
+    /// The agent's URL.
+    #[arg(long, default_value = "http://127.0.0.1:5050")]
+    pub agent: String,
+    /// Use plain HTTP for the registry itself (the fallback when the agent is down).
+    #[arg(long)]
+    pub plain_http: bool,
+}
+
+/// Runs `gantry agent …`.
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(AgentCommand::Status(a)) => status(a),
+        Some(AgentCommand::InstallContainerdConfig(a)) => install(a),
+        None => serve(args.run),
+    }
+}
+
+fn serve(args: RunArgs) -> anyhow::Result<()> {
+    if args.upstreams.is_empty() {
+        anyhow::bail!("name at least one registry with --upstream HOST[=URL]");
+    }
+    let upstreams = args
+        .upstreams
+        .iter()
+        .map(|s| s.parse::<UpstreamSpec>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let max_bytes = if args.max_size == "0" {
+        0
+    } else {
+        gantry_sample_game::parse_size(&args.max_size)
+            .with_context(|| format!("--max-size {:?}", args.max_size))?
+    };
+    let config = AgentConfig {
+        addr: args.addr,
+        root: args.root.clone(),
+        upstreams,
+        max_bytes,
+        fetch_jobs: args.fetch_jobs,
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let agent = gantry_agent::bind(&config)
+            .await
+            .with_context(|| format!("gantry agent (store {})", args.root.display()))?;
+        eprintln!(
+            "gantry agent listening on {} (store {}, upstreams {})",
+            agent.url(),
+            args.root.display(),
+            args.upstreams.join(", ")
+        );
+        wait_for_signal().await;
+        agent.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let url = format!("http://{}/status", args.addr);
+    let status: serde_json::Value = runtime()?.block_on(async {
+        let resp = reqwest::get(&url)
+            .await
+            .with_context(|| format!("no agent answering at {url}"))?;
+        anyhow::ensure!(resp.status().is_success(), "{url}: {}", resp.status());
+        Ok::<_, anyhow::Error>(resp.json().await?)
+    })?;
+    if args.json {
+        return super::print_json(&status);
+    }
+    let n = |k: &str| status[k].as_u64().unwrap_or(0);
+    println!(
+        "fetched upstream {}, reused locally {}, served {}; holding {} in {} blobs, {} chunks known",
+        super::human_bytes(n("upstream_bytes")),
+        super::human_bytes(n("reused_bytes")),
+        super::human_bytes(n("served_bytes")),
+        super::human_bytes(n("bytes_held")),
+        n("blobs_held"),
+        n("chunks_known"),
+    );
+    if let Some(blobs) = status["blobs"].as_array() {
+        println!(
+            "{:<24} {:<19} {:>10} {:>6} {:>10} {:>10} {:>6}",
+            "repository", "blob", "size", "how", "upstream", "reused", "secs"
+        );
+        for b in blobs {
+            let s = |k: &str| b[k].as_str().unwrap_or("").to_string();
+            let u = |k: &str| b[k].as_u64().unwrap_or(0);
+            println!(
+                "{:<24} {:<19} {:>10} {:>6} {:>10} {:>10} {:>6.1}",
+                s("repository"),
+                s("digest").chars().take(19).collect::<String>(),
+                super::human_bytes(u("size")),
+                s("method"),
+                super::human_bytes(u("upstream_bytes")),
+                super::human_bytes(u("reused_bytes")),
+                b["seconds"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn install(args: InstallArgs) -> anyhow::Result<()> {
+    for registry in &args.registries {
+        let scheme = if args.plain_http { "http" } else { "https" };
+        let path = gantry_agent::hosts::install(
+            &args.hosts_dir,
+            registry,
+            &format!("{scheme}://{registry}"),
+            &args.agent,
+        )?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
