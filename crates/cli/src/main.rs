@@ -14,6 +14,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run; boxing the larger argument structs would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Build an OCI image layout from a game repository's gantry.toml.
@@ -26,18 +28,26 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Run the OCI registry (Distribution API 1.1) on local storage.
     Serve(commands::serve::ServeArgs),
+    /// Remove registry blobs no manifest references (offline; refuses while serving).
+    Gc(commands::gc::GcArgs),
     /// Manage the registry's users (argon2id-hashed passwords).
     User(commands::user::UserArgs),
+    /// Run the node agent: containerd's registry mirror with chunk-level updates.
+    Agent(commands::agent::AgentArgs),
     /// Push an image from an OCI layout to a registry (only what it lacks).
     Push(commands::push::PushArgs),
     /// Pull an image from a registry into an OCI layout, verifying every blob.
     Pull(commands::pull::PullArgs),
     /// Copy an image between registries and OCI layouts (oci:DIR[:TAG] or a reference).
     Copy(commands::copy::CopyArgs),
+    /// Compare two images: what a node holding OLD downloads to run NEW, three ways.
+    Diff(commands::diff::DiffArgs),
     /// Log in to a registry (credentials stored as `docker login` stores them).
     Login(commands::login::LoginArgs),
     /// Remove the stored credentials of a registry.
     Logout(commands::login::LogoutArgs),
+    /// Run a game server as PID 1: port, metadata, status events, health, signals, reaping.
+    Supervise(commands::supervise::SuperviseArgs),
 }
 
 fn main() {
@@ -55,12 +65,16 @@ fn main() {
         Command::SampleGame(args) => commands::sample_game::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Gc(args) => commands::gc::run(args),
         Command::User(args) => commands::user::run(args),
+        Command::Agent(args) => commands::agent::run(args),
         Command::Push(args) => commands::push::run(args),
         Command::Pull(args) => commands::pull::run(args),
         Command::Copy(args) => commands::copy::run(args),
+        Command::Diff(args) => commands::diff::run(args),
         Command::Login(args) => commands::login::run_login(args),
         Command::Logout(args) => commands::login::run_logout(args),
+        Command::Supervise(args) => commands::supervise::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

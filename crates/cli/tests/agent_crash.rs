@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gantry_client::{push_layout, ClientOptions, NoProgress, OciLayout, PushOptions, RegistryClient};
+use gantry_client::{
+    push_layout, ClientOptions, NoProgress, OciLayout, PushOptions, RegistryClient,
+};
 use gantry_oci::{Digest, Reference};
 use gantry_test_support::{free_port, sample_images, wait_for_tcp, GantryServe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -145,10 +147,7 @@ async fn an_agent_killed_mid_assembly_restarts_and_serves_the_exact_blob() {
     let _ = agent.0.kill(); // SIGKILL
     let _ = agent.0.wait();
     let _ = pending.await;
-    let blob_file = store
-        .path()
-        .join("blobs/sha256")
-        .join(biggest.digest.hex());
+    let blob_file = store.path().join("blobs/sha256").join(biggest.digest.hex());
     assert!(
         !blob_file.exists(),
         "the killed assembly must not have produced the blob"

@@ -87,12 +87,7 @@ fn login_push_pull_copy_logout_with_token_auth() {
     gantry_test_support::wait_for_tcp(addr.as_str(), Duration::from_secs(30));
 
     ok(
-        &gantry(
-            &["sample-game", "game", "--scale", "2MB"],
-            "",
-            &docker,
-            d,
-        ),
+        &gantry(&["sample-game", "game", "--scale", "2MB"], "", &docker, d),
         "sample-game",
     );
     let reference = format!("http://{addr}/studio/game:v1");
@@ -110,7 +105,13 @@ fn login_push_pull_copy_logout_with_token_auth() {
 
     // A wrong password is refused and nothing is stored.
     let out = gantry(
-        &["login", &format!("http://{addr}"), "-u", "ci", "--password-stdin"],
+        &[
+            "login",
+            &format!("http://{addr}"),
+            "-u",
+            "ci",
+            "--password-stdin",
+        ],
         "wrong\n",
         &docker,
         d,
@@ -120,7 +121,13 @@ fn login_push_pull_copy_logout_with_token_auth() {
 
     ok(
         &gantry(
-            &["login", &format!("http://{addr}"), "-u", "ci", "--password-stdin"],
+            &[
+                "login",
+                &format!("http://{addr}"),
+                "-u",
+                "ci",
+                "--password-stdin",
+            ],
             "ci-secret\n",
             &docker,
             d,
@@ -174,18 +181,21 @@ fn login_push_pull_copy_logout_with_token_auth() {
     );
     let copied: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(copied["manifest_digest"], digest.as_str());
-    assert_eq!(copied["bytes_sent"], 0, "blobs are mounted within a registry");
+    assert_eq!(
+        copied["bytes_sent"], 0,
+        "blobs are mounted within a registry"
+    );
     ok(
         &gantry(&["copy", "oci:pulled", "oci:again:renamed"], "", &docker, d),
         "copy layout",
     );
-    let out = ok(&gantry(&["inspect", "again", "--json"], "", &docker, d), "inspect");
+    let out = ok(
+        &gantry(&["inspect", "again", "--json"], "", &docker, d),
+        "inspect",
+    );
     assert!(out.contains(&digest));
 
-    ok(
-        &gantry(&["logout", &addr], "", &docker, d),
-        "logout",
-    );
+    ok(&gantry(&["logout", &addr], "", &docker, d), "logout");
     let out = gantry(&["pull", &reference, "pulled2"], "", &docker, d);
     assert!(!out.status.success(), "pull after logout must be refused");
 }

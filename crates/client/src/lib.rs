@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod credentials;
+pub mod diff;
 pub mod error;
 pub mod layout;
 pub mod progress;

@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use crate::auth::{Access, Action, AuthError, Principal};
+use crate::delta::{self, BlobRanges, DeltaError};
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{method_label, Counted};
 use crate::range::{self, RangeRequest};
@@ -37,8 +38,8 @@ use crate::{ManifestRef, Registry};
 pub const API_VERSION: &str = "registry/2.0";
 /// Request id header (taken from the request when valid, else generated).
 pub const REQUEST_ID: &str = "x-request-id";
-/// Header reserved for advertising Gantry's delta-push extension on `/v2/` (value `v1`).
-/// Not sent until the extension is implemented.
+/// Header advertising Gantry's delta-push extension on `/v2/` (value
+/// [`crate::delta::VERSION`]); see [`crate::delta`].
 pub const DELTA_PUSH_HEADER: &str = "gantry-delta-push";
 /// Most entries returned by one catalog or tags page.
 pub const MAX_PAGE: usize = 10_000;
@@ -91,12 +92,55 @@ async fn metrics_handler(State(reg): State<Arc<Registry>>) -> Response {
     resp
 }
 
-/// `/token`: Docker token auth (404 when the registry has no `[auth]`).
+/// The TCP peer's IP, when the server recorded it.
+fn peer_ip(extensions: &http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<ConnectInfo<ClientAddr>>()
+        .map(|c| c.0 .0.ip())
+}
+
+/// A 429 `TOOMANYREQUESTS` telling the client how long to wait.
+fn too_many_requests(wait: std::time::Duration, message: &str) -> ApiError {
+    let secs = crate::ratelimit::retry_after_secs(wait);
+    ApiError::new(
+        ErrorCode::TooManyRequests,
+        format!("{message}; retry in {secs} s"),
+    )
+    .with_header(header::RETRY_AFTER, &secs.to_string())
+}
+
+fn too_many_logins(wait: std::time::Duration) -> ApiError {
+    too_many_requests(wait, "too many failed logins from this address")
+}
+
+/// Whether a request carries `Authorization: Basic` (a password login).
+fn has_basic_credentials(parts: &http::request::Parts) -> bool {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+}
+
+/// `/token`: Docker token auth (404 when the registry has no `[auth]`). Every `/token`
+/// request is a login: refused while its address has too many failed ones.
 async fn token_handler(State(reg): State<Arc<Registry>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let mut resp = match reg.token_auth() {
-        Some(auth) => auth.token_endpoint(&parts, body).await,
-        None => ApiError::new(ErrorCode::Unsupported, "token auth is not configured")
+    let ip = peer_ip(&parts.extensions);
+    let blocked = ip.and_then(|ip| reg.login_blocked(ip));
+    let mut resp = match (reg.token_auth(), blocked) {
+        (Some(_), Some(wait)) => too_many_logins(wait).into_response(),
+        (Some(auth), None) => {
+            let resp = auth.token_endpoint(&parts, body).await;
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                if let Some(ip) = ip {
+                    reg.login_failed(ip);
+                }
+            }
+            resp
+        }
+        (None, _) => ApiError::new(ErrorCode::Unsupported, "token auth is not configured")
             .with_status(StatusCode::NOT_FOUND)
             .into_response(),
     };
@@ -134,7 +178,16 @@ pub async fn observe(State(reg): State<Arc<Registry>>, mut req: Request, next: N
         client_ip: client_ip.clone(),
     });
     let span = tracing::info_span!("request", id = %id, method = %method, path = %path, client = %client_ip);
-    let mut resp = next.run(req).instrument(span.clone()).await;
+    let limited = peer_ip(req.extensions()).and_then(|ip| reg.check_rate(ip).err());
+    let mut resp = match limited {
+        Some(wait) => {
+            let mut resp = too_many_requests(wait, "request rate limit exceeded for this address")
+                .into_response();
+            resp.extensions_mut().insert(RouteKind("rate_limited"));
+            resp
+        }
+        None => next.run(req).instrument(span.clone()).await,
+    };
     let route = resp
         .extensions()
         .get::<RouteKind>()
@@ -227,7 +280,20 @@ async fn dispatch(State(reg): State<Arc<Registry>>, req: Request) -> Response {
     let (kind, result) = match route::parse(parts.uri.path()) {
         Ok(route) => {
             let kind = route.kind();
-            (kind, handle(reg, route, parts, body).await)
+            let base = matches!(route, Route::Base);
+            let mut result = handle(reg, route, parts, body).await;
+            if base {
+                // Also on a 401, so that a client learns it before logging in.
+                let value = HeaderValue::from_static(delta::VERSION);
+                let name = HeaderName::from_static(DELTA_PUSH_HEADER);
+                match &mut result {
+                    Ok(resp) => {
+                        resp.headers_mut().insert(name, value);
+                    }
+                    Err(e) => e.headers.push((name, value)),
+                }
+            }
+            (kind, result)
         }
         Err(RouteError::NameInvalid(name)) => (
             "invalid",
@@ -248,8 +314,20 @@ async fn dispatch(State(reg): State<Arc<Registry>>, req: Request) -> Response {
     resp
 }
 
+/// Whether a request is a delta-push ranges `PATCH` (by its content type).
+fn is_ranges_patch(parts: &http::request::Parts) -> bool {
+    parts.method == Method::PATCH
+        && parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case(delta::RANGES_MEDIA_TYPE))
+}
+
 /// The permissions a route and method need; `None` when the method is not allowed there.
-fn required_access(route: &Route, method: &Method) -> Option<Vec<Access>> {
+/// A delta-push `PATCH` (`ranges`) reads blobs of the repository, so it needs pull too.
+fn required_access(route: &Route, method: &Method, ranges: bool) -> Option<Vec<Access>> {
     let repo = |action| {
         route.repository().map(|name| {
             vec![Access::Repository {
@@ -271,6 +349,15 @@ fn required_access(route: &Route, method: &Method) -> Option<Vec<Access>> {
             repo(Action::Delete)
         }
         Route::UploadStart { .. } if *method == Method::POST => repo(Action::Push),
+        Route::Upload { name, .. } if *method == Method::PATCH && ranges => Some(
+            [Action::Pull, Action::Push]
+                .into_iter()
+                .map(|action| Access::Repository {
+                    name: name.clone(),
+                    action,
+                })
+                .collect(),
+        ),
         Route::Upload { .. }
             if matches!(
                 *method,
@@ -305,7 +392,8 @@ async fn handle(
     parts: http::request::Parts,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let Some(access) = required_access(&route, &parts.method) else {
+    let ranges = is_ranges_patch(&parts);
+    let Some(access) = required_access(&route, &parts.method, ranges) else {
         return Err(ApiError::new(
             ErrorCode::Unsupported,
             format!("method {} is not allowed here", parts.method),
@@ -320,11 +408,25 @@ async fn handle(
         .into_iter()
         .rev()
         .collect();
-    let principal = reg
-        .authorizer()
-        .authorize(&parts, &access)
-        .await
-        .map_err(auth_error)?;
+    let password = has_basic_credentials(&parts);
+    let ip = peer_ip(&parts.extensions);
+    if password {
+        if let Some(wait) = ip.and_then(|ip| reg.login_blocked(ip)) {
+            return Err(too_many_logins(wait));
+        }
+    }
+    let principal = match reg.authorizer().authorize(&parts, &access).await {
+        Ok(p) => p,
+        Err(e) => {
+            if password && matches!(e, AuthError::Unauthorized { .. }) {
+                // Basic credentials that did not authenticate: a failed login.
+                if let Some(ip) = ip {
+                    reg.login_failed(ip);
+                }
+            }
+            return Err(auth_error(e));
+        }
+    };
     let ctx = Ctx {
         reg,
         parts,
@@ -348,6 +450,7 @@ async fn handle(
         Route::UploadStart { name } => start_upload(&ctx, &name, body).await,
         Route::Upload { name, id } => match ctx.parts.method {
             Method::GET => upload_status(&ctx, &name, &id).await,
+            Method::PATCH if ranges => patch_ranges(&ctx, &name, &id, body).await,
             Method::PATCH => patch_upload(&ctx, &name, &id, body).await,
             Method::PUT => put_upload(&ctx, &name, &id, body).await,
             _ => cancel_upload(&ctx, &name, &id).await,
@@ -404,6 +507,8 @@ fn upload_accepted(status: StatusCode, name: &str, id: &str, offset: u64) -> Res
             .status(status)
             .header(header::LOCATION, upload_location(name, id))
             .header(header::RANGE, upload_range(offset))
+            // Unambiguous where `Range: 0-0` is not (offset 0 or 1).
+            .header(delta::UPLOAD_OFFSET_HEADER, offset)
             .header(DOCKER_UPLOAD_UUID, id)
             .header(header::CONTENT_LENGTH, 0),
         Body::empty(),
@@ -425,6 +530,10 @@ fn out_of_order(name: &str, id: &str, current: u64, message: String) -> ApiError
     ApiError::new(ErrorCode::BlobUploadInvalid, message)
         .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
         .with_header(header::RANGE, &upload_range(current))
+        .with_header(
+            HeaderName::from_static(delta::UPLOAD_OFFSET_HEADER),
+            &current.to_string(),
+        )
         .with_header(header::LOCATION, &upload_location(name, id))
         .with_detail(json!({ "offset": current }))
 }
@@ -993,6 +1102,114 @@ async fn patch_upload(ctx: &Ctx, name: &str, id: &str, body: Body) -> Result<Res
     Ok(upload_accepted(StatusCode::ACCEPTED, name, id, offset))
 }
 
+/// A delta-push `PATCH`: appends ranges of blobs of the repository (see [`crate::delta`]).
+async fn patch_ranges(ctx: &Ctx, name: &str, id: &str, body: Body) -> Result<Response, ApiError> {
+    let info = ctx
+        .reg
+        .storage()
+        .upload_info(name, id)
+        .await
+        .map_err(|e| upload_error(name, id, e))?;
+    let claimed = ctx.header(HeaderName::from_static(delta::UPLOAD_OFFSET_HEADER));
+    match claimed.map(|v| v.trim().parse::<u64>()) {
+        Some(Ok(start)) if start == info.offset => {}
+        Some(Ok(start)) => {
+            return Err(out_of_order(
+                name,
+                id,
+                info.offset,
+                format!(
+                    "ranges claim offset {start} but the upload is at offset {}",
+                    info.offset
+                ),
+            ))
+        }
+        Some(Err(_)) | None => {
+            return Err(ApiError::new(
+                ErrorCode::BlobUploadInvalid,
+                "a ranges PATCH needs Gantry-Upload-Offset: <the upload's current offset>",
+            ))
+        }
+    }
+    if ctx
+        .content_length()
+        .is_some_and(|n| n > delta::MAX_BODY_BYTES)
+    {
+        return Err(too_large("ranges body", delta::MAX_BODY_BYTES));
+    }
+    let bytes = read_limited(ctx.body_stream(name, body), delta::MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::BlobUploadInvalid,
+                format!("reading the ranges body: {e}"),
+            )
+        })?
+        .ok_or_else(|| too_large("ranges body", delta::MAX_BODY_BYTES))?;
+    let ranges = BlobRanges::parse(&bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BlobUploadInvalid,
+            format!(
+                "the body is not {}: {e} (expected {{\"ranges\":[{{\"digest\":…,\"offset\":…,\"length\":…}}]}})",
+                delta::RANGES_MEDIA_TYPE
+            ),
+        )
+    })?;
+    let offset = ctx
+        .reg
+        .append_blob_ranges(name, id, info.offset, &ranges.ranges)
+        .await
+        .map_err(|e| delta_error(name, id, e))?;
+    Ok(upload_accepted(StatusCode::ACCEPTED, name, id, offset))
+}
+
+fn delta_error(name: &str, id: &str, e: DeltaError) -> ApiError {
+    match e {
+        DeltaError::BlobUnknown { digest, .. } => {
+            ApiError::new(ErrorCode::BlobUnknown, e.to_string())
+                .with_detail(json!({ "digest": digest.to_string() }))
+        }
+        DeltaError::RangeOutside {
+            digest,
+            offset,
+            length,
+            size,
+        } => ApiError::new(ErrorCode::BlobUploadInvalid, e.to_string())
+            .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+            .with_detail(json!({
+                "digest": digest.to_string(),
+                "offset": offset,
+                "length": length,
+                "size": size,
+            })),
+        DeltaError::TooLarge { limit, .. } => too_large("blob", limit),
+        DeltaError::SourceRead {
+            digest,
+            offset,
+            ref source,
+        } => {
+            let vanished = matches!(source, StorageError::BlobNotFound(_));
+            if !vanished {
+                tracing::error!(error = %e, "delta push: reading a source blob");
+            }
+            let err = if vanished {
+                ApiError::new(ErrorCode::BlobUnknown, e.to_string())
+            } else {
+                ApiError::new(ErrorCode::Unsupported, e.to_string())
+                    .with_status(StatusCode::INTERNAL_SERVER_ERROR)
+            };
+            err.with_detail(json!({ "digest": digest.to_string(), "offset": offset }))
+                .with_header(header::RANGE, &upload_range(offset))
+                .with_header(
+                    HeaderName::from_static(delta::UPLOAD_OFFSET_HEADER),
+                    &offset.to_string(),
+                )
+                .with_header(header::LOCATION, &upload_location(name, id))
+        }
+        DeltaError::Storage(e) => upload_error(name, id, e),
+    }
+}
+
 async fn put_upload(ctx: &Ctx, name: &str, id: &str, body: Body) -> Result<Response, ApiError> {
     let digest = match ctx.q("digest") {
         Some(d) => digest_param(d)?,
@@ -1107,14 +1324,33 @@ mod tests {
             reference: "t".into(),
         };
         assert_eq!(
-            required_access(&r, &Method::PUT),
+            required_access(&r, &Method::PUT, false),
             Some(vec![Access::Repository {
                 name: "a".into(),
                 action: Action::Push
             }])
         );
-        assert_eq!(required_access(&r, &Method::PATCH), None);
-        assert_eq!(required_access(&Route::Base, &Method::GET), Some(vec![]));
-        assert_eq!(required_access(&Route::Catalog, &Method::POST), None);
+        assert_eq!(required_access(&r, &Method::PATCH, false), None);
+        assert_eq!(
+            required_access(&Route::Base, &Method::GET, false),
+            Some(vec![])
+        );
+        assert_eq!(required_access(&Route::Catalog, &Method::POST, false), None);
+        let u = Route::Upload {
+            name: "a".into(),
+            id: "x".into(),
+        };
+        let repo = |action| Access::Repository {
+            name: "a".into(),
+            action,
+        };
+        assert_eq!(
+            required_access(&u, &Method::PATCH, false),
+            Some(vec![repo(Action::Push)])
+        );
+        assert_eq!(
+            required_access(&u, &Method::PATCH, true),
+            Some(vec![repo(Action::Pull), repo(Action::Push)])
+        );
     }
 }

@@ -13,6 +13,10 @@
 //! max_manifest_bytes = 4194304
 //! max_blob_bytes = 68719476736
 //! max_ranges = 64               # ranges in one multi-range blob GET
+//! requests_per_second = 0       # per client IP, token bucket; 0: no limit (default)
+//! burst = 0                     # bucket size; 0: one second's worth
+//! login_failures = 10           # failed logins per client IP within login_window,
+//! login_window = "5m"           # then 429 until the window passes; 0: no limit
 //!
 //! [uploads]
 //! max_age = "24h"               # sessions idle this long are removed
@@ -158,6 +162,18 @@ pub struct Limits {
     pub max_blob_bytes: u64,
     /// Most ranges served in one multi-range GET (more: the whole blob is sent).
     pub max_ranges: usize,
+    /// Requests per second allowed to one client IP (a token bucket); 0: no limit.
+    pub requests_per_second: u32,
+    /// Requests one client IP may make at once before the rate applies; 0: one second's
+    /// worth (`requests_per_second`).
+    pub burst: u32,
+    /// Failed logins (bad Basic credentials at `/token` or on `/v2/`) one client IP may
+    /// make within [`Limits::login_window`] before its logins are refused with 429; 0: no
+    /// limit.
+    pub login_failures: u32,
+    /// The window over which failed logins are counted.
+    #[serde(with = "duration_str")]
+    pub login_window: Duration,
 }
 
 /// Upload session housekeeping.
@@ -220,6 +236,10 @@ impl Default for Limits {
             max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
             max_blob_bytes: 64 * 1024 * 1024 * 1024,
             max_ranges: 64,
+            requests_per_second: 0,
+            burst: 0,
+            login_failures: 10,
+            login_window: Duration::from_secs(300),
         }
     }
 }
@@ -343,11 +363,21 @@ mod tests {
         assert_eq!(c.tls.as_ref().unwrap().key, PathBuf::from("/k.pem"));
         assert_eq!(c.limits.max_manifest_bytes, 1000);
         assert_eq!(c.limits.max_ranges, 64, "defaults fill the rest");
+        assert_eq!(c.limits.requests_per_second, 0, "no rate limit by default");
+        assert_eq!(c.limits.login_failures, 10);
         assert_eq!(c.uploads.max_age, Duration::from_secs(7200));
         assert_eq!(c.uploads.purge_interval, Duration::from_secs(900));
         assert_eq!(c.gc.grace_period, Duration::from_secs(600));
         assert_eq!(c.gc.interval, Some(Duration::from_secs(6 * 3600)));
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
+        let c = Config::from_toml(
+            "[limits]\nrequests_per_second = 50\nburst = 200\nlogin_failures = 3\nlogin_window = \"10m\"",
+        )
+        .unwrap();
+        assert_eq!(c.limits.requests_per_second, 50);
+        assert_eq!(c.limits.burst, 200);
+        assert_eq!(c.limits.login_failures, 3);
+        assert_eq!(c.limits.login_window, Duration::from_secs(600));
     }
 
     #[test]

@@ -5,19 +5,24 @@
 //!   [`FsStorage`], crash-safe by fsync + atomic rename.
 //! - [`router`]: the HTTP API on axum (pull, push, chunked and resumable uploads, mount,
 //!   tags, referrers, catalog, delete, Range reads), behind an [`Authorizer`] hook.
+//! - [`delta`]: delta push, Gantry's extension that assembles an upload from ranges of
+//!   blobs the repository already holds.
 //! - [`gc`]: garbage collection of unreferenced blobs, safe against concurrent pushes.
 //! - [`metrics`]: Prometheus metrics, including egress per repository and client.
+//! - [`ratelimit`]: per-client request rate and failed-login limits.
 //! - [`server`]: [`serve`] / [`bind`] with optional TLS (rustls), from a [`Config`].
 
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod delta;
 pub mod error;
 pub mod gc;
 pub mod manifest;
 pub mod metrics;
 pub mod names;
 pub mod range;
+pub mod ratelimit;
 pub mod route;
 pub mod server;
 pub mod storage;
@@ -87,6 +92,10 @@ pub struct Registry {
     /// The token issuer behind `/token`, when auth is configured.
     token_auth: Option<Arc<TokenAuth>>,
     metrics: Metrics,
+    /// Requests per client IP, when limited.
+    rate_limiter: Option<ratelimit::RateLimiter>,
+    /// Failed logins per client IP, when limited.
+    login_limiter: Option<ratelimit::LoginLimiter>,
     /// Held shared by operations that make a blob referenced (link, mount, manifest push)
     /// and exclusively by garbage collection's sweep; see [`gc`].
     gc_lock: tokio::sync::RwLock<()>,
@@ -113,7 +122,10 @@ pub struct PushedManifest {
 impl Registry {
     /// A registry over `storage` that allows every request.
     pub fn new(storage: Arc<dyn Storage>, options: RegistryOptions) -> Self {
+        let limits = &options.limits;
         Registry {
+            rate_limiter: ratelimit::RateLimiter::new(limits.requests_per_second, limits.burst),
+            login_limiter: ratelimit::LoginLimiter::new(limits.login_failures, limits.login_window),
             storage,
             options,
             authorizer: Arc::new(AllowAll),
@@ -160,6 +172,34 @@ impl Registry {
     /// The authorizer.
     pub fn authorizer(&self) -> &Arc<dyn Authorizer> {
         &self.authorizer
+    }
+
+    /// Takes a request from `ip` out of its rate limit; when over it, how long to wait.
+    pub fn check_rate(&self, ip: std::net::IpAddr) -> Result<(), Duration> {
+        match &self.rate_limiter {
+            Some(l) => l.check(ip, std::time::Instant::now()).inspect_err(|_| {
+                self.metrics.rate_limited("requests");
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// How long logins from `ip` stay refused after too many failures; `None` when
+    /// allowed.
+    pub fn login_blocked(&self, ip: std::net::IpAddr) -> Option<Duration> {
+        let wait = self
+            .login_limiter
+            .as_ref()?
+            .blocked(ip, std::time::Instant::now())?;
+        self.metrics.rate_limited("login");
+        Some(wait)
+    }
+
+    /// Records a failed login from `ip`.
+    pub fn login_failed(&self, ip: std::net::IpAddr) {
+        if let Some(l) = &self.login_limiter {
+            l.record_failure(ip, std::time::Instant::now());
+        }
     }
 
     /// Restarts a blob's grace period when it is old enough that garbage collection could

@@ -415,5 +415,196 @@ mod tests {
                 proptest::prop_assert!(ACCEPTED_MEDIA_TYPES.contains(&m.media_type.as_str()));
             }
         }
+
+        #[test]
+        fn arbitrary_json_documents_never_panic(
+            doc in json_document(),
+            ct in proptest::option::of(content_type()),
+        ) {
+            let bytes = serde_json::to_vec(&doc).unwrap();
+            check_invariants(&bytes, ct.as_deref())?;
+        }
+
+        #[test]
+        fn mutated_valid_manifests_never_panic(
+            edits in proptest::collection::vec(edit(), 1..8),
+            index in proptest::prelude::any::<bool>(),
+            ct in proptest::option::of(content_type()),
+        ) {
+            let base = if index { index_value() } else { image() };
+            let mut bytes = serde_json::to_vec_pretty(&base).unwrap();
+            for e in edits {
+                apply(&mut bytes, e);
+            }
+            check_invariants(&bytes, ct.as_deref())?;
+        }
+
+        #[test]
+        fn arbitrary_text_bodies_never_panic(
+            text in "\\PC{0,300}",
+            ct in proptest::option::of("\\PC{0,60}"),
+        ) {
+            check_invariants(text.as_bytes(), ct.as_deref())?;
+            if let Some(ct) = &ct {
+                let bare = bare_media_type(ct);
+                proptest::prop_assert!(!bare.contains(';'));
+                proptest::prop_assert_eq!(bare.trim(), bare.as_str());
+            }
+        }
+    }
+
+    use proptest::prelude::{prop_oneof, BoxedStrategy, Just, Strategy};
+
+    /// Keys the parser looks at, plus noise, so that generated objects reach every branch.
+    fn key() -> BoxedStrategy<String> {
+        prop_oneof![
+            3 => proptest::sample::select(vec![
+                "schemaVersion", "mediaType", "config", "layers", "manifests", "subject",
+                "artifactType", "annotations", "digest", "size", "urls",
+            ])
+            .prop_map(str::to_string),
+            1 => "[a-zA-Z]{0,8}",
+        ]
+        .boxed()
+    }
+
+    fn leaf() -> BoxedStrategy<Value> {
+        prop_oneof![
+            Just(Value::Null),
+            proptest::prelude::any::<bool>().prop_map(Value::from),
+            proptest::prelude::any::<i64>().prop_map(Value::from),
+            proptest::prelude::any::<u64>().prop_map(Value::from),
+            proptest::prelude::any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            Just(json!(2)),
+            Just(json!(-1)),
+            proptest::sample::select(ACCEPTED_MEDIA_TYPES.to_vec()).prop_map(Value::from),
+            "[0-9a-f]{64}".prop_map(|h| Value::from(format!("sha256:{h}"))),
+            "(sha256|sha512|md5)?:?[0-9a-fA-FxZ]{0,70}".prop_map(Value::from),
+            "\\PC{0,20}".prop_map(Value::from),
+        ]
+        .boxed()
+    }
+
+    /// Arbitrary JSON, nested up to a few levels, biased towards manifest shapes.
+    fn json_document() -> BoxedStrategy<Value> {
+        leaf()
+            .prop_recursive(5, 64, 8, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    proptest::collection::vec((key(), inner), 0..8)
+                        .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+                ]
+            })
+            .boxed()
+    }
+
+    fn content_type() -> BoxedStrategy<String> {
+        prop_oneof![
+            proptest::sample::select(ACCEPTED_MEDIA_TYPES.to_vec()).prop_map(str::to_string),
+            proptest::sample::select(ACCEPTED_MEDIA_TYPES.to_vec())
+                .prop_map(|t| format!(" {} ; charset=utf-8", t.to_uppercase())),
+            "\\PC{0,40}",
+        ]
+        .boxed()
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Edit {
+        Truncate(usize),
+        Set(usize, u8),
+        Insert(usize, u8),
+        Remove(usize),
+    }
+
+    fn edit() -> BoxedStrategy<Edit> {
+        use proptest::prelude::any;
+        let interesting = proptest::sample::select(b"{}[]\",:0123456789-.eE\\ ntfu\xff".to_vec());
+        let byte = prop_oneof![any::<u8>(), interesting];
+        prop_oneof![
+            any::<usize>().prop_map(Edit::Truncate),
+            (any::<usize>(), byte.clone()).prop_map(|(i, b)| Edit::Set(i, b)),
+            (any::<usize>(), byte).prop_map(|(i, b)| Edit::Insert(i, b)),
+            any::<usize>().prop_map(Edit::Remove),
+        ]
+        .boxed()
+    }
+
+    fn apply(bytes: &mut Vec<u8>, e: Edit) {
+        if bytes.is_empty() {
+            return;
+        }
+        let at = |i: usize| i % bytes.len();
+        match e {
+            Edit::Truncate(i) => {
+                let n = at(i);
+                bytes.truncate(n);
+            }
+            Edit::Set(i, b) => {
+                let n = at(i);
+                bytes[n] = b;
+            }
+            Edit::Insert(i, b) => {
+                let n = at(i);
+                bytes.insert(n, b);
+            }
+            Edit::Remove(i) => {
+                let n = at(i);
+                bytes.remove(n);
+            }
+        }
+    }
+
+    fn index_value() -> Value {
+        json!({
+            "schemaVersion": 2,
+            "mediaType": media_types::OCI_INDEX,
+            "manifests": [{"mediaType": media_types::OCI_MANIFEST, "digest": d("m"), "size": 9,
+                           "platform": {"os": "linux", "architecture": "amd64"}}],
+            "subject": {"mediaType": media_types::OCI_MANIFEST, "digest": d("s"), "size": 4},
+            "annotations": {"k": "v"}
+        })
+    }
+
+    /// Parsing never panics, and what it accepts is consistent.
+    fn check_invariants(
+        bytes: &[u8],
+        ct: Option<&str>,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let Ok(m) = parse(bytes, ct) else {
+            return Ok(());
+        };
+        proptest::prop_assert!(ACCEPTED_MEDIA_TYPES.contains(&m.media_type.as_str()));
+        if media_types::is_index(&m.media_type) {
+            proptest::prop_assert!(m.config.is_none() && m.layers.is_empty());
+        } else {
+            proptest::prop_assert!(m.config.is_some() && m.manifests.is_empty());
+            proptest::prop_assert!(m.artifact_type.is_some());
+        }
+        proptest::prop_assert!(m.required_blobs().all(|d| !d.external));
+        let digest = Digest::of(bytes);
+        let desc = m.referrer_descriptor(&digest, bytes.len() as u64);
+        let shown = digest.to_string();
+        proptest::prop_assert_eq!(desc["digest"].as_str(), Some(shown.as_str()));
+        proptest::prop_assert_eq!(desc["mediaType"].as_str(), Some(m.media_type.as_str()));
+        // The accepted body is valid JSON whose top level is an object with schemaVersion 2.
+        let v: Value = serde_json::from_slice(bytes).unwrap();
+        proptest::prop_assert_eq!(v["schemaVersion"].as_i64(), Some(2));
+        Ok(())
+    }
+
+    #[test]
+    fn deeply_nested_json_is_refused_without_overflowing_the_stack() {
+        for depth in [1_000, 100_000] {
+            let mut body = String::from(r#"{"schemaVersion":2,"annotations":"#);
+            body.push_str(&"[".repeat(depth));
+            body.push_str(&"]".repeat(depth));
+            body.push('}');
+            assert!(matches!(
+                parse(body.as_bytes(), None),
+                Err(ManifestError::Json(_))
+            ));
+        }
     }
 }

@@ -6,6 +6,10 @@
 //! - `gantry_registry_bytes_received_total{repository}`: upload and manifest bytes
 //! - `gantry_registry_bytes_sent_total{repository,client}`: blob and manifest bytes
 //!   served, by client (the authenticated user, else the peer IP): the egress users pay for
+//! - `gantry_registry_delta_reused_bytes_total{repository}`: bytes a delta push appended
+//!   from blobs the registry already held (what the client did not have to send)
+//! - `gantry_registry_rate_limited_total{reason}`: requests refused with 429 (`requests`:
+//!   the per-client rate limit, `login`: too many failed logins)
 //! - `gantry_registry_uploads_purged_total`, `gantry_registry_gc_runs_total`,
 //!   `gantry_registry_gc_blobs_deleted_total`, `gantry_registry_gc_bytes_deleted_total`
 
@@ -39,6 +43,11 @@ struct RepoLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EgressLabels {
     repository: String,
     client: String,
@@ -53,6 +62,8 @@ pub struct Metrics {
     latency: HistogramFamily,
     bytes_received: Family<RepoLabels, Counter>,
     bytes_sent: Family<EgressLabels, Counter>,
+    delta_reused: Family<RepoLabels, Counter>,
+    rate_limited: Family<ReasonLabels, Counter>,
     pub(crate) uploads_purged: Counter,
     pub(crate) gc_runs: Counter,
     pub(crate) gc_blobs_deleted: Counter,
@@ -78,6 +89,8 @@ impl Metrics {
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let bytes_received = Family::<RepoLabels, Counter>::default();
         let bytes_sent = Family::<EgressLabels, Counter>::default();
+        let delta_reused = Family::<RepoLabels, Counter>::default();
+        let rate_limited = Family::<ReasonLabels, Counter>::default();
         let uploads_purged = Counter::default();
         let gc_runs = Counter::default();
         let gc_blobs_deleted = Counter::default();
@@ -101,6 +114,16 @@ impl Metrics {
             "gantry_registry_bytes_sent",
             "Bytes of blobs and manifests sent, by repository and client",
             bytes_sent.clone(),
+        );
+        registry.register(
+            "gantry_registry_delta_reused_bytes",
+            "Bytes appended to uploads from blobs already stored (delta push), by repository",
+            delta_reused.clone(),
+        );
+        registry.register(
+            "gantry_registry_rate_limited",
+            "Requests refused with 429, by reason (requests, login)",
+            rate_limited.clone(),
         );
         registry.register(
             "gantry_registry_uploads_purged",
@@ -128,6 +151,8 @@ impl Metrics {
             latency,
             bytes_received,
             bytes_sent,
+            delta_reused,
+            rate_limited,
             uploads_purged,
             gc_runs,
             gc_blobs_deleted,
@@ -172,6 +197,22 @@ impl Metrics {
                 client: client.to_string(),
             })
             .clone()
+    }
+
+    /// The counter of bytes delta push reused in `repository`.
+    pub(crate) fn delta_reused_counter(&self, repository: &str) -> Counter {
+        self.delta_reused
+            .get_or_create(&RepoLabels {
+                repository: repository.to_string(),
+            })
+            .clone()
+    }
+
+    /// Counts a request refused by a rate limit (`reason`: `requests` or `login`).
+    pub(crate) fn rate_limited(&self, reason: &'static str) {
+        self.rate_limited
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// The metrics in OpenMetrics text format.
@@ -236,6 +277,8 @@ mod tests {
         m.observe_request("blob", "GET", 200, 0.01);
         m.received_counter("a/b").inc_by(10);
         m.sent_counter("a/b", "127.0.0.1").inc_by(42);
+        m.delta_reused_counter("a/b").inc_by(7);
+        m.rate_limited("login");
         let text = m.encode();
         for needle in [
             "gantry_registry_http_requests_total{route=\"blob\",method=\"GET\",status=\"200\"} 1",
@@ -243,6 +286,8 @@ mod tests {
             "gantry_registry_bytes_received_total{repository=\"a/b\"} 10",
             "gantry_registry_bytes_sent_total{repository=\"a/b\",client=\"127.0.0.1\"} 42",
             "gantry_registry_gc_runs_total 0",
+            "gantry_registry_delta_reused_bytes_total{repository=\"a/b\"} 7",
+            "gantry_registry_rate_limited_total{reason=\"login\"} 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

@@ -1,5 +1,5 @@
 //! Users, access rules and Docker token auth: the refusal matrix over HTTP, the `/token`
-//! endpoint, and real clients (skopeo, containerd) logging in.
+//! endpoint, and real clients (skopeo, buildah, containerd) logging in.
 
 mod common;
 
@@ -775,4 +775,125 @@ fn containerd_pulls_with_credentials_and_runs_and_is_refused_without() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no egress series for alice in:\n{text}"));
     assert!(sent > 100_000, "sent {sent} bytes");
+}
+
+#[test]
+fn buildah_pushes_with_credentials_and_is_refused_without() {
+    let rt = runtime();
+    let reg = rt.block_on(start());
+    // buildah names an image pulled from `oci:PATH` after PATH, which must be lowercase.
+    let parent =
+        std::path::Path::new("/tmp").join(format!("gantry-buildah-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&parent).unwrap();
+    let store = tempfile::Builder::new()
+        .prefix("store")
+        .rand_bytes(0)
+        .tempdir_in(&parent)
+        .unwrap();
+    let layout = store.path().join("layout");
+    write_busybox_oci_layout(&layout, "latest");
+    // An empty auth file, so that credentials stored for the user do not leak in.
+    let authfile = store.path().join("auth.json");
+    std::fs::write(&authfile, "{\"auths\":{}}").unwrap();
+    let buildah = require_tool("buildah");
+    let root = store.path().join("root");
+    let runroot = store.path().join("runroot");
+    let run = |rest: &[&str]| {
+        let mut args = vec![
+            "--root".to_string(),
+            root.display().to_string(),
+            "--runroot".to_string(),
+            runroot.display().to_string(),
+            "--storage-driver".to_string(),
+            "vfs".to_string(),
+        ];
+        args.extend(rest.iter().map(|s| s.to_string()));
+        output_with_timeout(&mut command(&buildah, &args), TOOL_TIMEOUT)
+    };
+    let out = run(&[
+        "pull",
+        "--quiet",
+        &format!("oci:{}:latest", layout.display()),
+    ]);
+    assert_success("buildah pull", &out);
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(!id.is_empty(), "buildah pull printed no image id");
+    let dest = format!("docker://{}/bob/busybox:v1", reg.host());
+    let auth = authfile.display().to_string();
+    let push = |creds: Option<&str>| {
+        let mut args = vec!["push", "--tls-verify=false", "--authfile", &auth];
+        if let Some(c) = creds {
+            args.extend(["--creds", c]);
+        }
+        args.extend([id.as_str(), dest.as_str()]);
+        run(&args)
+    };
+
+    let out = push(Some("bob:bobpw"));
+    assert_success("buildah push --creds", &out);
+    // The pushed image, read back as bob: every blob present and matching its digest.
+    let bob = client_as("bob", "bobpw");
+    rt.block_on(async {
+        let r = bob
+            .get(reg.url("/v2/bob/busybox/manifests/v1"))
+            .header(
+                "accept",
+                "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let m: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        let mut blobs = vec![m["config"].clone()];
+        blobs.extend(m["layers"].as_array().unwrap().iter().cloned());
+        for b in blobs {
+            let d: Digest = b["digest"].as_str().unwrap().parse().unwrap();
+            let data = bob
+                .get(reg.url(&format!("/v2/bob/busybox/blobs/{d}")))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert_eq!(Digest::of(&data), d);
+        }
+    });
+
+    // Without credentials, with a wrong password, and as a user without push there.
+    let out = push(None);
+    assert_refused("anonymous buildah push", &out);
+    let out = push(Some("bob:wrong"));
+    assert_refused("buildah push with a wrong password", &out);
+    let dest_team = format!("docker://{}/team/busybox:v1", reg.host());
+    let out = run(&[
+        "push",
+        "--tls-verify=false",
+        "--authfile",
+        &auth,
+        "--creds",
+        "bob:bobpw",
+        &id,
+        &dest_team,
+    ]);
+    assert_refused("bob's buildah push to team/*", &out);
+    rt.block_on(async {
+        let r = client_as("root", "rootpw")
+            .get(reg.url("/v2/team/busybox/manifests/v1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "nothing was pushed");
+    });
+
+    // Clean buildah's vfs storage (layers are plain directories; some are read-only).
+    let _ = run(&["rmi", "--all", "--force"]);
+    drop(store);
+    let _ = std::fs::remove_dir(parent);
 }

@@ -22,6 +22,9 @@ pub struct DemoArgs {
     /// Keep the work in this directory instead of a temporary one.
     #[arg(long)]
     pub workdir: Option<PathBuf>,
+    /// Where to write the HTML report [default: ./gantry-demo.html, or in --workdir].
+    #[arg(long)]
+    pub html: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -38,6 +41,39 @@ struct DemoReport {
     update_changed_bytes: u64,
     v2: Step,
     cost: gantry_build::UpdateCost,
+    delivery: super::demo_delivery::Delivery,
+}
+
+/// Bytes each step moved, the seed's way and Gantry's.
+fn report_rows(r: &DemoReport) -> Vec<super::demo_delivery::Row> {
+    use super::demo_delivery::Row;
+    let d = &r.delivery;
+    vec![
+        Row::new(
+            "push v1",
+            r.cost.image_bytes,
+            d.push_v1.bytes,
+            d.push_v1.seconds,
+        ),
+        Row::new(
+            "pull v1",
+            r.cost.image_bytes,
+            d.pull_v1.bytes,
+            d.pull_v1.seconds,
+        ),
+        Row::new(
+            "push v2",
+            r.cost.layer_level_bytes,
+            d.push_v2.bytes,
+            d.push_v2.seconds,
+        ),
+        Row::new(
+            "pull v2",
+            r.cost.layer_level_bytes,
+            d.pull_v2.bytes,
+            d.pull_v2.seconds,
+        ),
+    ]
 }
 
 #[derive(Serialize)]
@@ -137,6 +173,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         &OciLayout::open(&v2.layout)?,
         None,
     )?;
+    say("pushing v1 and v2 to `gantry serve` and pulling each through `gantry agent`".into());
+    let delivery = super::demo_delivery::run(&workdir, &v1.layout, &v2.layout, &say)?;
     let report = DemoReport {
         scale_bytes,
         workdir: workdir.clone(),
@@ -147,7 +185,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         update_changed_bytes: upd.changed_bytes,
         v2: step(&v2),
         cost,
+        delivery,
     };
+    let html = match (&args.html, &args.workdir) {
+        (Some(h), _) => h.clone(),
+        (None, Some(w)) => w.join("gantry-demo.html"),
+        (None, None) => PathBuf::from("gantry-demo.html"),
+    };
+    std::fs::write(
+        &html,
+        super::demo_delivery::html(&report_rows(&report), scale_bytes, report.update_bytes),
+    )
+    .with_context(|| format!("writing {}", html.display()))?;
     if args.json {
         return print_json(&report);
     }
@@ -197,7 +246,29 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     println!();
-    println!("(registry, push and node pull steps arrive with `gantry serve`, `push` and `agent`)");
+    println!(
+        "Delivery, measured (gantry serve on loopback; node = {}):",
+        report.delivery.node
+    );
+    println!(
+        "  {:<10} {:>16} {:>16} {:>9} {:>8}",
+        "step", "seed's way", "Gantry", "% image", "seconds"
+    );
+    for row in report_rows(&report) {
+        println!(
+            "  {:<10} {:>16} {:>16} {:>8.2}% {:>8.2}",
+            row.step,
+            human_bytes(row.seed_bytes),
+            human_bytes(row.gantry_bytes),
+            pct(row.gantry_bytes),
+            row.seconds
+        );
+    }
+    println!(
+        "  (the seed's way: whole changed layers, computed from the manifests; Gantry: bytes the \
+         registry received and the agent fetched upstream)"
+    );
+    println!("  report: {}", html.display());
     if args.workdir.is_some() {
         println!("work kept in {}", workdir.display());
     }

@@ -1,14 +1,19 @@
 //! One module per subcommand.
 
+pub mod agent;
 pub mod build;
 pub mod copy;
 pub mod demo;
+pub mod demo_delivery;
+pub mod diff;
+pub mod gc;
 pub mod inspect;
 pub mod login;
 pub mod pull;
 pub mod push;
 pub mod sample_game;
 pub mod serve;
+pub mod supervise;
 pub mod transfer;
 pub mod user;
 

@@ -28,7 +28,7 @@
 //! directory fsync): a lost session or offset only makes the client upload again.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,12 +37,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use gantry_oci::{Digest, DigestHasher};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::{BlobMeta, ByteStream, Storage, StorageError, StorageResult, UploadInfo};
 
-/// How many bytes a blob read yields per stream item.
+/// Buffer of whole-file reads (hashing an upload that has no running hash).
 const READ_CHUNK: usize = 256 * 1024;
+/// How many bytes a blob read yields per stream item: one blocking read each, so large
+/// enough that the hop to the blocking pool is cheap next to the copy.
+const STREAM_CHUNK: u64 = 1024 * 1024;
 /// Write buffer of an upload append.
 const WRITE_BUFFER: usize = 1024 * 1024;
 
@@ -368,6 +371,77 @@ fn touch(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(path)?.set_modified(SystemTime::now())
 }
 
+/// Reads `len` bytes at `at` (the file's position) into a buffer of their own: one
+/// allocation, no zeroing, no second copy. A file shorter than expected is an error.
+fn read_chunk(file: &mut std::fs::File, path: &Path, at: u64, len: u64) -> std::io::Result<Bytes> {
+    let mut buf = Vec::with_capacity(len as usize);
+    file.take(len).read_to_end(&mut buf)?;
+    if (buf.len() as u64) < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!(
+                "{} ended at {} while reading {len} bytes at {at}",
+                path.display(),
+                at + buf.len() as u64
+            ),
+        ));
+    }
+    Ok(Bytes::from(buf))
+}
+
+type ChunkJob = tokio::task::JoinHandle<(std::fs::File, std::io::Result<Bytes>)>;
+
+/// Starts reading the next chunk on the blocking pool.
+fn spawn_chunk(mut file: std::fs::File, path: Arc<PathBuf>, at: u64, len: u64) -> ChunkJob {
+    tokio::task::spawn_blocking(move || {
+        let result = read_chunk(&mut file, &path, at, len);
+        (file, result)
+    })
+}
+
+/// Streams `len` bytes of `file` from `start` (its current position) in [`STREAM_CHUNK`]
+/// pieces, reading the next piece on the blocking pool while the previous one is being
+/// sent: disk (page cache) reads overlap the socket writes, and a slow client holds no
+/// blocking thread, only at most two chunks of memory.
+fn read_ahead_stream(file: std::fs::File, path: PathBuf, start: u64, len: u64) -> ByteStream {
+    struct State {
+        path: Arc<PathBuf>,
+        /// Offset of the first byte not yet asked for.
+        next: u64,
+        end: u64,
+        job: Option<ChunkJob>,
+    }
+    impl State {
+        fn spawn(&mut self, file: std::fs::File) {
+            if self.next < self.end {
+                let n = STREAM_CHUNK.min(self.end - self.next);
+                self.job = Some(spawn_chunk(file, self.path.clone(), self.next, n));
+                self.next += n;
+            }
+        }
+    }
+    let mut state = State {
+        path: Arc::new(path),
+        next: start,
+        end: start + len,
+        job: None,
+    };
+    state.spawn(file);
+    Box::pin(futures::stream::unfold(state, |mut st| async move {
+        let job = st.job.take()?;
+        match job.await {
+            Ok((file, Ok(chunk))) => {
+                // Read the next chunk while the caller sends this one.
+                st.spawn(file);
+                Some((Ok(chunk), st))
+            }
+            // The stream ends after an error (`job` stays empty).
+            Ok((_, Err(e))) => Some((Err(e), st)),
+            Err(e) => Some((Err(std::io::Error::other(e)), st)),
+        }
+    }))
+}
+
 #[async_trait]
 impl Storage for FsStorage {
     async fn stat_blob(&self, digest: &Digest) -> StorageResult<Option<BlobMeta>> {
@@ -386,25 +460,29 @@ impl Storage for FsStorage {
         range: Option<(u64, u64)>,
     ) -> StorageResult<ByteStream> {
         let path = self.blob_path(digest);
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StorageError::BlobNotFound(*digest))
+        let d = *digest;
+        // Open, stat and seek in one trip to the blocking pool.
+        let (file, start, len) = blocking(move || {
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StorageError::BlobNotFound(d))
+                }
+                Err(e) => return Err(StorageError::io(format!("open {}", path.display()), e)),
+            };
+            let size = file.metadata().map_err(io_ctx("stat", &path))?.len();
+            let (start, len) = range.unwrap_or((0, size));
+            if start.checked_add(len).is_none_or(|end| end > size) {
+                return Err(StorageError::Range { start, len, size });
             }
-            Err(e) => return Err(StorageError::io(format!("open {}", path.display()), e)),
-        };
-        let size = file.metadata().await.map_err(io_ctx("stat", &path))?.len();
-        let (start, len) = range.unwrap_or((0, size));
-        if start.checked_add(len).is_none_or(|end| end > size) {
-            return Err(StorageError::Range { start, len, size });
-        }
-        if start > 0 {
-            file.seek(std::io::SeekFrom::Start(start))
-                .await
-                .map_err(io_ctx("seek", &path))?;
-        }
-        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), READ_CHUNK);
-        Ok(Box::pin(stream))
+            if start > 0 {
+                file.seek(std::io::SeekFrom::Start(start))
+                    .map_err(io_ctx("seek", &path))?;
+            }
+            Ok((file, start, len))
+        })
+        .await?;
+        Ok(read_ahead_stream(file, self.blob_path(digest), start, len))
     }
 
     async fn read_blob_bytes(&self, digest: &Digest, max: u64) -> StorageResult<Bytes> {
@@ -1037,6 +1115,73 @@ mod tests {
         assert!(s.upload_info("r", &fresh.id).await.is_ok());
         assert!(!torn.exists());
         assert!(dir.path().join("uploads/README").exists());
+    }
+
+    async fn collect(mut s: ByteStream) -> std::io::Result<(Vec<u8>, usize)> {
+        let mut out = Vec::new();
+        let mut items = 0;
+        while let Some(chunk) = s.next().await {
+            let chunk = chunk?;
+            assert!(chunk.len() as u64 <= STREAM_CHUNK);
+            out.extend_from_slice(&chunk);
+            items += 1;
+        }
+        Ok((out, items))
+    }
+
+    #[tokio::test]
+    async fn large_reads_stream_in_chunks_and_keep_ranges_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..(3 * STREAM_CHUNK + 12_345))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let d = Digest::of(&data);
+        s.put_blob_bytes(&d, Bytes::from(data.clone()))
+            .await
+            .unwrap();
+        let (all, items) = collect(s.read_blob(&d, None).await.unwrap()).await.unwrap();
+        assert!(all == data);
+        assert_eq!(items, 4);
+        let c = STREAM_CHUNK;
+        for (start, len) in [
+            (0, 1),
+            (c - 10, 20),
+            (c - 10, 2 * c + 20),
+            (3 * c, 12_345),
+            (5, 0),
+            (data.len() as u64, 0),
+        ] {
+            let (got, _) = collect(s.read_blob(&d, Some((start, len))).await.unwrap())
+                .await
+                .unwrap();
+            assert!(
+                got[..] == data[start as usize..(start + len) as usize],
+                "{start}+{len}"
+            );
+        }
+        assert!(matches!(
+            s.read_blob(&d, Some((data.len() as u64, 1))).await,
+            Err(StorageError::Range { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_blob_cut_short_under_a_reader_is_an_error_not_a_short_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStorage::open(dir.path()).unwrap();
+        let data = vec![3u8; (2 * STREAM_CHUNK) as usize + 1];
+        let d = Digest::of(&data);
+        s.put_blob_bytes(&d, Bytes::from(data)).await.unwrap();
+        let stream = s.read_blob(&d, None).await.unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(s.blob_path(&d))
+            .unwrap()
+            .set_len(STREAM_CHUNK + 5)
+            .unwrap();
+        let err = collect(stream).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
     }
 
     #[test]

@@ -1,0 +1,243 @@
+//! Request-rate limits per client IP, so that one client cannot starve the others or guess
+//! passwords at leisure.
+//!
+//! - [`RateLimiter`]: a token bucket per client IP (`[limits] requests_per_second` and
+//!   `burst`); off by default.
+//! - [`LoginLimiter`]: failed logins (bad Basic credentials at `/token` or on `/v2/`
+//!   requests) per client IP; after `login_failures` within `login_window`, further login
+//!   attempts from that IP are refused until the oldest failure leaves the window.
+//!
+//! Both answer 429 `TOOMANYREQUESTS` with `Retry-After` (see [`crate::api`]). Clients are
+//! told apart by the TCP peer address: behind a proxy they share one bucket.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Tracked clients above which idle entries are dropped.
+const PRUNE_ABOVE: usize = 4096;
+/// Least time between two prunes.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// A token bucket per client IP: `burst` requests at once, refilled at `rate` per second.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(HashMap<IpAddr, Bucket>, Option<Instant>)>,
+}
+
+impl RateLimiter {
+    /// A limiter of `requests_per_second` with bursts of `burst` (0: one second's worth);
+    /// `None` when `requests_per_second` is 0 (no limit).
+    pub fn new(requests_per_second: u32, burst: u32) -> Option<RateLimiter> {
+        if requests_per_second == 0 {
+            return None;
+        }
+        let burst = if burst == 0 {
+            requests_per_second
+        } else {
+            burst
+        };
+        Some(RateLimiter {
+            rate: f64::from(requests_per_second),
+            burst: f64::from(burst),
+            state: Mutex::new((HashMap::new(), None)),
+        })
+    }
+
+    /// Takes a token for a request from `ip` at `now`; when there is none, how long until
+    /// there is.
+    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (buckets, last_prune) = &mut *guard;
+        if buckets.len() > PRUNE_ABOVE
+            && last_prune.is_none_or(|t| now.saturating_duration_since(t) >= PRUNE_EVERY)
+        {
+            // A bucket that has refilled completely is the same as no bucket.
+            let full_after = Duration::from_secs_f64(self.burst / self.rate);
+            buckets.retain(|_, b| now.saturating_duration_since(b.last) < full_after);
+            *last_prune = Some(now);
+        }
+        let bucket = buckets.entry(ip).or_insert(Bucket {
+            tokens: self.burst,
+            last: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
+        }
+    }
+}
+
+/// Failed logins per client IP within a sliding window.
+#[derive(Debug)]
+pub struct LoginLimiter {
+    max_failures: usize,
+    window: Duration,
+    state: Mutex<(HashMap<IpAddr, VecDeque<Instant>>, Option<Instant>)>,
+}
+
+impl LoginLimiter {
+    /// Refuses logins from an IP with `max_failures` failures within `window`; `None`
+    /// when `max_failures` is 0 (no limit).
+    pub fn new(max_failures: u32, window: Duration) -> Option<LoginLimiter> {
+        if max_failures == 0 || window.is_zero() {
+            return None;
+        }
+        Some(LoginLimiter {
+            max_failures: max_failures as usize,
+            window,
+            state: Mutex::new((HashMap::new(), None)),
+        })
+    }
+
+    fn expire(&self, failures: &mut VecDeque<Instant>, now: Instant) {
+        while failures
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= self.window)
+        {
+            failures.pop_front();
+        }
+    }
+
+    /// How long logins from `ip` stay refused, `None` when they are allowed.
+    pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let failures = guard.0.get_mut(&ip)?;
+        self.expire(failures, now);
+        if failures.len() < self.max_failures {
+            return None;
+        }
+        // Allowed again once enough failures have left the window.
+        let oldest_relevant = failures[failures.len() - self.max_failures];
+        Some(
+            self.window
+                .saturating_sub(now.saturating_duration_since(oldest_relevant)),
+        )
+    }
+
+    /// Records a failed login from `ip`.
+    pub fn record_failure(&self, ip: IpAddr, now: Instant) {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (all, last_prune) = &mut *guard;
+        if all.len() > PRUNE_ABOVE
+            && last_prune.is_none_or(|t| now.saturating_duration_since(t) >= PRUNE_EVERY)
+        {
+            all.retain(|_, f| {
+                f.back()
+                    .is_some_and(|t| now.saturating_duration_since(*t) < self.window)
+            });
+            *last_prune = Some(now);
+        }
+        let failures = all.entry(ip).or_default();
+        self.expire(failures, now);
+        failures.push_back(now);
+        // Only the newest `max_failures` matter.
+        while failures.len() > self.max_failures {
+            failures.pop_front();
+        }
+    }
+}
+
+/// `Retry-After` seconds for a wait: rounded up, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        assert!(RateLimiter::new(0, 10).is_none());
+        let l = RateLimiter::new(2, 3).unwrap();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(l.check(ip(1), t0), Ok(()));
+        }
+        let wait = l.check(ip(1), t0).unwrap_err();
+        assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(500));
+        // Another client has its own bucket.
+        assert_eq!(l.check(ip(2), t0), Ok(()));
+        // Half a second later one token is back, not two.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(l.check(ip(1), t1), Ok(()));
+        assert!(l.check(ip(1), t1).is_err());
+        // Long idle: back to a full burst, not more.
+        let t2 = t1 + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert_eq!(l.check(ip(1), t2), Ok(()));
+        }
+        assert!(l.check(ip(1), t2).is_err());
+        // Burst 0 means one second's worth.
+        let l = RateLimiter::new(5, 0).unwrap();
+        for _ in 0..5 {
+            assert_eq!(l.check(ip(1), t0), Ok(()));
+        }
+        assert!(l.check(ip(1), t0).is_err());
+    }
+
+    #[test]
+    fn idle_buckets_are_pruned() {
+        let l = RateLimiter::new(1000, 1).unwrap();
+        let t0 = Instant::now();
+        for i in 0..=(PRUNE_ABOVE as u32 + 1) {
+            l.check(IpAddr::from(i.to_be_bytes()), t0).unwrap();
+        }
+        // The first prune (at t0) found nothing idle; the next may run 10 s later.
+        l.check(ip(1), t0 + PRUNE_EVERY).unwrap();
+        assert!(l.state.lock().unwrap().0.len() <= 2);
+    }
+
+    #[test]
+    fn logins_are_refused_after_n_failures_until_the_window_passes() {
+        assert!(LoginLimiter::new(0, Duration::from_secs(60)).is_none());
+        let l = LoginLimiter::new(3, Duration::from_secs(60)).unwrap();
+        let t0 = Instant::now();
+        assert_eq!(l.blocked(ip(1), t0), None);
+        l.record_failure(ip(1), t0);
+        l.record_failure(ip(1), t0 + Duration::from_secs(10));
+        assert_eq!(l.blocked(ip(1), t0 + Duration::from_secs(10)), None);
+        l.record_failure(ip(1), t0 + Duration::from_secs(20));
+        assert_eq!(
+            l.blocked(ip(1), t0 + Duration::from_secs(20)),
+            Some(Duration::from_secs(40))
+        );
+        assert_eq!(l.blocked(ip(2), t0 + Duration::from_secs(20)), None);
+        // The first failure leaves the window at 60 s: one more attempt is allowed.
+        assert!(l.blocked(ip(1), t0 + Duration::from_secs(59)).is_some());
+        assert_eq!(l.blocked(ip(1), t0 + Duration::from_secs(60)), None);
+        l.record_failure(ip(1), t0 + Duration::from_secs(61));
+        assert_eq!(
+            l.blocked(ip(1), t0 + Duration::from_secs(61)),
+            Some(Duration::from_secs(9))
+        );
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(40)), 40);
+    }
+}

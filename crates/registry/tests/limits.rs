@@ -1,0 +1,192 @@
+//! Request-rate limits per client IP (`[limits] requests_per_second`, `burst`) and the
+//! failed-login limit (`login_failures` within `login_window`): 429 `TOOMANYREQUESTS`
+//! with `Retry-After`.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use common::*;
+use gantry_registry::{add_user, AccessRule, AuthConfig, TokenAuth};
+use reqwest::StatusCode;
+
+fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
+}
+
+fn retry_after(r: &reqwest::Response) -> u64 {
+    r.headers()
+        .get("retry-after")
+        .expect("Retry-After on a 429")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn over_the_rate_a_client_gets_429_with_retry_after() {
+    let reg = TestRegistry::with_config(|c| {
+        c.limits.requests_per_second = 2;
+        c.limits.burst = 3;
+    })
+    .await;
+    for i in 0..3 {
+        let r = reg.client.get(reg.url("/v2/")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "request {i} of the burst");
+    }
+    let r = reg.client.get(reg.url("/v2/")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait = retry_after(&r);
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    assert_eq!(
+        error_of(r).await,
+        (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS".into())
+    );
+    // Every route is limited, blobs included.
+    let r = reg
+        .client
+        .get(reg.url(&format!("/v2/r/blobs/{}", gantry_oci::Digest::of(b"x"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let r = reg.client.get(reg.url("/v2/")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "allowed again after Retry-After"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let text = reg
+        .client
+        .get(reg.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("gantry_registry_rate_limited_total{reason=\"requests\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("route=\"rate_limited\",method=\"GET\",status=\"429\""));
+}
+
+#[tokio::test]
+async fn no_rate_limit_by_default() {
+    let reg = TestRegistry::start().await;
+    let digest = reg.push_blob("r", b"blob").await;
+    for _ in 0..300 {
+        let r = reg
+            .client
+            .head(reg.url(&format!("/v2/r/blobs/{digest}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+}
+
+async fn with_login_limit(failures: u32, window: Duration) -> TestRegistry {
+    TestRegistry::with_config(|c| {
+        c.limits.login_failures = failures;
+        c.limits.login_window = window;
+        let users = TokenAuth::default_users_path(&c.root);
+        add_user(&users, "ci", "cipw").unwrap();
+        c.auth = Some(AuthConfig {
+            access: vec![AccessRule {
+                repository: "game/*".into(),
+                users: vec!["ci".into()],
+                actions: vec!["pull".into(), "push".into()],
+                anonymous_pull: false,
+            }],
+            ..AuthConfig::default()
+        });
+    })
+    .await
+}
+
+async fn token_status(reg: &TestRegistry, user: &str, password: &str) -> reqwest::Response {
+    reg.client
+        .get(format!(
+            "{}?service=gantry&scope=repository:game/a:pull",
+            reg.url("/token")
+        ))
+        .header("authorization", basic(user, password))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn failed_logins_at_token_lock_the_address_out_until_the_window_passes() {
+    let reg = with_login_limit(3, Duration::from_secs(3)).await;
+    // A token obtained before keeps working during the lockout.
+    let r = token_status(&reg, "ci", "cipw").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let token = json_of(r).await["token"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        let r = token_status(&reg, "ci", "wrong").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Even the right password is refused now, at /token and as Basic on /v2/.
+    let r = token_status(&reg, "ci", "cipw").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait = retry_after(&r);
+    assert!((1..=3).contains(&wait), "Retry-After {wait}");
+    assert_eq!(error_of(r).await.1, "TOOMANYREQUESTS");
+    let r = reg
+        .client
+        .get(reg.url("/v2/game/a/tags/list"))
+        .header("authorization", basic("ci", "cipw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let r = reg
+        .client
+        .get(reg.url("/v2/game/a/tags/list"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "token still accepted");
+    tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(200)).await;
+    let r = token_status(&reg, "ci", "cipw").await;
+    assert_eq!(r.status(), StatusCode::OK, "allowed after the window");
+}
+
+#[tokio::test]
+async fn failed_basic_logins_on_v2_count_but_denials_do_not() {
+    let reg = with_login_limit(2, Duration::from_secs(60)).await;
+    let get = |auth: String, path: &str| {
+        reg.client
+            .get(reg.url(path))
+            .header("authorization", auth)
+            .send()
+    };
+    // Authenticated but not allowed (403): not a failed login.
+    for _ in 0..5 {
+        let r = get(basic("ci", "cipw"), "/v2/other/tags/list")
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+    for _ in 0..2 {
+        let r = get(basic("ci", "nope"), "/v2/").await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = get(basic("ci", "cipw"), "/v2/").await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after(&r) > 50);
+    let r = token_status(&reg, "ci", "cipw").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Requests without a password are not logins.
+    let r = reg.client.get(reg.url("/v2/")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
