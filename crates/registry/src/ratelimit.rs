@@ -82,12 +82,15 @@ impl RateLimiter {
     }
 }
 
+/// Times of recent failures per client IP, and when the map was last swept.
+type FailureLog = (HashMap<IpAddr, VecDeque<Instant>>, Option<Instant>);
+
 /// Failed logins per client IP within a sliding window.
 #[derive(Debug)]
 pub struct LoginLimiter {
     max_failures: usize,
     window: Duration,
-    state: Mutex<(HashMap<IpAddr, VecDeque<Instant>>, Option<Instant>)>,
+    state: Mutex<FailureLog>,
 }
 
 impl LoginLimiter {
