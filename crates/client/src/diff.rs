@@ -516,17 +516,11 @@ pub async fn diff(
             index: old.chunk_index(layer).await?,
         });
     }
-    let old_digests: HashSet<Digest> = old_image.layers.iter().map(|l| l.digest).collect();
     let mut new_layers = Vec::new();
     for layer in &new_image.layers {
-        let index = if old_digests.contains(&layer.digest) {
-            None
-        } else {
-            new.chunk_index(layer).await?
-        };
         new_layers.push(IndexedLayer {
             layer: layer.clone(),
-            index,
+            index: new.chunk_index(layer).await?,
         });
     }
     let layers = compare_layers(&old_layers, &new_layers);
