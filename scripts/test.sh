@@ -113,7 +113,7 @@ cargo fmt --all -- --check || fail "formatting differs: run cargo fmt --all"
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings || fail "clippy"
 
-step "cargo test --workspace"
-cargo test --workspace < /dev/null || fail "cargo test"
+step "cargo test --workspace --no-fail-fast"
+cargo test --workspace --no-fail-fast < /dev/null || fail "cargo test"
 
 step "All checks passed"
