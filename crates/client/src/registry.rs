@@ -34,7 +34,7 @@ pub const MONOLITHIC_LIMIT: u64 = 16 * 1024 * 1024;
 /// Size of each PATCH of a chunked upload.
 pub const UPLOAD_CHUNK: u64 = 32 * 1024 * 1024;
 /// Most ranges in one delta-push request (the registry limits the body to 1 MiB).
-pub const MAX_RANGES_PER_REQUEST: usize = 8_000;
+pub const MAX_RANGES_PER_REQUEST: usize = 4_000;
 
 /// How to reach and authenticate to registries.
 #[derive(Debug, Clone, Default)]
@@ -1102,14 +1102,27 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// The offset after the `Range: 0-<end>` header of an upload answer (0 when absent).
+/// The offset of an upload session from its answer's headers: `Gantry-Upload-Offset` when
+/// the registry sends it (gantry serve), else the `Range: 0-<end>` header. `Range: 0-0` is
+/// ambiguous (nothing, or one byte, received); it is read as nothing, the safe side: a wrong
+/// guess is refused with 416 rather than leaving a gap.
 fn range_end(headers: &HeaderMap) -> u64 {
+    if let Some(n) = headers
+        .get(UPLOAD_OFFSET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return n;
+    }
     headers
         .get("range")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().trim_start_matches("bytes=").split_once('-'))
-        .and_then(|(_, end)| end.parse::<u64>().ok())
-        .map(|end| end + 1)
+        .and_then(|(start, end)| match (start.trim(), end.trim().parse::<u64>().ok()) {
+            ("0", Some(0)) => Some(0),
+            (_, Some(end)) => Some(end + 1),
+            _ => None,
+        })
         .unwrap_or(0)
 }
 
@@ -1234,6 +1247,10 @@ mod tests {
         h.insert("range", "0-99".parse().unwrap());
         assert_eq!(range_end(&h), 100);
         assert_eq!(range_end(&HeaderMap::new()), 0);
+        h.insert("range", "0-0".parse().unwrap());
+        assert_eq!(range_end(&h), 0);
+        h.insert(UPLOAD_OFFSET_HEADER, "1".parse().unwrap());
+        assert_eq!(range_end(&h), 1, "the explicit offset wins");
         assert_eq!(parse_content_range_start("bytes 10-19/100"), Some(10));
         assert_eq!(
             with_query(
