@@ -1118,11 +1118,13 @@ fn range_end(headers: &HeaderMap) -> u64 {
         .get("range")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().trim_start_matches("bytes=").split_once('-'))
-        .and_then(|(start, end)| match (start.trim(), end.trim().parse::<u64>().ok()) {
-            ("0", Some(0)) => Some(0),
-            (_, Some(end)) => Some(end + 1),
-            _ => None,
-        })
+        .and_then(
+            |(start, end)| match (start.trim(), end.trim().parse::<u64>().ok()) {
+                ("0", Some(0)) => Some(0),
+                (_, Some(end)) => Some(end + 1),
+                _ => None,
+            },
+        )
         .unwrap_or(0)
 }
 
