@@ -194,6 +194,21 @@ fn login_push_pull_copy_logout_with_token_auth() {
         "inspect",
     );
     assert!(out.contains(&digest));
+    // `gantry push` takes a plain directory too (any name, not parsed as a reference).
+    std::fs::rename(d.join("again"), d.join("Copy_Of_Image")).unwrap();
+    ok(
+        &gantry(
+            &[
+                "push",
+                "Copy_Of_Image",
+                &format!("http://{addr}/studio/plain:v1"),
+            ],
+            "",
+            &docker,
+            d,
+        ),
+        "push from a plain directory",
+    );
 
     ok(&gantry(&["logout", &addr], "", &docker, d), "logout");
     let out = gantry(&["pull", &reference, "pulled2"], "", &docker, d);

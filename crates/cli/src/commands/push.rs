@@ -102,9 +102,14 @@ pub fn print_report(r: &PushReport) {
 
 /// Runs `gantry push`.
 pub fn run(args: PushArgs) -> anyhow::Result<()> {
-    let (path, tag) = match Location::parse(&args.layout)? {
-        Location::Layout { path, tag } => (path, tag),
-        Location::Registry { .. } => (PathBuf::from(&args.layout), None),
+    // `oci:DIR[:TAG]`, or a plain directory (never a registry reference here).
+    let (path, tag) = if args.layout.starts_with("oci:") {
+        match Location::parse(&args.layout)? {
+            Location::Layout { path, tag } => (path, tag),
+            Location::Registry { .. } => unreachable!("oci: always parses as a layout"),
+        }
+    } else {
+        (PathBuf::from(&args.layout), None)
     };
     let report = push(
         &path,
