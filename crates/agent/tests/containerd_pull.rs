@@ -8,30 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use gantry_agent::{AgentConfig, RunningAgent, UpstreamSpec};
-use gantry_client::credentials::Credential;
-use gantry_client::{
-    push_layout, ClientOptions, NoProgress, OciLayout, PushOptions, RegistryClient,
-};
+use gantry_client::{push_layout, NoProgress, OciLayout, PushOptions, RegistryClient};
 use gantry_oci::Reference;
 use gantry_test_support::{
-    assert_success, metric, sample_images, tempdir, write_busybox_oci_layout, Containerd,
-    GantryServe,
+    assert_success, metric, registry_client as client, sample_images, tempdir,
+    write_busybox_oci_layout, Containerd, GantryServe,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-fn client(host: &str, credential: Option<(&str, &str)>) -> RegistryClient {
-    RegistryClient::new(
-        host,
-        &ClientOptions {
-            insecure: true,
-            credential: credential.map(|(u, p)| Credential::new(u, p)),
-            no_stored_credentials: true,
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap()
-}
 
 async fn push(c: &RegistryClient, layout: &Path, reference: &str) -> gantry_client::PushReport {
     let dest: Reference = reference.parse().unwrap();

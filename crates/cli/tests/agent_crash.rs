@@ -9,11 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gantry_client::{
-    push_layout, ClientOptions, NoProgress, OciLayout, PushOptions, RegistryClient,
-};
+use gantry_client::{push_layout, NoProgress, OciLayout, PushOptions};
 use gantry_oci::{Digest, Reference};
-use gantry_test_support::{free_port, sample_images, wait_for_tcp, GantryServe};
+use gantry_test_support::{free_port, registry_client, sample_images, wait_for_tcp, GantryServe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -89,15 +87,7 @@ async fn an_agent_killed_mid_assembly_restarts_and_serves_the_exact_blob() {
         .unwrap();
     let serve = GantryServe::open().await;
     let host = serve.host();
-    let client = RegistryClient::new(
-        &host,
-        &ClientOptions {
-            insecure: true,
-            no_stored_credentials: true,
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
+    let client = registry_client(&host, None);
     let dest: Reference = format!("{host}/studio/game:v1").parse().unwrap();
     let pushed = push_layout(
         &client,

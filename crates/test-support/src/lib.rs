@@ -31,7 +31,7 @@ pub use rootfs::{
     busybox_rootfs_tar, host_oci_arch, write_busybox_oci_layout, BusyboxImage, BUSYBOX_APPLETS,
 };
 pub use sample::{build as build_sample, sample_images, SampleImages};
-pub use serve::{metric, GantryServe};
+pub use serve::{metric, registry_client, GantryServe};
 
 /// Directories searched after `PATH` by [`require_tool`]: a non-login root shell (or a CI
 /// environment) may lack the `sbin` directories where Debian puts `runc`.

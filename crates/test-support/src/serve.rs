@@ -79,3 +79,21 @@ pub async fn metric(url: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A registry client for `host` over plain HTTP with the given credentials (never the
+/// ones stored in Docker's config).
+pub fn registry_client(
+    host: &str,
+    credential: Option<(&str, &str)>,
+) -> gantry_client::RegistryClient {
+    gantry_client::RegistryClient::new(
+        host,
+        &gantry_client::ClientOptions {
+            insecure: true,
+            credential: credential.map(|(u, p)| gantry_client::credentials::Credential::new(u, p)),
+            no_stored_credentials: true,
+            ..gantry_client::ClientOptions::default()
+        },
+    )
+    .expect("registry client")
+}
