@@ -4,6 +4,7 @@
 #
 # Usage (as root):
 #   bash bench/build.sh [--scale 3.1GB] [--update-mb 50] [--out FILE.json] [--runs N] [--keep]
+#                       [--gantry BIN] [--workload DIR]
 #   bash bench/build.sh --report FILE.json     (print the Markdown of an earlier result again)
 #
 # Per run, both tools build the same sample game (seed 1) from the same busybox base, in
@@ -26,6 +27,12 @@
 # layout and named from a copy of gantry.toml with `[base] layout = ...`, so both outputs carry
 # the identical base layer blob and differ only in the game's layers.
 #
+# --gantry BIN takes a given binary instead of `cargo build --release -p gantry-cli`.
+# --workload DIR takes the sample from DIR (made by bench/run.sh: DIR/v1 and DIR/v2 trees,
+# DIR/sample.json, DIR/update.json) instead of generating it: v1 is copied (cp -a) and the
+# update applied by copying the files update.json lists as changed or added from DIR/v2 and
+# removing those it lists as removed, so every script of the harness builds the same bytes.
+#
 # Environment: BENCH_DIR (parent of the work dir, default /tmp), CARGO (default cargo).
 # Writes the JSON (--out, default bench/results/build-<scale>.json) and prints a Markdown
 # table on stdout (also saved next to the JSON as .md); step messages go to stderr.
@@ -38,6 +45,8 @@ RUNS=1
 KEEP=0
 SEED=1
 REPORT=""
+GANTRY_BIN=""
+WORKLOAD=""
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -100,6 +109,8 @@ while (($#)); do
     --runs) RUNS="$2"; shift 2 ;;
     --runs=*) RUNS="${1#*=}"; shift ;;
     --keep) KEEP=1; shift ;;
+    --gantry) GANTRY_BIN="$2"; shift 2 ;;
+    --workload) WORKLOAD="$2"; shift 2 ;;
     --report) REPORT="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
@@ -110,7 +121,7 @@ if [[ -n "$REPORT" ]]; then print_report "$REPORT"; exit 0; fi
 [[ "$UPDATE_MB" =~ ^[0-9]+$ ]] || { echo "--update-mb wants a whole number of MB" >&2; exit 2; }
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-INVOCATION="bash bench/build.sh --scale $SCALE --update-mb $UPDATE_MB --runs $RUNS${OUT:+ --out $OUT}"
+INVOCATION="bash bench/build.sh --scale $SCALE --update-mb $UPDATE_MB --runs $RUNS${OUT:+ --out $OUT}${GANTRY_BIN:+ --gantry $GANTRY_BIN}${WORKLOAD:+ --workload $WORKLOAD}"
 [[ -n "$OUT" ]] || OUT="$REPO/bench/results/build-$SCALE.json"
 case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac
 
@@ -141,10 +152,20 @@ BUSYBOX=/bin/busybox
 [[ -x "$BUSYBOX" ]] || die "$BUSYBOX missing after installing busybox-static"
 "$BUSYBOX" --list | grep -qx tar || die "$BUSYBOX has no tar applet"
 
-log "building gantry (cargo build --release)"
-(cd "$REPO" && "${CARGO:-cargo}" build --release --quiet -p gantry-cli) || die "cargo build failed"
-GANTRY="${CARGO_TARGET_DIR:-$REPO/target}/release/gantry"
-[[ -x "$GANTRY" ]] || die "no $GANTRY after the build"
+if [[ -n "$GANTRY_BIN" ]]; then
+  GANTRY="$GANTRY_BIN"
+  [[ -x "$GANTRY" ]] || die "--gantry $GANTRY is not executable"
+else
+  log "building gantry (cargo build --release)"
+  (cd "$REPO" && "${CARGO:-cargo}" build --release --quiet -p gantry-cli) || die "cargo build failed"
+  GANTRY="${CARGO_TARGET_DIR:-$REPO/target}/release/gantry"
+  [[ -x "$GANTRY" ]] || die "no $GANTRY after the build"
+fi
+if [[ -n "$WORKLOAD" ]]; then
+  for f in v1 v2 sample.json update.json; do
+    [[ -e "$WORKLOAD/$f" ]] || die "--workload $WORKLOAD has no $f (bench/run.sh makes it)"
+  done
+fi
 
 # ---------------------------------------------------------------------------------------------
 LOADAVG_START="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -301,6 +322,20 @@ step() {
 
 other() { [[ "$1" == buildah ]] && echo gantry || echo buildah; }
 
+# apply_update WORKLOAD GAME: turn the copy of WORKLOAD/v1 in GAME into WORKLOAD/v2, file by
+# file as update.json lists them (changed and added files are copied over, new inodes like the
+# generator's own update; removed ones deleted).
+apply_update() {
+  local wl="$1" game="$2" f
+  while IFS= read -r f; do
+    mkdir -p "$(dirname "$game/$f")"
+    cp -a --remove-destination "$wl/v2/$f" "$game/$f"
+  done < <(jq -r '(.files_changed // []) + (.files_added // []) | .[]' "$wl/update.json")
+  while IFS= read -r f; do
+    rm -f "$game/$f"
+  done < <(jq -r '(.files_removed // []) | .[]' "$wl/update.json")
+}
+
 # ---------------------------------------------------------------------------------------------
 # The shared base as an OCI layout for gantry (pushed once from a scratch storage).
 log "making the busybox base image (buildah from scratch + copy + commit)"
@@ -327,9 +362,15 @@ for ((RUN = 1; RUN <= RUNS; RUN++)); do
   if ((RUN % 2)); then A=buildah; else A=gantry; fi
   B="$(other "$A")"
 
-  log "run $RUN/$RUNS: generating the sample game (--scale $SCALE --seed $SEED)"
   t="$(now)"
-  "$GANTRY" sample-game "$GAME" --scale "$SCALE" --seed "$SEED" --json > "$RUN_DIR/sample.json"
+  if [[ -n "$WORKLOAD" ]]; then
+    log "run $RUN/$RUNS: copying the sample game from $WORKLOAD/v1"
+    cp -a "$WORKLOAD/v1" "$GAME"
+    jq --arg dir "$GAME" '.dir = $dir' "$WORKLOAD/sample.json" > "$RUN_DIR/sample.json"
+  else
+    log "run $RUN/$RUNS: generating the sample game (--scale $SCALE --seed $SEED)"
+    "$GANTRY" sample-game "$GAME" --scale "$SCALE" --seed "$SEED" --json > "$RUN_DIR/sample.json"
+  fi
   gen_s="$(since "$t")"
 
   S1="$RUN_DIR/storage-warm"; C1="$RUN_DIR/cache-warm"
@@ -337,9 +378,15 @@ for ((RUN = 1; RUN <= RUNS; RUN++)); do
   step cold "$A" "$S1" "$C1" v1
   step noop "$B" "$S1" "$C1" v1
 
-  log "run $RUN: gantry sample-game --update --mb $UPDATE_MB"
   t="$(now)"
-  "$GANTRY" sample-game --update "$GAME" --mb "$UPDATE_MB" --seed "$SEED" --json > "$RUN_DIR/update.json"
+  if [[ -n "$WORKLOAD" ]]; then
+    log "run $RUN: applying the update from $WORKLOAD/v2"
+    apply_update "$WORKLOAD" "$GAME"
+    jq --arg dir "$GAME" '.dir = $dir' "$WORKLOAD/update.json" > "$RUN_DIR/update.json"
+  else
+    log "run $RUN: gantry sample-game --update --mb $UPDATE_MB"
+    "$GANTRY" sample-game --update "$GAME" --mb "$UPDATE_MB" --seed "$SEED" --json > "$RUN_DIR/update.json"
+  fi
   upd_s="$(since "$t")"
   step update "$A" "$S1" "$C1" v2
   ((KEEP)) || rm -rf "$S1" "$C1"

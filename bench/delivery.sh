@@ -4,7 +4,7 @@
 #
 # Usage (as root):
 #   bash bench/delivery.sh [--scale 3.1GB] [--update-mb 50] [--rate 200mbit] [--out FILE.json]
-#                          [--gantry BIN] [--keep]
+#                          [--gantry BIN] [--keep] [--workload DIR] [--first seed|gantry]
 #   bash bench/delivery.sh --quick          (60MB sample, 15 MB update: a few minutes, for CI)
 #   bash bench/delivery.sh --report FILE.json     (print the Markdown of an earlier result again)
 #
@@ -43,13 +43,20 @@
 #   B2 the seed's way: a second containerd pulls the buildah images directly from the
 #      docker-registry of A3 (`ctr images pull --plain-http`) v1, then v2. Payload = the
 #      sizes of v2's blobs (layers, config) that v1 does not have, plus v2's manifest.
-#   B2 runs first (then its registry is removed), B1 second.
+#   B2 runs first (then its registry is removed), B1 second (the other way round with --first gantry).
 #   Before each v2 pull `tc qdisc ... tbf rate RATE` limits both ends of the veth; the v1
 #   pulls run unlimited. Wall time = `ctr images pull` of v2 (fetch + unpack + metadata).
 #   `gantry serve` is restarted on its storage before B, so its VmHWM (peak RSS, from
 #   /proc/PID/status) covers the pulls only; the agent's is read after the v1 pull and again
 #   at the end; docker-registry's are reported for comparison (WORKLOAD #7: < 200 MB).
 # The B1 node is torn down before B2 starts (disk: each node holds v1 and v2 unpacked).
+#
+# --first gantry runs Gantry's side first at each stage (builds and pushes A1/A2 before A3,
+# the pull B1 before B2; the seed's registry then stays up through B1); the default is seed.
+# bench/run.sh alternates it between repetitions. --workload DIR takes the sample from DIR
+# (DIR/v1, DIR/v2, DIR/sample.json, DIR/update.json, made by bench/run.sh) instead of
+# generating it: v1 is copied and the update applied file by file from DIR/v2 (as
+# bench/build.sh does), so all the harness's scripts use the same bytes.
 #
 # Disk: about 4.5 × the scale at the peak (a node holding v1 and v2 unpacked plus what its
 # agent holds plus both registries' storage; large intermediate state is removed as soon as it
@@ -72,6 +79,8 @@ QUICK=0
 KEEP=0
 REPORT=""
 GANTRY_BIN=""
+WORKLOAD=""
+FIRST=seed
 ARGS=("$@")
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
@@ -147,6 +156,8 @@ while (($#)); do
     --quick) QUICK=1; shift ;;
     --gantry) GANTRY_BIN="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --workload) WORKLOAD="$2"; shift 2 ;;
+    --first) FIRST="$2"; shift 2 ;;
     --report) REPORT="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
@@ -159,6 +170,7 @@ if ((QUICK)); then
   [[ " ${ARGS[*]} " == *" --update-mb"* ]] || UPDATE_MB=15
 fi
 [[ "$UPDATE_MB" =~ ^[0-9]+$ ]] || { echo "--update-mb wants a whole number of MB" >&2; exit 2; }
+[[ "$FIRST" == seed || "$FIRST" == gantry ]] || { echo "--first wants seed or gantry" >&2; exit 2; }
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 INVOCATION="${BENCH_DIR:+BENCH_DIR=$BENCH_DIR }bash bench/delivery.sh${ARGS[*]:+ ${ARGS[*]}}"
@@ -488,12 +500,30 @@ buildah_build() {  # buildah_build TAG
 }
 new_sample() {  # new_sample NAME: the v1 tree in $GAME
   rm -rf "$GAME"
+  if [[ -n "$WORKLOAD" ]]; then
+    log "copying the sample game from $WORKLOAD/v1"
+    cp -a "$WORKLOAD/v1" "$GAME"
+    jq '.dir = null' "$WORKLOAD/sample.json" > "$RES/sample-$1.json"
+    return
+  fi
   log "generating the sample game (--scale $SCALE --seed $SEED)"
   "$G" sample-game "$GAME" --scale "$SCALE" --seed "$SEED" --json > "$RES/sample-$1.json"
 }
 update_sample() {  # update_sample NAME: v1 -> v2 in place
-  log "gantry sample-game --update --mb $UPDATE_MB"
-  "$G" sample-game --update "$GAME" --mb "$UPDATE_MB" --seed "$SEED" --json > "$RES/update-$1.json"
+  local f
+  if [[ -n "$WORKLOAD" ]]; then
+    log "applying the update from $WORKLOAD/v2 (files listed in update.json)"
+    while IFS= read -r f; do
+      mkdir -p "$(dirname "$GAME/$f")"
+      cp -a --remove-destination "$WORKLOAD/v2/$f" "$GAME/$f"
+    done < <(jq -r '(.files_changed // []) + (.files_added // []) | .[]' "$WORKLOAD/update.json")
+    while IFS= read -r f; do rm -f "$GAME/$f"; done \
+      < <(jq -r '(.files_removed // []) | .[]' "$WORKLOAD/update.json")
+    jq '.dir = null' "$WORKLOAD/update.json" > "$RES/update-$1.json"
+  else
+    log "gantry sample-game --update --mb $UPDATE_MB"
+    "$G" sample-game --update "$GAME" --mb "$UPDATE_MB" --seed "$SEED" --json > "$RES/update-$1.json"
+  fi
   log "  update's own size: $(jq .update_bytes "$RES/update-$1.json") bytes"
 }
 
@@ -507,6 +537,8 @@ push_step() {
     '{seconds: $s, link_up_bytes: $up, link_down_bytes: $down, link_bytes: ($up + $down)}' > "$out"
 }
 
+# The seed's side: build v1 and v2 with buildah, then A3.
+stage_seed_push() {
 new_sample buildah
 log "buildah bud v1"; BB1="$(buildah_build v1)"
 update_sample buildah
@@ -534,22 +566,32 @@ done
 B_V2_DIGEST="$(cat "$RES/a3-v2.digest")"
 BUILDAH_VERSION="$(buildah --version)"
 if ((!KEEP)); then unmount_under "$S"; rm -rf "$S"; fi
+}
 
-# Gantry's builds, on the same sample generated again.
+# Gantry's side: build v1 and v2 (same sample, generated again or copied again), A1 and A2.
+stage_gantry_push() {
 new_sample gantry
 log "gantry build v1"; GB1="$(gantry_build "$L1" v1)"
 update_sample gantry
 log "gantry build v2 (warm cache)"; GB2="$(gantry_build "$L2" v2)"
 log "builds: gantry $GB1 s / $GB2 s"
 ((KEEP)) || rm -rf "$GAME" "$CACHE"
+}
+
+# the stage functions above and below use and set globals: they are the script's steps, in
+# functions only so that --first can change their order
+stage_compare_samples() {
 SAME_SAMPLE="$(jq -n --slurpfile a "$RES/sample-buildah.json" --slurpfile b "$RES/sample-gantry.json" \
   --slurpfile c "$RES/update-buildah.json" --slurpfile d "$RES/update-gantry.json" \
   '($a[0] | del(.dir)) == ($b[0] | del(.dir)) and ($c[0] | del(.dir)) == ($d[0] | del(.dir))')"
 [[ "$SAME_SAMPLE" == true ]] || die "the sample generated twice differs (sample-*.json / update-*.json in $RES)"
 cp "$RES/sample-gantry.json" "$RES/sample.json"; cp "$RES/update-gantry.json" "$RES/update.json"
+}
+
+stage_gantry_push_a12() {
+# what the two layouts differ by, computed (before A2 removes them)
 "$G" diff "oci:$L1" "oci:$L2" --no-update-size --json > "$RES/diff.json" 2> "$LOGS/diff.log" \
   || { tail -n 20 "$LOGS/diff.log" >&2; die "gantry diff"; }
-
 # A1: gantry push -> gantry serve (delta push for v2)
 SERVE_ROOT="$WORK/serve"; SERVE_PORT="$(free_port)"
 start_serve "$SERVE_ROOT" "$SERVE_PORT"
@@ -588,6 +630,13 @@ done
 D1_HWM="$(vmhwm "$DIST_PID")"
 stop_pid "$DIST_PID"
 ((KEEP)) || rm -rf "$WORK/dist-gantry" "$L1" "$L2"
+}
+
+if [[ "$FIRST" == seed ]]; then
+  stage_seed_push; stage_gantry_push; stage_compare_samples; stage_gantry_push_a12
+else
+  stage_gantry_push; stage_gantry_push_a12; stage_seed_push; stage_compare_samples
+fi
 
 # ---------------------------------------------------------------------------------------------
 # B. Pull. gantry serve restarted on the same storage: its VmHWM then covers the pulls only.
@@ -630,6 +679,7 @@ pull_step() {
 }
 
 # B2: the seed's way — containerd directly from docker-registry (buildah images)
+stage_seed_pull() {
 start_containerd ctd-seed
 SNAPSHOTTER="$CTD_SNAP"
 for v in v1 v2; do
@@ -655,8 +705,10 @@ mv "$RES/b2-v2.j2" "$RES/b2-v2.json"
 stop_containerd
 stop_pid "$D2_PID"
 ((KEEP)) || rm -rf "$WORK/dist-buildah"
+}
 
 # B1: Gantry — containerd -> gantry agent (on the node) -> gantry serve
+stage_gantry_pull() {
 AGENT_PORT="$(free_port)"
 AGENT_ROOT="$WORK/agent"
 ip netns exec "$NS" "$G" agent --addr "127.0.0.1:$AGENT_PORT" --root "$AGENT_ROOT" \
@@ -699,6 +751,13 @@ unlimit_link
 SERVE_PULL_HWM="$(vmhwm "$SERVE_PID")"; AGENT_HWM="$(vmhwm "$AGENT_PID")"
 stop_containerd
 stop_pid "$AGENT_PID"; ((KEEP)) || rm -rf "$AGENT_ROOT"
+}
+
+if [[ "$FIRST" == seed ]]; then
+  stage_seed_pull; stage_gantry_pull
+else
+  stage_gantry_pull; stage_seed_pull
+fi
 SERVE_HWM_END="$(vmhwm "$SERVE_PID")"
 TOOK="$(since "$T_START")"
 
@@ -726,7 +785,7 @@ printf '%s\n' "${COMMANDS[@]}" | jq -R . | jq -s . > "$RES/commands.json"
 jq -n \
   --arg invocation "$INVOCATION" --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --argjson took "$TOOK" \
   --arg scale "$SCALE" --argjson update_mb "$UPDATE_MB" --argjson seed "$SEED" --arg rate "$RATE" \
-  --argjson quick "$QUICK" --arg bench_dir "${BENCH_DIR:-/tmp}" --arg bench_fs "$BENCH_FS" --arg burst "$TBF_BURST" --arg latency "$TBF_LATENCY" \
+  --argjson quick "$QUICK" --arg first "$FIRST" --arg workload "$WORKLOAD" --arg bench_dir "${BENCH_DIR:-/tmp}" --arg bench_fs "$BENCH_FS" --arg burst "$TBF_BURST" --arg latency "$TBF_LATENCY" \
   --argjson nproc "$(nproc)" --arg cpu "$cpu_model" --arg kernel "$(uname -r)" \
   --arg loadavg0 "$LOADAVG_START" --arg loadavg "$(cut -d' ' -f1-3 /proc/loadavg)" \
   --arg gantry_version "$("$G" --version)" --arg git_rev "$GIT_REV" --arg buildah_version "$BUILDAH_VERSION" \
@@ -750,6 +809,7 @@ jq -n \
   --argjson d1_hwm "$D1_HWM" --argjson d2_hwm "$D2_HWM" \
   '{benchmark: "delivery", invocation: $invocation, date: $date, took_s: $took,
     params: {scale: $scale, update_mb: $update_mb, seed: $seed, rate: $rate, quick: ($quick == 1),
+             first: $first, workload: (if $workload == "" then null else $workload end),
              bench_dir: $bench_dir, bench_fs: $bench_fs,
              tbf_burst: $burst, tbf_latency: $latency},
     machine: {nproc: $nproc, cpu: $cpu, kernel: $kernel, loadavg_at_start: $loadavg0, loadavg_at_end: $loadavg},
