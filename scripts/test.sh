@@ -28,6 +28,8 @@ PACKAGES=(
   busybox-static    # /bin/busybox for test base images
   iproute2          # ip netns, tc tbf for separate hosts / slow links
   openssl           # test certificates for the registry TLS tests
+  jq                # bench/run.sh --quick (the benchmark scripts read and write JSON)
+  curl              # bench/run.sh --quick (registry and agent probes)
 )
 
 step "Checking privileges"
@@ -113,7 +115,21 @@ cargo fmt --all -- --check || fail "formatting differs: run cargo fmt --all"
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings || fail "clippy"
 
+# The static supervisor binary for the `supervise = true` image tests, built once
+# (crates/build/tests/supervise.rs builds it itself when this is unset).
+step "bash scripts/build-supervisor.sh (static gantry-supervise)"
+GANTRY_SUPERVISE_BINARY="$(bash scripts/build-supervisor.sh < /dev/null)" || fail "scripts/build-supervisor.sh"
+export GANTRY_SUPERVISE_BINARY
+ls -l "$GANTRY_SUPERVISE_BINARY"
+
 step "cargo test --workspace --no-fail-fast"
 cargo test --workspace --no-fail-fast < /dev/null || fail "cargo test"
+
+# The benchmark harness at test scale, so it cannot rot: the debug gantry binary the CLI tests
+# just built (no release build in CI; the timings are meaningless, the run checks that every
+# WORKLOAD figure is produced and that Gantry moves fewer bytes than the seed's pipeline).
+step "bash bench/run.sh --quick (benchmark harness at test scale)"
+bash bench/run.sh --quick --gantry "${CARGO_TARGET_DIR:-target}/debug/gantry" \
+  --out "${TMPDIR:-/tmp}/gantry-bench-quick/BENCHMARKS.md" < /dev/null || fail "bench/run.sh --quick"
 
 step "All checks passed"

@@ -45,6 +45,9 @@ pub enum BuildError {
     /// An OCI layout could not be read.
     #[error("OCI layout {path}: {message}")]
     Layout { path: PathBuf, message: String },
+    /// The supervisor binary of `supervise = true` is missing or unusable.
+    #[error("supervisor binary {path}: {message}")]
+    SuperviseBinary { path: PathBuf, message: String },
 }
 
 impl BuildError {

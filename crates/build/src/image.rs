@@ -121,6 +121,14 @@ pub fn build(opts: &BuildOptions, progress: &dyn BuildProgress) -> Result<BuildO
     format!("localhost/{}:{tag}", spec.image.name)
         .parse::<gantry_oci::Reference>()
         .map_err(|e| BuildError::Spec(format!("tag: {e}")))?;
+    // The supervisor binary is checked before any work, so a missing one fails fast.
+    let supervise = match &spec.supervise {
+        Some(section) => Some((
+            section,
+            crate::supervise::find_binary(section, &opts.context, &spec.image.architecture)?,
+        )),
+        None => None,
+    };
     let cache = opts
         .cache_dir
         .as_deref()
@@ -181,6 +189,12 @@ pub fn build(opts: &BuildOptions, progress: &dyn BuildProgress) -> Result<BuildO
             );
             base_digest = Some(digest);
         }
+    }
+
+    // The supervisor last: it changes independently of the game, and the layers below stay
+    // the same when it is turned on or off.
+    if let Some((section, binary)) = &supervise {
+        layer_specs.push(crate::supervise::layer(section, binary));
     }
 
     let mut reports = base.reports.clone();
@@ -253,7 +267,10 @@ pub fn build(opts: &BuildOptions, progress: &dyn BuildProgress) -> Result<BuildO
     }
 
     // Config.
-    let config = image_config(&spec, base.config.as_ref(), diff_ids, history, &created)?;
+    let mut config = image_config(&spec, base.config.as_ref(), diff_ids, history, &created)?;
+    if let Some((section, _)) = &supervise {
+        crate::supervise::apply_to_config(section, &mut config)?;
+    }
     let config_bytes = gantry_oci::canonical_json("image config", &config)
         .map_err(|e| BuildError::Spec(e.to_string()))?;
     let config_digest = writer.put_bytes(&config_bytes)?;

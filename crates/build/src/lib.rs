@@ -9,6 +9,7 @@ mod error;
 mod image;
 mod sources;
 pub mod spec;
+pub mod supervise;
 
 pub use cache::{BuildCache, CachedLayer};
 pub use cost::{update_cost, LayerCost, UpdateCost};
@@ -16,4 +17,4 @@ pub use error::BuildError;
 pub use gantry_client::layout::{LayoutWriter, OciLayout, ResolvedManifest};
 pub use image::{build, BuildOptions, BuildOutput, BuildProgress, LayerReport, NoProgress};
 pub use sources::{fingerprint_layer, resolve_layer, split_parts, ResolvedLayer};
-pub use spec::BuildSpec;
+pub use spec::{BuildSpec, SuperviseSection};

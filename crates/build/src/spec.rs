@@ -24,6 +24,66 @@ pub struct BuildSpec {
     /// Chunking and compression tuning (recorded in every chunk index).
     #[serde(default)]
     pub chunking: ChunkingSection,
+    /// `supervise = true` or `[supervise]`: the `gantry-supervise` binary as the image's last
+    /// layer and entrypoint, wrapping the original entrypoint and cmd. `None` when off.
+    #[serde(
+        default,
+        deserialize_with = "deserialize_supervise",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub supervise: Option<SuperviseSection>,
+}
+
+/// `[supervise]` (or `supervise = true`, all defaults).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SuperviseSection {
+    /// Off when `false` (the table may stay in the file), default `true`.
+    pub enabled: bool,
+    /// The supervisor binary to add, relative to the build context [default:
+    /// `$GANTRY_SUPERVISE_BINARY`, else `gantry-supervise` next to the running executable].
+    pub binary: Option<PathBuf>,
+    /// Where it goes in the image.
+    pub path: String,
+    /// Supervisor options placed before `--`, e.g. `["--protocol", "tcp"]`.
+    pub args: Vec<String>,
+    /// Accept a dynamically linked binary (the image then needs a matching glibc).
+    pub allow_dynamic: bool,
+}
+
+impl Default for SuperviseSection {
+    fn default() -> Self {
+        SuperviseSection {
+            enabled: true,
+            binary: None,
+            path: "/usr/local/bin/gantry-supervise".into(),
+            args: Vec::new(),
+            allow_dynamic: false,
+        }
+    }
+}
+
+/// `supervise = true|false` or a `[supervise]` table; `None` when off.
+fn deserialize_supervise<'de, D>(deserializer: D) -> Result<Option<SuperviseSection>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Option<SuperviseSection>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("`supervise = true`, `supervise = false` or a [supervise] table")
+        }
+        fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<Self::Value, E> {
+            Ok(on.then(SuperviseSection::default))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            let section =
+                SuperviseSection::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+            Ok(section.enabled.then_some(section))
+        }
+    }
+    deserializer.deserialize_any(Visitor)
 }
 
 /// `[image]`.
@@ -323,6 +383,37 @@ impl BuildSpec {
         }
         .validate()
         .map_err(|e| BuildError::Spec(format!("[chunking]: {e}")))?;
+        if let Some(sup) = &self.supervise {
+            if !sup.path.starts_with('/') {
+                return err(format!(
+                    "[supervise] path {:?} must be an absolute path in the image",
+                    sup.path
+                ));
+            }
+            gantry_layer::ImagePath::parse(&sup.path, true)
+                .map_err(|e| BuildError::Spec(format!("[supervise] path: {e}")))?;
+            if sup.path.ends_with('/') {
+                return err(format!(
+                    "[supervise] path {:?} must name the binary, not a directory",
+                    sup.path
+                ));
+            }
+            if sup.args.iter().any(|a| a == "--") {
+                return err("[supervise] args: give only supervisor options (e.g. [\"--protocol\", \"tcp\"]), no \"--\": \
+                     the supervised command is [config] entrypoint + cmd"
+                    .into());
+            }
+            if self
+                .layers
+                .iter()
+                .any(|l| l.name == crate::supervise::SUPERVISE_LAYER)
+            {
+                return err(format!(
+                    "layer name {:?} is reserved for the supervisor while [supervise] is on",
+                    crate::supervise::SUPERVISE_LAYER
+                ));
+            }
+        }
         if self.chunking.gzip_level > 9 {
             return err(format!(
                 "[chunking] gzip_level {} is not 0–9",
@@ -406,6 +497,72 @@ mode = "0755"
             ),
         ];
         for (text, needle) in cases {
+            let err = BuildSpec::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+        }
+    }
+
+    #[test]
+    fn supervise_is_a_bool_or_a_table() {
+        assert_eq!(BuildSpec::parse(GOOD).unwrap().supervise, None);
+        let on = BuildSpec::parse(&format!("supervise = true\n{GOOD}")).unwrap();
+        assert_eq!(on.supervise, Some(SuperviseSection::default()));
+        assert_eq!(
+            on.supervise.unwrap().path,
+            "/usr/local/bin/gantry-supervise"
+        );
+        let off = BuildSpec::parse(&format!("supervise = false\n{GOOD}")).unwrap();
+        assert_eq!(off.supervise, None);
+        let table = BuildSpec::parse(&format!(
+            "{GOOD}\n[supervise]\nbinary = \"bin/sup\"\npath = \"/sup\"\n\
+             args = [\"--protocol\", \"tcp\"]\nallow_dynamic = true\n"
+        ))
+        .unwrap()
+        .supervise
+        .unwrap();
+        assert_eq!(table.binary, Some(PathBuf::from("bin/sup")));
+        assert_eq!(table.path, "/sup");
+        assert_eq!(table.args, ["--protocol", "tcp"]);
+        assert!(table.enabled && table.allow_dynamic);
+        let disabled = format!("{GOOD}\n[supervise]\nenabled = false\n");
+        assert_eq!(BuildSpec::parse(&disabled).unwrap().supervise, None);
+    }
+
+    #[test]
+    fn bad_supervise_values_are_explained() {
+        let cases = [
+            ("supervise = \"yes\"\n".to_string(), "supervise"),
+            ("supervise = 1\n".to_string(), "supervise"),
+            (format!("{GOOD}\n[supervise]\nbinnary = \"x\"\n"), "binnary"),
+            (
+                format!("{GOOD}\n[supervise]\npath = \"usr/sup\"\n"),
+                "absolute",
+            ),
+            (format!("{GOOD}\n[supervise]\npath = \"/a/../sup\"\n"), ".."),
+            (
+                format!("{GOOD}\n[supervise]\npath = \"/usr/\"\n"),
+                "not a directory",
+            ),
+            (
+                format!("{GOOD}\n[supervise]\nargs = [\"--port\", \"7\", \"--\", \"/game\"]\n"),
+                "no \"--\"",
+            ),
+            (
+                format!("{GOOD}\n[supervise]\nargs = \"--port 7\"\n"),
+                "args",
+            ),
+            (
+                format!("{GOOD}\n[supervise]\n")
+                    .replace("name = \"runtime\"", "name = \"gantry-supervise\""),
+                "reserved",
+            ),
+        ];
+        for (text, needle) in cases {
+            let text = if text.starts_with("supervise") {
+                format!("{text}{GOOD}")
+            } else {
+                text
+            };
             let err = BuildSpec::parse(&text).unwrap_err().to_string();
             assert!(err.contains(needle), "expected {needle:?} in {err:?}");
         }

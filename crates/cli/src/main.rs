@@ -2,6 +2,8 @@
 //! Every capability lives in a library crate; this binary only wires them.
 
 mod commands;
+#[cfg(test)]
+mod example_ci_definitions;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +50,11 @@ enum Command {
     Logout(commands::login::LogoutArgs),
     /// Run a game server as PID 1: port, metadata, status events, health, signals, reaping.
     Supervise(commands::supervise::SuperviseArgs),
+    /// The fleet view of a registry: which servers run which digest of each image and tag.
+    Fleet(commands::fleet::FleetArgs),
+    /// Kubernetes: render or apply the game server (Deployment or Agones Fleet, pinned by
+    /// digest) and the node agent (DaemonSet), and follow the rollout.
+    Deploy(commands::deploy::DeployArgs),
 }
 
 fn main() {
@@ -75,6 +82,8 @@ fn main() {
         Command::Login(args) => commands::login::run_login(args),
         Command::Logout(args) => commands::login::run_logout(args),
         Command::Supervise(args) => commands::supervise::run(args),
+        Command::Deploy(args) => commands::deploy::run(args),
+        Command::Fleet(args) => commands::fleet::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -64,13 +64,18 @@ pub struct RequestContext {
 
 /// The route label of a response, for metrics.
 #[derive(Debug, Clone, Copy)]
-struct RouteKind(&'static str);
+pub(crate) struct RouteKind(pub(crate) &'static str);
 
 /// The registry's HTTP application: the API under `/v2/`, metrics at `/metrics`.
 pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/token", get(token_handler).post(token_handler))
+        .route(
+            "/gantry/v1/fleet/events",
+            axum::routing::post(crate::fleet::post_events),
+        )
+        .route("/gantry/v1/fleet", get(crate::fleet::get_view))
         .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(
             registry.clone(),
@@ -80,6 +85,8 @@ pub fn router(registry: Arc<Registry>) -> Router {
 }
 
 async fn metrics_handler(State(reg): State<Arc<Registry>>) -> Response {
+    reg.metrics()
+        .set_fleet_servers(&reg.fleet().counts(crate::fleet::now_ms()));
     let mut resp = (
         [(
             header::CONTENT_TYPE,
@@ -93,7 +100,7 @@ async fn metrics_handler(State(reg): State<Arc<Registry>>) -> Response {
 }
 
 /// The TCP peer's IP, when the server recorded it.
-fn peer_ip(extensions: &http::Extensions) -> Option<std::net::IpAddr> {
+pub(crate) fn peer_ip(extensions: &http::Extensions) -> Option<std::net::IpAddr> {
     extensions
         .get::<ConnectInfo<ClientAddr>>()
         .map(|c| c.0 .0.ip())
@@ -109,12 +116,12 @@ fn too_many_requests(wait: std::time::Duration, message: &str) -> ApiError {
     .with_header(header::RETRY_AFTER, &secs.to_string())
 }
 
-fn too_many_logins(wait: std::time::Duration) -> ApiError {
+pub(crate) fn too_many_logins(wait: std::time::Duration) -> ApiError {
     too_many_requests(wait, "too many failed logins from this address")
 }
 
 /// Whether a request carries `Authorization: Basic` (a password login).
-fn has_basic_credentials(parts: &http::request::Parts) -> bool {
+pub(crate) fn has_basic_credentials(parts: &http::request::Parts) -> bool {
     parts
         .headers
         .get(header::AUTHORIZATION)
@@ -370,7 +377,7 @@ fn required_access(route: &Route, method: &Method, ranges: bool) -> Option<Vec<A
     }
 }
 
-fn auth_error(e: AuthError) -> ApiError {
+pub(crate) fn auth_error(e: AuthError) -> ApiError {
     match e {
         AuthError::Unauthorized { challenge } => {
             let err = ApiError::new(ErrorCode::Unauthorized, "authentication required");

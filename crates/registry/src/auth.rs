@@ -12,15 +12,19 @@ pub enum Action {
     Push,
     /// Delete manifests, tags and blobs.
     Delete,
+    /// Report the status of game servers running the repository's images to the fleet view
+    /// (`POST /gantry/v1/fleet/events`, see [`crate::fleet`]).
+    Report,
 }
 
 impl Action {
-    /// The action's name in Docker token scopes (`pull`, `push`, `delete`).
+    /// The action's name in Docker token scopes (`pull`, `push`, `delete`, `report`).
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Pull => "pull",
             Action::Push => "push",
             Action::Delete => "delete",
+            Action::Report => "report",
         }
     }
 }

@@ -86,6 +86,39 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Users, access rules and token auth; `None` allows every request.
     pub auth: Option<AuthConfig>,
+    /// The fleet view (`/gantry/v1/fleet`, see [`crate::fleet`]).
+    pub fleet: FleetConfig,
+}
+
+/// Fleet view settings (see [`crate::fleet`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// A server not heard from for this long is `lost` (supervisors re-send their state
+    /// every `--report-interval`, 30 s by default).
+    #[serde(with = "duration_str")]
+    pub stale_after: Duration,
+    /// Exited and lost servers are shown for this long after they were last heard from.
+    #[serde(with = "duration_str")]
+    pub retention: Duration,
+    /// Most servers tracked; events of further servers are refused (503).
+    pub max_servers: usize,
+    /// Largest event POST body (one event or an array of them); larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Keep the view in `<root>/fleet/state.json` across restarts.
+    pub persist: bool,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            stale_after: Duration::from_secs(120),
+            retention: Duration::from_secs(15 * 60),
+            max_servers: 10_000,
+            max_body_bytes: 256 * 1024,
+            persist: true,
+        }
+    }
 }
 
 /// Authentication and access control (see [`crate::token_auth`]).
@@ -108,6 +141,9 @@ pub struct AuthConfig {
     pub admins: Vec<String>,
     /// Access rules; they add up.
     pub access: Vec<AccessRule>,
+    /// The report tokens file (`name:sha256:<hex>` lines, see
+    /// [`crate::report_tokens`]); default `<root>/auth/report-tokens`.
+    pub report_tokens: Option<PathBuf>,
 }
 
 /// Grants `actions` on the repositories matching `repository` to `users`.
@@ -120,7 +156,7 @@ pub struct AccessRule {
     /// User names; `*` is any authenticated user.
     #[serde(default)]
     pub users: Vec<String>,
-    /// `pull`, `push`, `delete` (or `*` for all three).
+    /// `pull`, `push`, `delete`, `report` (or `*` for all of them).
     #[serde(default)]
     pub actions: Vec<String>,
     /// Anyone, even without credentials, may pull.
@@ -138,6 +174,7 @@ impl Default for AuthConfig {
             key_file: None,
             admins: Vec::new(),
             access: Vec::new(),
+            report_tokens: None,
         }
     }
 }
@@ -226,6 +263,7 @@ impl Default for Config {
             gc: GcConfig::default(),
             storage: StorageConfig::default(),
             auth: None,
+            fleet: FleetConfig::default(),
         }
     }
 }

@@ -17,12 +17,14 @@ pub mod auth;
 pub mod config;
 pub mod delta;
 pub mod error;
+pub mod fleet;
 pub mod gc;
 pub mod manifest;
 pub mod metrics;
 pub mod names;
 pub mod range;
 pub mod ratelimit;
+pub mod report_tokens;
 pub mod route;
 pub mod server;
 pub mod storage;
@@ -39,11 +41,13 @@ use gantry_oci::Digest;
 pub use api::router;
 pub use auth::{Access, Action, AllowAll, AuthError, Authorizer, Principal};
 pub use config::{
-    AccessRule, AuthConfig, Config, ConfigError, GcConfig, Limits, TlsConfig, UploadConfig,
+    AccessRule, AuthConfig, Config, ConfigError, FleetConfig, GcConfig, Limits, TlsConfig,
+    UploadConfig,
 };
 pub use error::{ApiError, ErrorCode};
 pub use gc::{GcOptions, GcReport};
 pub use metrics::Metrics;
+pub use report_tokens::{add_report_token, remove_report_token, ReportTokens};
 pub use server::{
     bind, bind_registry, gc_blocking, serve, serve_blocking, RunningServer, ServeError,
 };
@@ -62,6 +66,8 @@ pub struct RegistryOptions {
     pub gc_grace_period: Duration,
     /// Idle upload sessions older than this are purged.
     pub upload_max_age: Duration,
+    /// The fleet view.
+    pub fleet: fleet::FleetOptions,
 }
 
 impl Default for RegistryOptions {
@@ -78,6 +84,13 @@ impl RegistryOptions {
             delete_enabled: config.delete_enabled,
             gc_grace_period: config.gc.grace_period,
             upload_max_age: config.uploads.max_age,
+            fleet: fleet::FleetOptions {
+                config: config.fleet.clone(),
+                state_file: config
+                    .fleet
+                    .persist
+                    .then(|| config.root.join("fleet").join("state.json")),
+            },
         }
     }
 }
@@ -99,6 +112,8 @@ pub struct Registry {
     /// Held shared by operations that make a blob referenced (link, mount, manifest push)
     /// and exclusively by garbage collection's sweep; see [`gc`].
     gc_lock: tokio::sync::RwLock<()>,
+    /// The fleet view (status events of game servers).
+    fleet: fleet::Fleet,
 }
 
 /// A manifest found by tag or digest.
@@ -122,6 +137,7 @@ pub struct PushedManifest {
 impl Registry {
     /// A registry over `storage` that allows every request.
     pub fn new(storage: Arc<dyn Storage>, options: RegistryOptions) -> Self {
+        let fleet_view = fleet::Fleet::new(options.fleet.clone());
         let limits = &options.limits;
         Registry {
             rate_limiter: ratelimit::RateLimiter::new(limits.requests_per_second, limits.burst),
@@ -132,6 +148,7 @@ impl Registry {
             token_auth: None,
             metrics: Metrics::new(),
             gc_lock: tokio::sync::RwLock::new(()),
+            fleet: fleet_view,
         }
     }
 
@@ -162,6 +179,11 @@ impl Registry {
     /// The options.
     pub fn options(&self) -> &RegistryOptions {
         &self.options
+    }
+
+    /// The fleet view.
+    pub fn fleet(&self) -> &fleet::Fleet {
+        &self.fleet
     }
 
     /// The metrics.

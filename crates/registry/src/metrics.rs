@@ -10,6 +10,8 @@
 //!   from blobs the registry already held (what the client did not have to send)
 //! - `gantry_registry_rate_limited_total{reason}`: requests refused with 429 (`requests`:
 //!   the per-client rate limit, `login`: too many failed logins)
+//! - `gantry_fleet_servers{repository,tag,digest,status}`: game servers in the fleet view
+//!   ([`crate::fleet`]), recomputed at each scrape (`status` includes `lost`)
 //! - `gantry_registry_uploads_purged_total`, `gantry_registry_gc_runs_total`,
 //!   `gantry_registry_gc_blobs_deleted_total`, `gantry_registry_gc_bytes_deleted_total`
 
@@ -21,6 +23,7 @@ use futures::Stream;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry as PromRegistry;
 
@@ -40,6 +43,14 @@ struct RouteLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RepoLabels {
     repository: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FleetLabels {
+    repository: String,
+    tag: String,
+    digest: String,
+    status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,6 +75,7 @@ pub struct Metrics {
     bytes_sent: Family<EgressLabels, Counter>,
     delta_reused: Family<RepoLabels, Counter>,
     rate_limited: Family<ReasonLabels, Counter>,
+    fleet_servers: Family<FleetLabels, Gauge>,
     pub(crate) uploads_purged: Counter,
     pub(crate) gc_runs: Counter,
     pub(crate) gc_blobs_deleted: Counter,
@@ -91,6 +103,12 @@ impl Metrics {
         let bytes_sent = Family::<EgressLabels, Counter>::default();
         let delta_reused = Family::<RepoLabels, Counter>::default();
         let rate_limited = Family::<ReasonLabels, Counter>::default();
+        let fleet_servers = Family::<FleetLabels, Gauge>::default();
+        registry.register(
+            "gantry_fleet_servers",
+            "Game servers in the fleet view, by repository, tag, digest and status",
+            fleet_servers.clone(),
+        );
         let uploads_purged = Counter::default();
         let gc_runs = Counter::default();
         let gc_blobs_deleted = Counter::default();
@@ -153,6 +171,7 @@ impl Metrics {
             bytes_sent,
             delta_reused,
             rate_limited,
+            fleet_servers,
             uploads_purged,
             gc_runs,
             gc_blobs_deleted,
@@ -209,6 +228,25 @@ impl Metrics {
     }
 
     /// Counts a request refused by a rate limit (`reason`: `requests` or `login`).
+    /// Replaces the `gantry_fleet_servers` samples with these counts, keyed by
+    /// (repository, tag, digest, status).
+    pub fn set_fleet_servers(
+        &self,
+        counts: &std::collections::BTreeMap<(String, String, String, String), i64>,
+    ) {
+        self.fleet_servers.clear();
+        for ((repository, tag, digest, status), n) in counts {
+            self.fleet_servers
+                .get_or_create(&FleetLabels {
+                    repository: repository.clone(),
+                    tag: tag.clone(),
+                    digest: digest.clone(),
+                    status: status.clone(),
+                })
+                .set(*n);
+        }
+    }
+
     pub(crate) fn rate_limited(&self, reason: &'static str) {
         self.rate_limited
             .get_or_create(&ReasonLabels { reason })

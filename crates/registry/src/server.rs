@@ -278,6 +278,20 @@ pub async fn bind_registry(
             }
         }
     }));
+    let reg = registry.clone();
+    housekeeping.push(tokio::spawn(async move {
+        // The fleet view: expire old servers, save the state file when it changed.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            reg.fleet().expire(crate::fleet::now_ms());
+            let r = reg.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || r.fleet().save_if_dirty()).await
+            {
+                tracing::warn!(error = %e, "saving the fleet view");
+            }
+        }
+    }));
     if let Some(every) = config.gc.interval {
         let reg = registry.clone();
         let every = every.max(Duration::from_secs(1));

@@ -102,6 +102,7 @@ pub fn challenge_scopes(access: &[Access]) -> Vec<ResourceActions> {
                 Action::Pull => ("repository", name, &["pull"]),
                 Action::Push => ("repository", name, &["pull", "push"]),
                 Action::Delete => ("repository", name, &["delete"]),
+                Action::Report => ("repository", name, &["report"]),
             },
             Access::Catalog => ("registry", "catalog", &["*"]),
         };

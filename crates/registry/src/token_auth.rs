@@ -30,6 +30,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::auth::{Access, Action, AuthError, Authorizer, Principal};
 use crate::config::{AccessRule, AuthConfig};
+use crate::report_tokens::ReportTokens;
 use crate::token::{challenge_scopes, parse_scopes, ResourceActions, TokenKey};
 use crate::users::Users;
 
@@ -103,12 +104,16 @@ pub struct Policy {
     rules: Vec<Rule>,
 }
 
+/// Every action: what `*` and admins get.
+const ALL_ACTIONS: [Action; 4] = [Action::Pull, Action::Push, Action::Delete, Action::Report];
+
 fn parse_action(s: &str) -> Option<Vec<Action>> {
     match s {
         "pull" => Some(vec![Action::Pull]),
         "push" => Some(vec![Action::Push]),
         "delete" => Some(vec![Action::Delete]),
-        "*" => Some(vec![Action::Pull, Action::Push, Action::Delete]),
+        "report" => Some(vec![Action::Report]),
+        "*" => Some(ALL_ACTIONS.to_vec()),
         _ => None,
     }
 }
@@ -127,11 +132,11 @@ impl Policy {
             }
             let mut actions = Vec::new();
             for a in &r.actions {
-                actions.extend(
-                    parse_action(a).ok_or_else(|| {
-                        err(format!("unknown action {a:?} (pull, push, delete, *)"))
-                    })?,
-                );
+                actions.extend(parse_action(a).ok_or_else(|| {
+                    err(format!(
+                        "unknown action {a:?} (pull, push, delete, report, *)"
+                    ))
+                })?);
             }
             if !actions.is_empty() && r.users.is_empty() {
                 return Err(err("actions without users".into()));
@@ -153,7 +158,7 @@ impl Policy {
     pub fn repository_actions(&self, user: Option<&str>, repo: &str) -> HashSet<Action> {
         let mut out = HashSet::new();
         if user.is_some_and(|u| self.admins.contains(u)) {
-            out.extend([Action::Pull, Action::Push, Action::Delete]);
+            out.extend(ALL_ACTIONS);
             return out;
         }
         for rule in &self.rules {
@@ -234,6 +239,9 @@ impl Policy {
     }
 }
 
+/// The report tokens and the stamp of the file they were read from.
+type ReportTokensState = (Option<(SystemTime, u64)>, Arc<ReportTokens>);
+
 struct UsersState {
     stamp: Option<(SystemTime, u64)>,
     users: Arc<Users>,
@@ -249,6 +257,8 @@ pub struct TokenAuth {
     policy: Policy,
     users_path: PathBuf,
     users: RwLock<UsersState>,
+    report_tokens_path: PathBuf,
+    report_tokens: RwLock<ReportTokensState>,
     basic_cache: Mutex<HashMap<[u8; 32], (String, Instant)>>,
 }
 
@@ -271,6 +281,11 @@ impl TokenAuth {
     /// Default users file under the storage root.
     pub fn default_users_path(root: &Path) -> PathBuf {
         root.join("auth").join("users")
+    }
+
+    /// Default report tokens file under the storage root.
+    pub fn default_report_tokens_path(root: &Path) -> PathBuf {
+        root.join("auth").join("report-tokens")
     }
 
     /// Default token key file under the storage root.
@@ -299,7 +314,14 @@ impl TokenAuth {
             .unwrap_or_else(|| Self::default_users_path(root));
         let users = Users::load(&users_path)?;
         let policy = Policy::new(&config.admins, &config.access)?;
+        let report_tokens_path = config
+            .report_tokens
+            .clone()
+            .unwrap_or_else(|| Self::default_report_tokens_path(root));
+        let report_tokens = ReportTokens::load(&report_tokens_path)?;
         Ok(TokenAuth {
+            report_tokens: RwLock::new((file_stamp(&report_tokens_path), Arc::new(report_tokens))),
+            report_tokens_path,
             service: config.service.clone(),
             realm: config.realm.clone(),
             tls,
@@ -353,6 +375,60 @@ impl TokenAuth {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         state.users.clone()
+    }
+
+    /// The name of the report token with this secret (the file is reread when it changed;
+    /// a bad file keeps the previous tokens).
+    pub fn report_token_name(&self, secret: &str) -> Option<String> {
+        let stamp = file_stamp(&self.report_tokens_path);
+        let current = {
+            let state = self.report_tokens.read().unwrap_or_else(|e| e.into_inner());
+            (state.0 == stamp).then(|| state.1.clone())
+        };
+        let tokens = match current {
+            Some(t) => t,
+            None => {
+                let mut state = self
+                    .report_tokens
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
+                match ReportTokens::load(&self.report_tokens_path) {
+                    Ok(t) => state.1 = Arc::new(t),
+                    Err(e) => tracing::warn!(error = %e, "keeping the previous report tokens"),
+                }
+                state.0 = stamp;
+                state.1.clone()
+            }
+        };
+        tokens.name_of(secret).map(str::to_string)
+    }
+
+    /// Who the request's credentials name, without checking any access: the user of a
+    /// valid token or of valid Basic credentials; `None` without credentials. Used where
+    /// the answer is filtered by what the caller may see (the fleet view).
+    pub async fn identify(
+        &self,
+        request: &http::request::Parts,
+    ) -> Result<Option<String>, AuthError> {
+        let unauthorized = |error: Option<&str>| AuthError::Unauthorized {
+            challenge: Some(self.challenge(request, &[], error)),
+        };
+        if let Some(token) = bearer_token(request) {
+            return match self.key.verify(token, &self.service) {
+                Ok(claims) if !claims.sub.is_empty() => Ok(Some(claims.sub)),
+                Ok(_) => Ok(None),
+                Err(_) => Err(unauthorized(Some("invalid_token"))),
+            };
+        }
+        if request.headers.contains_key(header::AUTHORIZATION) {
+            return match basic_credentials(request) {
+                Some((user, password)) if self.check_password(&user, &password).await => {
+                    Ok(Some(user))
+                }
+                _ => Err(unauthorized(None)),
+            };
+        }
+        Ok(None)
     }
 
     /// Whether `user`/`password` are valid.
@@ -617,7 +693,8 @@ fn basic_credentials(parts: &http::request::Parts) -> Option<(String, String)> {
     Some((u.to_string(), p.to_string()))
 }
 
-fn bearer_token(parts: &http::request::Parts) -> Option<&str> {
+/// The value of `Authorization: Bearer <value>`.
+pub fn bearer_token(parts: &http::request::Parts) -> Option<&str> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
@@ -717,11 +794,17 @@ mod tests {
             v
         };
         assert_eq!(acts(Some("ci"), "game/a"), ["pull", "push"]);
-        assert_eq!(acts(Some("ops"), "game/a"), ["delete", "pull", "push"]);
+        assert_eq!(
+            acts(Some("ops"), "game/a"),
+            ["delete", "pull", "push", "report"]
+        );
         assert!(acts(Some("ci"), "other").is_empty());
         assert!(acts(None, "game/a").is_empty());
         assert_eq!(acts(None, "public/x/y"), ["pull"]);
-        assert_eq!(acts(Some("root"), "any"), ["delete", "pull", "push"]);
+        assert_eq!(
+            acts(Some("root"), "any"),
+            ["delete", "pull", "push", "report"]
+        );
         assert!(p.allows(Some("root"), &Access::Catalog));
         assert!(!p.allows(Some("ci"), &Access::Catalog));
         let granted = p.grant(

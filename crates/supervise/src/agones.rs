@@ -51,7 +51,7 @@ pub struct GameServerPort {
 impl AgonesSdk {
     /// A client for the SDK at `base` (no proxy: the SDK is on localhost).
     pub fn new(base: &str) -> Self {
-        let client = reqwest::Client::builder()
+        let client = crate::dns::client_builder()
             .no_proxy()
             .connect_timeout(REQUEST_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)

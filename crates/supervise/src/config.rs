@@ -46,6 +46,9 @@ pub struct Config {
     pub report_queue: usize,
     /// Time given to the sinks to deliver the last events once the game exited.
     pub report_flush_timeout: Duration,
+    /// HTTP sinks re-send the current state after this long without an event (a heartbeat,
+    /// so a fleet view notices a server that went silent); zero: never.
+    pub report_interval: Duration,
     /// Talk to the Agones SDK. It is also used when `AGONES_SDK_HTTP_PORT` is set or
     /// [`Config::agones_url`] is given.
     pub agones: bool,
@@ -68,6 +71,8 @@ pub struct Config {
     pub public_hostname: Option<String>,
     /// Name of the environment variable holding the running image's digest.
     pub image_digest_env: String,
+    /// Name of the environment variable holding the image reference as deployed.
+    pub image_env: String,
     /// Node name; `None` reads `NODE_NAME`.
     pub node_name: Option<String>,
     /// The `type` field of events (the seed used `gs`).
@@ -92,6 +97,7 @@ impl Default for Config {
             report_token: None,
             report_queue: 256,
             report_flush_timeout: Duration::from_secs(2),
+            report_interval: Duration::from_secs(30),
             agones: false,
             agones_url: None,
             agones_port_name: None,
@@ -102,6 +108,7 @@ impl Default for Config {
             region: None,
             public_hostname: None,
             image_digest_env: "GANTRY_IMAGE_DIGEST".into(),
+            image_env: "GANTRY_IMAGE".into(),
             node_name: None,
             server_type: "gs".into(),
         }

@@ -54,6 +54,10 @@ pub struct Event {
     pub private_ip: Option<String>,
     /// The pod's hostname (identifies the server).
     pub hostname: Option<String>,
+    /// The image reference as deployed (`reg.example/game:v2`), from `GANTRY_IMAGE`: tells a
+    /// fleet view which repository and tag the server belongs to.
+    #[serde(default)]
+    pub image: Option<String>,
     /// Digest of the running image.
     pub image_digest: Option<String>,
     /// Kubernetes node name.
@@ -86,6 +90,7 @@ impl Event {
             instance_type: md.instance_type.clone(),
             private_ip: md.private_ip.clone(),
             hostname: md.hostname.clone(),
+            image: md.image.clone(),
             image_digest: md.image_digest.clone(),
             node_name: md.node_name.clone(),
             datetime: now_rfc3339(),
@@ -125,6 +130,7 @@ mod tests {
             "type",
             "instance_type",
             "datetime",
+            "image",
             "image_digest",
             "node_name",
         ] {

@@ -12,10 +12,13 @@
 //! - [`process`]: the game in its own process group, signal forwarding, a grace period then
 //!   SIGKILL, reaping of every zombie (PID 1 or child subreaper), the game's exit code.
 //!
-//! [`run`] is the entry point; `gantry supervise` only parses arguments into a [`Config`].
+//! [`run`] is the entry point; `gantry supervise` and the `gantry-supervise` binary only parse
+//! arguments ([`cli::SuperviseArgs`]) into a [`Config`].
 
 pub mod agones;
+pub mod cli;
 pub mod config;
+pub mod dns;
 pub mod error;
 pub mod event;
 pub mod health;

@@ -21,6 +21,8 @@ pub struct Metadata {
     pub region: Option<String>,
     /// This host's (the pod's) hostname.
     pub hostname: Option<String>,
+    /// The image reference as deployed (`reg.example/game:v2`).
+    pub image: Option<String>,
     /// Digest of the image the server runs.
     pub image_digest: Option<String>,
     /// Kubernetes node name.
@@ -54,7 +56,7 @@ pub async fn instance_metadata(base: &str, budget: Duration) -> Option<InstanceM
 
 async fn fetch_instance_metadata(base: &str, budget: Duration) -> Option<InstanceMetadata> {
     let base = base.trim_end_matches('/');
-    let client = reqwest::Client::builder()
+    let client = crate::dns::client_builder()
         .no_proxy()
         .connect_timeout(budget)
         .timeout(budget)
@@ -156,6 +158,7 @@ pub async fn gather(config: &Config, agones_address: Option<String>) -> Metadata
             .or_else(|| env_nonempty("AWS_REGION"))
             .or_else(|| env_nonempty("AWS_DEFAULT_REGION")),
         hostname,
+        image: env_nonempty(&config.image_env),
         image_digest: env_nonempty(&config.image_digest_env),
         node_name: config
             .node_name

@@ -45,6 +45,9 @@ pub struct HttpSinkConfig {
     pub token: Option<String>,
     /// Events buffered per endpoint.
     pub queue: usize,
+    /// After this long without a new event the last one is POSTed again (a heartbeat);
+    /// `None` or zero: never.
+    pub interval: Option<Duration>,
 }
 
 impl Reporter {
@@ -55,7 +58,7 @@ impl Reporter {
         agones: Option<(AgonesSdk, Duration)>,
         flush_timeout: Duration,
     ) -> Self {
-        let client = reqwest::Client::builder()
+        let client = crate::dns::client_builder()
             .connect_timeout(HTTP_TIMEOUT)
             .timeout(HTTP_TIMEOUT)
             .build()
@@ -69,6 +72,7 @@ impl Reporter {
                     client.clone(),
                     url.clone(),
                     http.token.clone(),
+                    http.interval.filter(|i| !i.is_zero()),
                     rx,
                 ));
                 HttpSink {
@@ -155,9 +159,22 @@ async fn http_sink(
     client: reqwest::Client,
     url: String,
     token: Option<String>,
+    heartbeat: Option<Duration>,
     mut rx: mpsc::Receiver<Arc<Vec<u8>>>,
 ) {
-    while let Some(body) = rx.recv().await {
+    let mut last: Option<Arc<Vec<u8>>> = None;
+    loop {
+        let next = match (heartbeat, &last) {
+            (Some(every), Some(previous)) => match tokio::time::timeout(every, rx.recv()).await {
+                Ok(next) => next,
+                // Nothing new for a while: the current state again, so the endpoint knows
+                // the server is still there.
+                Err(_) => Some(previous.clone()),
+            },
+            _ => rx.recv().await,
+        };
+        let Some(body) = next else { return };
+        last = Some(body.clone());
         let mut pause = Duration::from_millis(200);
         for attempt in 1..=HTTP_ATTEMPTS {
             let mut req = client

@@ -76,6 +76,7 @@ pub async fn supervise(config: Config) -> Result<Outcome, Error> {
             urls: config.report_urls.clone(),
             token,
             queue: config.report_queue,
+            interval: Some(config.report_interval),
         },
         agones
             .clone()

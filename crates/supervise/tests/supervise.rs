@@ -95,6 +95,7 @@ fn metadata_from_fake_imdsv2_uses_the_token_flow() {
         &[
             ("NODE_NAME", "node-a"),
             ("GANTRY_IMAGE_DIGEST", "sha256:abcd"),
+            ("GANTRY_IMAGE", "reg.example/game:v2"),
             ("AWS_REGION", "us-east-1"),
         ],
     );
@@ -111,6 +112,7 @@ fn metadata_from_fake_imdsv2_uses_the_token_flow() {
     assert_eq!(e.region.as_deref(), Some("eu-west-1"));
     assert_eq!(e.node_name.as_deref(), Some("node-a"));
     assert_eq!(e.image_digest.as_deref(), Some("sha256:abcd"));
+    assert_eq!(e.image.as_deref(), Some("reg.example/game:v2"));
     assert_eq!(e.kind, "gs");
 
     let reqs = imds.requests();
@@ -136,6 +138,7 @@ fn metadata_falls_back_to_hostname_and_env_when_unreachable() {
     assert_eq!(e.region.as_deref(), Some("ap-south-1"));
     assert_eq!(e.node_name, None);
     assert_eq!(e.image_digest, None);
+    assert_eq!(e.image, None);
 }
 
 #[test]

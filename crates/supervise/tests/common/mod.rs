@@ -29,7 +29,9 @@ const SCRUBBED_ENV: &[&str] = &[
     "AWS_DEFAULT_REGION",
     "NODE_NAME",
     "GANTRY_IMAGE_DIGEST",
+    "GANTRY_IMAGE",
     "GANTRY_REPORT_TOKEN",
+    "GANTRY_REPORT_URL",
     "SERVER_PORT",
 ];
 
