@@ -99,9 +99,13 @@ pub struct GameServerPort {
     pub name: String,
     /// `Dynamic` (Agones picks the host port), `Static` or `Passthrough`.
     pub port_policy: String,
-    /// The port inside the container.
+    /// The port inside the container (`Dynamic`, `Static`; Agones refuses it with
+    /// `Passthrough`, where the container port is the assigned host port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_port: Option<i32>,
+    /// The node's port (`Static` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<i32>,
     /// `UDP`, `TCP` or `TCPUDP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,

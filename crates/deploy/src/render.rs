@@ -32,6 +32,8 @@ pub const IMAGE_ANNOTATION: &str = "dev.gantry/image";
 pub const DIGEST_ANNOTATION: &str = "dev.gantry/image-digest";
 /// Name of the game container.
 pub const GAME_CONTAINER: &str = "game";
+/// Environment variable telling `gantry supervise` the container port under Agones.
+pub const CONTAINER_PORT_ENV: &str = "GANTRY_CONTAINER_PORT";
 /// Key of the report token in the `--report-secret` Secret.
 pub const REPORT_SECRET_KEY: &str = "token";
 
@@ -552,7 +554,8 @@ pub fn deployment(spec: &GameSpec) -> DeployResult<Manifest> {
 /// An Agones Fleet of the same pod, with a `Dynamic` port and health settings consistent
 /// with `gantry supervise`. The pod does not use the host network: Agones maps the
 /// host port it picks to the container port, and Kubernetes rejects a host port that differs
-/// from the container port on the host network.
+/// from the container port on the host network. The game container gets
+/// `GANTRY_CONTAINER_PORT` so the supervisor listens there and reports Agones' port.
 pub fn fleet(spec: &GameSpec, options: &FleetOptions) -> DeployResult<Manifest> {
     check_name("--name", &spec.name)?;
     check_name("--namespace", &spec.namespace)?;
@@ -574,10 +577,29 @@ pub fn fleet(spec: &GameSpec, options: &FleetOptions) -> DeployResult<Manifest> 
             ))
         }
     }
-    let port = spec.port.unwrap_or(options.default_port);
+    let port = i32::from(spec.port.unwrap_or(options.default_port));
     let protocol = check_protocol(&spec.protocol)?;
     // Agones adds the port to the container itself.
-    let template = game_pod(spec, false, None)?;
+    let mut template = game_pod(spec, false, None)?;
+    // Under Dynamic and Static the game listens on the container port and Agones maps its
+    // host port to it: tell the supervisor which port to listen on (it reports Agones' port
+    // as public). Under Passthrough the container port is the host port Agones picks.
+    let (container_port, host_port) = match options.port_policy.as_str() {
+        "Passthrough" => (None, None),
+        "Static" => (Some(port), Some(port)),
+        _ => (Some(port), None),
+    };
+    if let (Some(p), Some(pod)) = (container_port, template.spec.as_mut()) {
+        for c in pod
+            .containers
+            .iter_mut()
+            .filter(|c| c.name == GAME_CONTAINER)
+        {
+            c.env
+                .get_or_insert_with(Vec::new)
+                .push(env(CONTAINER_PORT_ENV, &p.to_string()));
+        }
+    }
     Ok(Manifest::Fleet(Box::new(Fleet {
         api_version: AGONES_API_VERSION.into(),
         kind: "Fleet".into(),
@@ -602,7 +624,8 @@ pub fn fleet(spec: &GameSpec, options: &FleetOptions) -> DeployResult<Manifest> 
                     ports: vec![GameServerPort {
                         name: "default".into(),
                         port_policy: options.port_policy.clone(),
-                        container_port: Some(i32::from(port)),
+                        container_port,
+                        host_port,
                         protocol: Some(protocol),
                     }],
                     health: Some(Health {

@@ -188,12 +188,63 @@ fn fleet_round_trips_with_agones_health() {
         panic!()
     };
     let mut dep_pod = d.spec.unwrap().template;
-    let fleet_pod = gs.template.clone();
+    let mut fleet_pod = gs.template.clone();
+    // The supervisor listens on the container port and reports Agones' host port.
+    let fleet_env = fleet_pod.spec.as_mut().unwrap().containers[0]
+        .env
+        .as_mut()
+        .unwrap();
+    let container_port = fleet_env.pop().unwrap();
+    assert_eq!(container_port.name, "GANTRY_CONTAINER_PORT");
+    assert_eq!(container_port.value.as_deref(), Some("7777"));
     let dp = dep_pod.spec.as_mut().unwrap();
     dp.host_network = None;
     dp.dns_policy = None;
     dp.containers[0].ports = None;
     assert_eq!(dep_pod, fleet_pod);
+}
+
+/// Agones refuses a containerPort under Passthrough and needs a hostPort under Static; the
+/// supervisor is told a container port only where Agones maps one.
+#[test]
+fn fleet_port_policies_follow_agones_rules() {
+    let spec = seed_spec();
+    let game_env = |f: &Fleet| {
+        f.spec
+            .template
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.name == "GANTRY_CONTAINER_PORT")
+            .map(|e| e.value.unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    for (policy, container, host, env) in [
+        ("Dynamic", Some(7777), None, vec!["7777".to_string()]),
+        ("Static", Some(7777), Some(7777), vec!["7777".to_string()]),
+        ("Passthrough", None, None, vec![]),
+    ] {
+        let options = FleetOptions {
+            port_policy: policy.into(),
+            ..FleetOptions::default()
+        };
+        let objects = vec![render::fleet(&spec, &options).unwrap()];
+        round_trip(&render::to_yaml(&objects).unwrap());
+        let Manifest::Fleet(f) = &objects[0] else {
+            panic!("not a Fleet")
+        };
+        let port = &f.spec.template.spec.ports[0];
+        assert_eq!(port.container_port, container, "{policy}");
+        assert_eq!(port.host_port, host, "{policy}");
+        assert_eq!(game_env(f), env, "{policy}");
+    }
 }
 
 #[test]

@@ -38,6 +38,15 @@ pub struct GameServerStatus {
     pub ports: Vec<GameServerPort>,
 }
 
+/// What Agones assigned: the port players connect to and the address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssignedPort {
+    /// The GameServer status port (on the node).
+    pub host_port: u16,
+    /// The GameServer's address, when set.
+    pub address: Option<String>,
+}
+
 /// One assigned port.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct GameServerPort {
@@ -86,12 +95,14 @@ impl AgonesSdk {
     }
 
     /// Waits (retrying, up to `wait`) until the SDK answers with a GameServer that has ports;
-    /// returns the port named `name` (else the first) and the GameServer's address.
+    /// returns the host port named `name` (else the first) and the GameServer's address.
+    /// That host port is what players connect to; the game listens on it only under the
+    /// `Passthrough` policy (under `Dynamic` and `Static` Agones maps it to the container port).
     pub async fn assigned_port(
         &self,
         name: Option<&str>,
         wait: Duration,
-    ) -> Result<(u16, Option<String>), Error> {
+    ) -> Result<AssignedPort, Error> {
         let deadline = Instant::now() + wait;
         let mut pause = Duration::from_millis(100);
         loop {
@@ -104,8 +115,10 @@ impl AgonesSdk {
                     };
                     match port {
                         Some(p) if p.port != 0 => {
-                            let address = status.address.filter(|a| !a.is_empty());
-                            return Ok((p.port, address));
+                            return Ok(AssignedPort {
+                                host_port: p.port,
+                                address: status.address.filter(|a| !a.is_empty()),
+                            });
                         }
                         _ => match name {
                             Some(n) => format!("no port named `{n}` in the GameServer status"),

@@ -24,7 +24,8 @@ Exit code: the game's, or 128 + signal number.";
 #[command(after_help = EVENTS_HELP)]
 pub struct SuperviseArgs {
     /// Game port: a number; 0 or `free` (bind port 0, release it); `agones` (the port Agones
-    /// assigned); `auto` (Agones' port under Agones, else free).
+    /// assigned, or --container-port); `auto` (as `agones` under Agones, else free). Under
+    /// Agones a number is the port the game listens on, and Agones' port is reported.
     #[arg(long, default_value = "auto", value_name = "PORT")]
     pub port: PortSpec,
     /// Transport of the game port: what a free port is bound with, and the default probe.
@@ -95,6 +96,12 @@ pub struct SuperviseArgs {
     /// Name of the GameServer port to use [default: the first].
     #[arg(long, value_name = "NAME")]
     pub agones_port_name: Option<String>,
+    /// Under Agones with the Dynamic or Static port policy: the GameServer port's
+    /// containerPort, which the game listens on (Agones maps the host port it assigned to it;
+    /// that host port is reported as public_port). Leave unset for Passthrough, where the
+    /// game listens on the assigned port. `gantry deploy render --kind fleet` sets it.
+    #[arg(long, env = "GANTRY_CONTAINER_PORT", value_name = "PORT")]
+    pub container_port: Option<u16>,
     /// Interval of Agones health pings.
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     pub agones_health_interval: Duration,
@@ -158,6 +165,7 @@ impl SuperviseArgs {
             agones: self.agones,
             agones_url: self.agones_url,
             agones_port_name: self.agones_port_name,
+            container_port: self.container_port,
             agones_health_interval: self.agones_health_interval,
             agones_wait: self.agones_wait,
             metadata_url,

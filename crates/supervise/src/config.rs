@@ -57,6 +57,11 @@ pub struct Config {
     pub agones_url: Option<String>,
     /// Which of the GameServer's ports is the game port (by name); `None`: the first.
     pub agones_port_name: Option<String>,
+    /// Under Agones, the port the game listens on: the GameServer port's `containerPort`
+    /// (`Dynamic` and `Static` policies map the assigned host port to it). `None`: the game
+    /// listens on the assigned port itself (`Passthrough`). The assigned port is reported as
+    /// `public_port` either way.
+    pub container_port: Option<u16>,
     /// Interval of Agones health pings while the game is healthy.
     pub agones_health_interval: Duration,
     /// How long to wait for the Agones SDK (its sidecar may start after the game).
@@ -101,6 +106,7 @@ impl Default for Config {
             agones: false,
             agones_url: None,
             agones_port_name: None,
+            container_port: None,
             agones_health_interval: Duration::from_secs(2),
             agones_wait: Duration::from_secs(30),
             metadata_url: Some(DEFAULT_METADATA_URL.into()),

@@ -2,7 +2,8 @@
 //!
 //! It replaces the seed's `start.py` → `start.sh` and fixes that wrapper's flaws:
 //! - [`port`]: picks the game port (fixed, free by binding port 0, or the one Agones
-//!   assigned), exports it and substitutes `${SERVER_PORT}` into the command's arguments;
+//!   assigned, told apart from the container port it maps to), exports it and substitutes
+//!   `${SERVER_PORT}` into the command's arguments;
 //! - [`metadata`]: where the server runs (EC2 IMDSv2 with a short time budget, else hostname
 //!   and environment), the image digest and node name;
 //! - [`event`] / [`report`]: status events `starting`, `ready`, `unhealthy`, `terminating`,
@@ -39,3 +40,8 @@ pub use supervisor::{run, supervise, Outcome};
 /// Environment variable holding the bearer token of the HTTP report sinks. `gantry
 /// supervise` reads it, and removes it from the game's environment: the game has no use for it.
 pub const REPORT_TOKEN_ENV: &str = "GANTRY_REPORT_TOKEN";
+
+/// Environment variable (and `${NAME}` placeholder in the command's arguments) carrying the
+/// port players connect to: Agones' host port under Agones, else the game port. A game that
+/// advertises itself (to a server browser, say) needs this one, not the port it listens on.
+pub const PUBLIC_PORT_ENV: &str = "GANTRY_PUBLIC_PORT";

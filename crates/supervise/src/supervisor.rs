@@ -21,8 +21,10 @@ use tokio::time::{sleep, Instant, MissedTickBehavior};
 pub struct Outcome {
     /// How the game ended.
     pub exit: ChildExit,
-    /// The game port it ran with.
+    /// The port the game listened on.
     pub port: u16,
+    /// The port reported to players (`public_port`): Agones' host port under Agones.
+    pub public_port: u16,
     /// Orphaned processes (not the game) that the supervisor reaped.
     pub orphans_reaped: u64,
 }
@@ -62,8 +64,9 @@ pub async fn supervise(config: Config) -> Result<Outcome, Error> {
             .then(|| format!("http://localhost:{DEFAULT_AGONES_HTTP_PORT}"))
     });
     let agones = agones_url.as_deref().map(AgonesSdk::new);
-    let (port, agones_address) = pick_port(&config, agones.as_ref()).await?;
-    let metadata = metadata::gather(&config, agones_address).await;
+    let ports = pick_port(&config, agones.as_ref()).await?;
+    let port = ports.listen;
+    let metadata = metadata::gather(&config, ports.address.clone()).await;
 
     let token = config.report_token.clone().or_else(|| {
         std::env::var(crate::REPORT_TOKEN_ENV)
@@ -85,21 +88,26 @@ pub async fn supervise(config: Config) -> Result<Outcome, Error> {
     );
     let mut events = Events {
         kind: config.server_type.clone(),
-        port,
+        port: ports.public,
         metadata,
         seq: 0,
     };
     reporter.emit(&events.next(Status::Starting));
 
     let port_value = port.to_string();
+    let public_value = ports.public.to_string();
     let argv: Vec<String> = config
         .command
         .iter()
-        .map(|arg| substitute(arg, &config.port_env, &port_value))
+        .map(|arg| {
+            let arg = substitute(arg, &config.port_env, &port_value);
+            substitute(&arg, crate::PUBLIC_PORT_ENV, &public_value)
+        })
         .collect();
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .env(&config.port_env, &port_value)
+        .env(crate::PUBLIC_PORT_ENV, &public_value)
         .env_remove(crate::REPORT_TOKEN_ENV);
     process::own_process_group(&mut cmd);
     let (pid, mut exit_rx) = match reaper.spawn(&mut cmd) {
@@ -219,6 +227,7 @@ pub async fn supervise(config: Config) -> Result<Outcome, Error> {
     Ok(Outcome {
         exit,
         port,
+        public_port: ports.public,
         orphans_reaped: reaper.orphans_reaped(),
     })
 }
@@ -238,28 +247,61 @@ async fn drain(reaper: &Reaper, child: &mut Signal, limit: Duration) {
     }
 }
 
-/// Picks the game port; also returns the Agones GameServer address when Agones told it.
-async fn pick_port(
-    config: &Config,
-    agones: Option<&AgonesSdk>,
-) -> Result<(u16, Option<String>), Error> {
+/// The ports a game runs with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Ports {
+    /// What the game binds (`SERVER_PORT`), and what the probes connect to.
+    listen: u16,
+    /// What players connect to (`public_port` in events, `GANTRY_PUBLIC_PORT`).
+    public: u16,
+    /// The Agones GameServer address, when Agones told it.
+    address: Option<String>,
+}
+
+/// Picks the game port. Under Agones the port it assigned is on the node: the game listens on
+/// it only without a container port (`Passthrough`); with one (`Dynamic`, `Static`) the game
+/// listens on the container port, or on a fixed `--port`, and the assigned port is public.
+async fn pick_port(config: &Config, agones: Option<&AgonesSdk>) -> Result<Ports, Error> {
     let name = config.agones_port_name.as_deref();
+    let same = |port: u16, address: Option<String>| Ports {
+        listen: port,
+        public: port,
+        address,
+    };
     match (config.port, agones) {
-        (PortSpec::Fixed(port), None) => Ok((port, None)),
-        (PortSpec::Free, None) | (PortSpec::Auto, None) => Ok((free_port(config.protocol)?, None)),
-        (PortSpec::Auto | PortSpec::Agones, Some(sdk)) => {
-            sdk.assigned_port(name, config.agones_wait).await
+        (PortSpec::Fixed(port), None) => Ok(same(port, None)),
+        (PortSpec::Free, None) | (PortSpec::Auto, None) => {
+            Ok(same(free_port(config.protocol)?, None))
         }
         (PortSpec::Agones, None) => Err(Error::AgonesPort {
             url: "(no Agones SDK)".into(),
             reason: "--port agones needs --agones or AGONES_SDK_HTTP_PORT".into(),
         }),
-        (PortSpec::Fixed(_) | PortSpec::Free, Some(sdk)) => {
-            let port = match config.port {
-                PortSpec::Fixed(port) => port,
-                _ => free_port(config.protocol)?,
-            };
-            // The port is ours; ask Agones only for the address, without waiting long.
+        (PortSpec::Auto | PortSpec::Agones, Some(sdk)) => {
+            let assigned = sdk.assigned_port(name, config.agones_wait).await?;
+            Ok(Ports {
+                listen: config.container_port.unwrap_or(assigned.host_port),
+                public: assigned.host_port,
+                address: assigned.address,
+            })
+        }
+        (PortSpec::Fixed(port), Some(sdk)) => {
+            // The game listens where it was told; players still come through Agones' port.
+            match sdk.assigned_port(name, config.agones_wait).await {
+                Ok(assigned) => Ok(Ports {
+                    listen: port,
+                    public: assigned.host_port,
+                    address: assigned.address,
+                }),
+                Err(e) => {
+                    tracing::warn!("{e}; reporting the fixed port {port} as public");
+                    Ok(same(port, None))
+                }
+            }
+        }
+        (PortSpec::Free, Some(sdk)) => {
+            // A port Agones knows nothing of: ask it only for the address, without waiting long.
+            let port = free_port(config.protocol)?;
             let address = tokio::time::timeout(Duration::from_secs(2), sdk.game_server())
                 .await
                 .ok()
@@ -267,7 +309,7 @@ async fn pick_port(
                 .and_then(|gs| gs.status)
                 .and_then(|s| s.address)
                 .filter(|a| !a.is_empty());
-            Ok((port, address))
+            Ok(same(port, address))
         }
     }
 }

@@ -261,7 +261,7 @@ fn game_runs_and_exits_promptly_when_sinks_are_down_or_hanging() {
 }
 
 #[test]
-fn fake_agones_sdk_assigns_the_port_and_gets_ready_health_and_shutdown() {
+fn fake_agones_sdk_passthrough_port_is_listened_on_and_gets_ready_health_and_shutdown() {
     let game_port = gantry_test_support::free_port();
     let sdk = FakeHttp::start(
         move |req, _| match (req.method.as_str(), req.path.as_str()) {
@@ -319,6 +319,87 @@ fn fake_agones_sdk_assigns_the_port_and_gets_ready_health_and_shutdown() {
         Some("POST /shutdown"),
         "{calls:?}"
     );
+}
+
+/// A fake Agones SDK whose GameServer got host port `host_port` under the name `default`.
+fn fake_sdk_with_host_port(host_port: u16) -> FakeHttp {
+    FakeHttp::start(
+        move |req, _| match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/gameserver") => (
+                200,
+                format!(
+                    r#"{{"object_meta":{{"name":"gs-2"}},"spec":{{"health":{{}}}},"status":{{"state":"Scheduled","address":"198.51.100.7","ports":[{{"name":"default","port":{host_port}}}]}}}}"#
+                ),
+            ),
+            ("POST", "/ready" | "/health" | "/shutdown") => (200, "{}".into()),
+            _ => (404, String::new()),
+        },
+    )
+}
+
+#[test]
+fn dynamic_port_policy_game_listens_on_the_container_port_and_reports_the_host_port() {
+    // Under Agones' Dynamic policy the node's host port (here 7654, never bound) is mapped to
+    // the container port: the game must listen on the container port, players get the host one.
+    let container_port = gantry_test_support::free_port();
+    let host_port = 7654;
+    let sdk = fake_sdk_with_host_port(host_port);
+    let dir = gantry_test_support::tempdir();
+    let game = script(
+        dir.path(),
+        "game.sh",
+        &format!(
+            "echo \"args=$1 listen=$SERVER_PORT public=$GANTRY_PUBLIC_PORT\"\nexec {HELPER} tcp \"$SERVER_PORT\"\n"
+        ),
+    );
+    let mut cfg = config(&[game.to_str().unwrap(), "+public=${GANTRY_PUBLIC_PORT}"]);
+    cfg.port = PortSpec::Auto;
+    cfg.container_port = Some(container_port);
+    cfg.health = Some(HealthCheck::Tcp);
+    let sdk_port = sdk.addr.port().to_string();
+    let mut sup = Supervised::start(&cfg, &[("AGONES_SDK_HTTP_PORT", &sdk_port)]);
+    let ready = sup.wait_event(0, Status::Ready, T);
+    let expected = format!("args=+public={host_port} listen={container_port} public={host_port}");
+    assert!(sup.lines().contains(&expected), "{}", sup.dump());
+    assert!(
+        sup.lines()
+            .contains(&format!("listening tcp {container_port}")),
+        "{}",
+        sup.dump()
+    );
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.exit_code(T), 143, "{}", sup.dump());
+    let e = sup.event_at(ready);
+    assert_eq!(e.public_port, host_port, "{}", sup.dump());
+    assert_eq!(e.public_hostname.as_deref(), Some("198.51.100.7"));
+    assert!(sup.events().iter().all(|e| e.public_port == host_port));
+    let calls: Vec<String> = sdk
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(calls.iter().any(|c| c == "POST /ready"), "{calls:?}");
+}
+
+#[test]
+fn fixed_port_under_agones_is_listened_on_and_the_assigned_port_is_public() {
+    let game_port = gantry_test_support::free_port();
+    let host_port = 7100;
+    let sdk = fake_sdk_with_host_port(host_port);
+    let mut cfg = config(&[HELPER, "tcp", "${SERVER_PORT}"]);
+    cfg.port = PortSpec::Fixed(game_port);
+    cfg.health = Some(HealthCheck::Tcp);
+    cfg.agones_url = Some(sdk.url());
+    let mut sup = Supervised::start(&cfg, &[]);
+    let ready = sup.wait_event(0, Status::Ready, T);
+    assert!(
+        sup.lines().contains(&format!("listening tcp {game_port}")),
+        "{}",
+        sup.dump()
+    );
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.exit_code(T), 143, "{}", sup.dump());
+    assert_eq!(sup.event_at(ready).public_port, host_port);
 }
 
 #[test]

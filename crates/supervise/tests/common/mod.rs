@@ -33,6 +33,8 @@ const SCRUBBED_ENV: &[&str] = &[
     "GANTRY_REPORT_TOKEN",
     "GANTRY_REPORT_URL",
     "SERVER_PORT",
+    "GANTRY_CONTAINER_PORT",
+    "GANTRY_PUBLIC_PORT",
 ];
 
 /// A test config: no cloud metadata, no probe, TCP, free port, short timings.
