@@ -125,6 +125,14 @@ ls -l "$GANTRY_SUPERVISE_BINARY"
 step "cargo test --workspace --no-fail-fast"
 cargo test --workspace --no-fail-fast < /dev/null || fail "cargo test"
 
+# The install layout `gantry build` relies on for `supervise = true`: both binaries side by side.
+step "bash scripts/install.sh --profile dev (gantry and gantry-supervise side by side)"
+prefix="$(mktemp -d "${TMPDIR:-/tmp}/gantry-install.XXXXXX")"
+bash scripts/install.sh --profile dev --prefix "$prefix" < /dev/null || fail "scripts/install.sh"
+"$prefix/bin/gantry" --version || fail "the installed gantry does not run"
+"$prefix/bin/gantry-supervise" --help > /dev/null || fail "the installed gantry-supervise does not run"
+rm -rf "$prefix"
+
 # The benchmark harness at test scale, so it cannot rot: the debug gantry binary the CLI tests
 # just built (no release build in CI; the timings are meaningless, the run checks that every
 # WORKLOAD figure is produced and that Gantry moves fewer bytes than the seed's pipeline).

@@ -9,104 +9,8 @@
 mod common;
 
 use gantry_build::BuildError;
-use gantry_test_support::{assert_success, tempdir, Containerd};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
-
-/// The static supervisor binary: `$GANTRY_SUPERVISE_BINARY`, else built once per test run.
-fn supervisor_binary() -> PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("GANTRY_SUPERVISE_BINARY").filter(|p| !p.is_empty()) {
-                let p = PathBuf::from(p);
-                assert!(
-                    p.is_file(),
-                    "GANTRY_SUPERVISE_BINARY={} does not exist",
-                    p.display()
-                );
-                return p;
-            }
-            // <target>/debug/deps/supervise-… → <target>; a target dir of its own, so this
-            // cargo never waits for the lock of the one running the tests.
-            let exe = std::env::current_exe().expect("current_exe");
-            let target = exe
-                .ancestors()
-                .nth(3)
-                .expect("the test binary is under <target>/<profile>/deps");
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-            let out = Command::new("bash")
-                .arg(workspace.join("scripts/build-supervisor.sh"))
-                .env("CARGO_TARGET_DIR", target.join("supervisor-build"))
-                .current_dir(&workspace)
-                .stdin(std::process::Stdio::null())
-                .output()
-                .expect("run scripts/build-supervisor.sh");
-            assert_success("scripts/build-supervisor.sh", &out);
-            let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            assert!(path.is_file(), "build-supervisor.sh printed {path:?}");
-            path
-        })
-        .clone()
-}
-
-/// A minimal HTTP/1.1 server standing in for a fleet's event endpoint: answers every POST
-/// with 200 and keeps the bodies.
-fn report_endpoint() -> (u16, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let seen = bodies.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { return };
-            let seen = seen.clone();
-            std::thread::spawn(move || {
-                let mut writer = conn.try_clone().unwrap();
-                let mut reader = BufReader::new(conn);
-                loop {
-                    let mut length = 0usize;
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    loop {
-                        line.clear();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let l = line.trim_end();
-                        if l.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = l.split_once(':') {
-                            if k.eq_ignore_ascii_case("content-length") {
-                                length = v.trim().parse().unwrap_or(0);
-                            }
-                        }
-                    }
-                    let mut body = vec![0u8; length];
-                    if reader.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    seen.lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&body).into_owned());
-                    if writer
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, bodies)
-}
+use gantry_test_support::{tempdir, Containerd, HttpStub};
+use std::path::Path;
 
 /// A game repository over the busybox base (`supervise` goes first in gantry.toml): a game script that prints its port (from its
 /// arguments and the environment), who PID 1 is and whether a C library exists, then exits 7.
@@ -179,8 +83,10 @@ fn config_of(layout: &Path) -> serde_json::Value {
 
 #[test]
 fn supervised_image_runs_the_game_as_pid_1_under_containerd() {
-    let binary = supervisor_binary();
-    let (port, reports) = report_endpoint();
+    let binary = gantry_test_support::static_supervisor();
+    // Stands in for a fleet's event endpoint (gantry serve's is tested in crates/cli/tests/fleet.rs).
+    let reports = HttpStub::start(|_| (200, String::new()));
+    let port = reports.port;
     let tmp = tempdir();
     let game = tmp.path().join("game");
     game_repo(
@@ -258,7 +164,7 @@ fn supervised_image_runs_the_game_as_pid_1_under_containerd() {
     // The report URL's host name resolved from the image's /etc/hosts, with no C library there.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let got: Vec<String> = reports.lock().unwrap().clone();
+        let got: Vec<String> = reports.requests().iter().map(|r| r.text()).collect();
         let statuses: Vec<String> = got
             .iter()
             .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())

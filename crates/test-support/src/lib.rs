@@ -18,13 +18,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 mod containerd;
+mod http_stub;
 mod moto;
 mod registry;
 mod rootfs;
 mod sample;
 mod serve;
+mod supervisor;
 
 pub use containerd::{write_mirror_hosts_toml, Containerd};
+pub use http_stub::{HttpStub, StubRequest};
 pub use moto::{MotoServer, MOTO_ACCESS_KEY_ID, MOTO_REGION, MOTO_SECRET_ACCESS_KEY};
 pub use registry::DistributionRegistry;
 pub use rootfs::{
@@ -32,6 +35,7 @@ pub use rootfs::{
 };
 pub use sample::{build as build_sample, sample_images, SampleImages};
 pub use serve::{metric, registry_client, GantryServe};
+pub use supervisor::static_supervisor;
 
 /// Directories searched after `PATH` by [`require_tool`]: a non-login root shell (or a CI
 /// environment) may lack the `sbin` directories where Debian puts `runc`.
