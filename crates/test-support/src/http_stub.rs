@@ -13,11 +13,22 @@ pub struct StubRequest {
     pub method: String,
     /// The request target (path and query).
     pub path: String,
+    /// Header names (lowercase) and values, in order.
+    pub headers: Vec<(String, String)>,
     /// The body (`Content-Length` bytes).
     pub body: Vec<u8>,
 }
 
 impl StubRequest {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The body as text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -90,6 +101,7 @@ fn read_request(reader: &mut impl BufRead) -> Option<StubRequest> {
     let method = parts.next()?.to_string();
     let path = parts.next()?.to_string();
     let mut length = 0usize;
+    let mut headers = Vec::new();
     loop {
         line.clear();
         if reader.read_line(&mut line).ok()? == 0 {
@@ -100,12 +112,19 @@ fn read_request(reader: &mut impl BufRead) -> Option<StubRequest> {
             break;
         }
         if let Some((k, v)) = l.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().ok()?;
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+            if k == "content-length" {
+                length = v.parse().ok()?;
             }
+            headers.push((k, v));
         }
     }
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body).ok()?;
-    Some(StubRequest { method, path, body })
+    Some(StubRequest {
+        method,
+        path,
+        headers,
+        body,
+    })
 }
