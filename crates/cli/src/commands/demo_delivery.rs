@@ -3,6 +3,7 @@
 //! the agent when containerd is installed and we are root, else the agent alone answering
 //! the requests containerd would make. Plus the HTML report with its chart.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -328,14 +329,25 @@ impl PrivateContainerd {
         std::fs::write(dir.join("config.toml"), config)?;
         let log = std::fs::File::create(dir.join("containerd.log"))?;
         let containerd = find_tool("containerd").context("containerd not found")?;
-        let child = Command::new(containerd)
-            .arg("--config")
+        let mut cmd = Command::new(containerd);
+        cmd.arg("--config")
             .arg(dir.join("config.toml"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting containerd")?;
+            .stderr(log);
+        // Drop stops containerd when the demo ends or fails; if the demo dies without
+        // unwinding (Ctrl-C, SIGTERM, SIGKILL) the kernel sends containerd SIGTERM. The
+        // parent is this (main) thread, which lives as long as the process.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().context("starting containerd")?;
         let mut me = PrivateContainerd {
             child,
             dir: dir.to_path_buf(),
