@@ -285,7 +285,23 @@ impl Containerd {
 
     /// Like [`Containerd::run`], with extra `ctr run` flags before the image name, e.g.
     /// `["--net-host"]`, `["--env", "K=V"]`, `["--mount", "type=bind,src=/x,dst=/x,options=rbind:ro"]`.
+    /// A run that exits 0 without printing anything at all is run once more: containerd 1.6
+    /// can drop the whole output of a task that exits within milliseconds (seen once in CI,
+    /// on `echo`), and such a run says nothing about the image. A command that really prints
+    /// nothing prints nothing again.
     pub fn run_with(&self, image_name: &str, ctr_flags: &[&str], args: &[&str]) -> Output {
+        let out = self.run_once(image_name, ctr_flags, args);
+        if out.status.success() && out.stdout.is_empty() && out.stderr.is_empty() {
+            eprintln!(
+                "ctr run {image_name} {args:?}: exit 0 and no output at all; running it once \
+                 more (containerd can lose a short-lived task's output)"
+            );
+            return self.run_once(image_name, ctr_flags, args);
+        }
+        out
+    }
+
+    fn run_once(&self, image_name: &str, ctr_flags: &[&str], args: &[&str]) -> Output {
         let id = unique("gt");
         let runc_root = self.base.join("runc");
         let fifo_dir = self.base.join("fifo");
