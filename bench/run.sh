@@ -182,7 +182,11 @@ cut -d' ' -f1 /proc/loadavg >> "$WORK/load.txt"
 LOAD_SUMMARY="$(sort -n "$WORK/load.txt" | awk '{ v[NR] = $1 } END {
   printf "min %.1f, median %.1f, max %.1f over %d samples", v[1], v[int((NR + 1) / 2)], v[NR], NR }')"
 OTHERS="$(ps -eo comm= | grep -cxE 'rustc|cargo|ld|cc1|cc1plus' || true)"
-NOTE="Shared machine: other engineers were compiling at the same time ($OTHERS compiler processes at the end), so absolute times are noisy; both sides ran in the same run, alternating order, so read the ratios."
+if [[ "$OTHERS" -gt 0 ]]; then
+  NOTE="Shared machine: others were compiling at the same time ($OTHERS compiler processes at the end), so absolute times are noisy; both sides ran in the same run, alternating order, so read the ratios."
+else
+  NOTE="No compiler processes at the end; the load average above also counts the benchmark's own two sides. Both sides ran in the same run, alternating order."
+fi
 cpu_model="$(lscpu 2> /dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n1)"
 jq -n --arg command "$COMMAND" --arg date "$DATE" --argjson took "$(($(date +%s) - T0))" \
   --argjson quick "$QUICK" --arg scale "$SCALE" --argjson update_mb "$UPDATE_MB" --argjson runs "$RUNS" \
