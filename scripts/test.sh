@@ -30,6 +30,7 @@ PACKAGES=(
   openssl           # test certificates for the registry TLS tests
   jq                # bench/run.sh --quick (the benchmark scripts read and write JSON)
   curl              # bench/run.sh --quick (registry and agent probes)
+  chromium          # the demo's HTML report checked in a real browser (crates/cli/tests/demo.rs)
 )
 
 step "Checking privileges"
@@ -87,7 +88,7 @@ python3 -c 'import moto, moto.server; print("moto", moto.__version__)' \
   || fail "moto is not importable after pip install"
 
 step "Checking tools"
-for tool in containerd ctr containerd-shim-runc-v2 runc skopeo buildah umoci docker-registry ip cargo; do
+for tool in containerd ctr containerd-shim-runc-v2 runc skopeo buildah umoci docker-registry ip chromium cargo; do
   command -v "$tool" > /dev/null || fail "$tool not found on PATH ($PATH)"
 done
 [[ -x /bin/busybox ]] || fail "/bin/busybox (busybox-static) missing"
@@ -124,6 +125,17 @@ ls -l "$GANTRY_SUPERVISE_BINARY"
 
 step "cargo test --workspace --no-fail-fast"
 cargo test --workspace --no-fail-fast < /dev/null || fail "cargo test"
+
+# The README's first command, read from README.md and run as written (a release build, as a
+# user's first run is), scaled down for CI by GANTRY_DEMO_SCALE (the demo's --scale). It must
+# succeed and write its HTML report where the README says: ./gantry-demo.html.
+step "the README's demo command, as the README writes it (GANTRY_DEMO_SCALE=20MB)"
+demo_cmd="$(bash scripts/readme-commands.sh demo)" || fail "README.md has no demo command"
+echo "$demo_cmd"
+rm -f gantry-demo.html
+GANTRY_DEMO_SCALE=20MB eval "$demo_cmd" < /dev/null || fail "the README's demo command: $demo_cmd"
+[[ -s gantry-demo.html ]] || fail "the README's demo command wrote no gantry-demo.html"
+rm -f gantry-demo.html
 
 # The install layout `gantry build` relies on for `supervise = true`: both binaries side by side.
 step "bash scripts/install.sh --profile dev (gantry and gantry-supervise side by side)"

@@ -86,7 +86,62 @@ fn main() {
         Command::Fleet(args) => commands::fleet::run(args),
     };
     if let Err(err) = result {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", error_text(&err));
         std::process::exit(1);
+    }
+}
+
+/// The error and its causes on one line, each cause once: library errors often name their
+/// source in their own message too, so a cause already said by the message before it is
+/// left out ("reading x: No such file or directory (os error 2)", not that twice).
+fn error_text(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut previous = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || previous.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        previous = text;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading {path}: {source}")]
+    struct Wrapped {
+        path: &'static str,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let io_text = io.to_string();
+        let err = anyhow::Error::new(Wrapped {
+            path: "/nonexistent",
+            source: io,
+        })
+        .context("building /nonexistent");
+        let text = error_text(&err);
+        assert_eq!(text.matches(&io_text).count(), 1, "{text}");
+        assert!(
+            text.starts_with("building /nonexistent: reading /nonexistent: "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn causes_not_in_the_message_are_kept() {
+        let err = anyhow::anyhow!("inner cause").context("outer step");
+        assert_eq!(error_text(&err), "outer step: inner cause");
     }
 }

@@ -110,6 +110,9 @@ fn errors_exit_non_zero_and_name_the_problem() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nowhere/gantry.toml"), "{err}");
+    // The cause is printed once, not once per error that names it.
+    let os_error = std::io::Error::from_raw_os_error(2 /* ENOENT */).to_string();
+    assert_eq!(err.matches(&os_error).count(), 1, "{err}");
     let out = gantry(&["inspect", "nowhere"], tmp.path());
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an OCI image layout"));

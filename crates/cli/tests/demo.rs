@@ -62,44 +62,81 @@ fn demo_end_to_end_with_containerd_reports_both_methods_and_stops_everything() {
     assert!(out.status.success(), "{context}");
     let report: Value = serde_json::from_str(&stdout).expect("demo --json");
     let delivery = &report["delivery"];
-    assert!(
-        delivery["node"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("containerd"),
-        "the node should be containerd when it is installed and we are root: {context}"
-    );
+    for node in ["node", "layer_level_node"] {
+        assert!(
+            delivery[node]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("containerd"),
+            "{node} should be containerd when it is installed and we are root: {context}"
+        );
+    }
     let n = |v: &Value| {
         v.as_u64()
+            .unwrap_or_else(|| panic!("not a number: {v}\n{context}"))
+    };
+    let secs = |v: &Value| {
+        v.as_f64()
             .unwrap_or_else(|| panic!("not a number: {v}\n{context}"))
     };
     let image = n(&report["cost"]["image_bytes"]);
     let changed_layers = n(&report["cost"]["layer_level_bytes"]);
     assert!(image > 5_000_000, "{context}");
-    // v1 moves about the whole image; v2 much less than the changed layers the seed moves.
-    assert!(
-        n(&delivery["push_v1"]["bytes"]) >= image * 9 / 10,
-        "{context}"
-    );
-    assert!(
-        n(&delivery["pull_v1"]["bytes"]) >= image * 9 / 10,
-        "{context}"
-    );
-    assert!(n(&delivery["push_v2"]["bytes"]) > 0, "{context}");
-    assert!(
-        n(&delivery["push_v2"]["bytes"]) < changed_layers / 2,
-        "{context}"
-    );
-    assert!(
-        n(&delivery["pull_v2"]["bytes"]) < changed_layers / 2,
-        "{context}"
-    );
+    let (gantry, layer) = (&delivery["gantry"], &delivery["layer_level"]);
+    // v1 moves about the whole image both ways.
+    for way in [gantry, layer] {
+        for step in ["push_v1", "pull_v1"] {
+            assert!(
+                n(&way[step]["bytes"]) >= image * 9 / 10,
+                "{step}: {context}"
+            );
+        }
+        for step in ["push_v1", "pull_v1", "push_v2", "pull_v2"] {
+            assert!(secs(&way[step]["seconds"]) > 0.0, "{step}: {context}");
+        }
+    }
+    // v2: the layer-level way moves the changed layers whole (measured, so about what the
+    // manifests say); Gantry much less.
+    for step in ["push_v2", "pull_v2"] {
+        let l = n(&layer[step]["bytes"]);
+        assert!(
+            l >= changed_layers * 9 / 10 && l <= changed_layers * 11 / 10 + 100_000,
+            "{step}: layer-level {l} vs changed layers {changed_layers}: {context}"
+        );
+        let g = n(&gantry[step]["bytes"]);
+        assert!(g > 0 && g < changed_layers / 2, "{step}: {context}");
+    }
     assert_eq!(
         report["v1"]["manifest_digest"], report["noop_rebuild"]["manifest_digest"],
         "{context}"
     );
-    let html = std::fs::read_to_string(work.join("gantry-demo.html")).expect("the HTML report");
+    let page = work.join("gantry-demo.html");
+    let html = std::fs::read_to_string(&page).expect("the HTML report");
     assert!(html.contains("<svg") && html.contains("pull v2"), "{html}");
+    assert!(!html.to_lowercase().contains("seed"), "{html}");
+    // The same figures as the printed report: both ways' seconds beside their bytes.
+    for way in ["gantry", "layer_level"] {
+        let s = format!("{:.2}", secs(&delivery[way]["pull_v2"]["seconds"]));
+        assert!(
+            html.contains(&format!("<td>{s}</td>")),
+            "{way} pull v2 {s}s: {html}"
+        );
+    }
+    // In a real browser at 1280 px, no chart text leaves its chart or overlaps another text.
+    // The screenshot outlives the test's temp dir: target/tmp/gantry-demo.png.
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gantry-demo.png");
+    let check = gantry_test_support::check_page_layout(&page, 1280, &shot);
+    assert_eq!(check.width, 1280, "{check:?}");
+    assert!(
+        check.texts >= 16,
+        "two charts of 4 steps × 2 bars + names: {check:?}"
+    );
+    assert!(
+        check.problems.is_empty(),
+        "layout problems (screenshot in {}): {:#?}",
+        shot.display(),
+        check.problems
+    );
     wait_until_gone(&work);
 }
 

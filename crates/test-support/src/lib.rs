@@ -17,6 +17,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod browser;
 mod containerd;
 mod http_stub;
 mod moto;
@@ -26,6 +27,7 @@ mod sample;
 mod serve;
 mod supervisor;
 
+pub use browser::{check_page_layout, LayoutCheck};
 pub use containerd::{write_mirror_hosts_toml, Containerd};
 pub use http_stub::{HttpStub, StubRequest};
 pub use moto::{MotoServer, MOTO_ACCESS_KEY_ID, MOTO_REGION, MOTO_SECRET_ACCESS_KEY};

@@ -255,3 +255,44 @@ fn drop_cleans_up_containers_shims_and_dirs() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(dir.to_str().unwrap()), "{mounts}");
 }
+
+/// The browser check itself: a page whose chart texts overlap, and one that leaves its
+/// chart, is reported; a clean page is not (so the demo's layout test cannot pass blindly).
+#[test]
+fn browser_layout_check_finds_overlap_and_overflow() {
+    let tmp = gantry_test_support::tempdir();
+    let page = |name: &str, svg_body: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "<!doctype html><html><body><p>legend</p>\
+                 <svg id=\"c\" width=\"300\" height=\"100\">{svg_body}</svg></body></html>"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let clean = page(
+        "clean.html",
+        "<text x=\"20\" y=\"40\" font-size=\"11\">97.2 MB</text>\
+         <text x=\"150\" y=\"40\" font-size=\"11\">97.3 MB</text>",
+    );
+    let overlapping = page(
+        "overlap.html",
+        "<text x=\"20\" y=\"40\" font-size=\"11\">97.2 MB</text>\
+         <text x=\"40\" y=\"40\" font-size=\"11\">97.3 MB</text>",
+    );
+    let overflowing = page(
+        "overflow.html",
+        "<text x=\"280\" y=\"40\" font-size=\"11\">97.2 MB</text>",
+    );
+    let shot = tmp.path().join("shot.png");
+    let c = gantry_test_support::check_page_layout(&clean, 1280, &shot);
+    assert_eq!((c.texts, c.problems.len()), (2, 0), "{c:?}");
+    let o = gantry_test_support::check_page_layout(&overlapping, 1280, &shot);
+    assert!(o.problems.iter().any(|p| p.contains("overlaps")), "{o:?}");
+    let f = gantry_test_support::check_page_layout(&overflowing, 1280, &shot);
+    assert!(f.problems.iter().any(|p| p.contains("overflows")), "{f:?}");
+    assert!(shot.is_file());
+}

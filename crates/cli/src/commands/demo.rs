@@ -13,10 +13,10 @@ use std::time::Instant;
 /// Arguments of `gantry demo`.
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Size of the sample game (the seed's case is 3.1GB).
-    #[arg(long, default_value = "200MB")]
+    /// Size of the sample game (the benchmark's case is 3.1GB).
+    #[arg(long, default_value = "200MB", env = "GANTRY_DEMO_SCALE")]
     pub scale: String,
-    /// Size of the asset update; default scales WORKLOAD.md's 50 MB on 3.1 GB.
+    /// Size of the asset update in MB; default scales 50 MB on 3.1 GB.
     #[arg(long)]
     pub update_mb: Option<f64>,
     /// Keep the work in this directory instead of a temporary one.
@@ -42,38 +42,6 @@ struct DemoReport {
     v2: Step,
     cost: gantry_build::UpdateCost,
     delivery: super::demo_delivery::Delivery,
-}
-
-/// Bytes each step moved, the seed's way and Gantry's.
-fn report_rows(r: &DemoReport) -> Vec<super::demo_delivery::Row> {
-    use super::demo_delivery::Row;
-    let d = &r.delivery;
-    vec![
-        Row::new(
-            "push v1",
-            r.cost.image_bytes,
-            d.push_v1.bytes,
-            d.push_v1.seconds,
-        ),
-        Row::new(
-            "pull v1",
-            r.cost.image_bytes,
-            d.pull_v1.bytes,
-            d.pull_v1.seconds,
-        ),
-        Row::new(
-            "push v2",
-            r.cost.layer_level_bytes,
-            d.push_v2.bytes,
-            d.push_v2.seconds,
-        ),
-        Row::new(
-            "pull v2",
-            r.cost.layer_level_bytes,
-            d.pull_v2.bytes,
-            d.pull_v2.seconds,
-        ),
-    ]
 }
 
 #[derive(Serialize)]
@@ -194,7 +162,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     std::fs::write(
         &html,
-        super::demo_delivery::html(&report_rows(&report), scale_bytes, report.update_bytes),
+        super::demo_delivery::html(
+            &report.delivery.rows(),
+            &super::demo_delivery::ReportText {
+                scale_bytes,
+                update_bytes: report.update_bytes,
+                node: &report.delivery.node,
+                layer_level_node: &report.delivery.layer_level_node,
+            },
+        ),
     )
     .with_context(|| format!("writing {}", html.display()))?;
     if args.json {
@@ -231,7 +207,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     for (name, n) in [
         ("whole image", report.cost.image_bytes),
         (
-            "changed layers (the seed's way)",
+            "changed layers (layer-level)",
             report.cost.layer_level_bytes,
         ),
         ("changed chunks (Gantry)", report.cost.chunk_level_bytes),
@@ -246,27 +222,29 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     println!();
+    println!("Delivery, measured both ways (gantry serve on loopback):");
+    println!("  layer-level node: {}", report.delivery.layer_level_node);
+    println!("  Gantry's node:    {}", report.delivery.node);
     println!(
-        "Delivery, measured (gantry serve on loopback; node = {}):",
-        report.delivery.node
+        "  {:<8} {:>12} {:>9} {:>12} {:>9} {:>8} {:>8}",
+        "step", "layer bytes", "seconds", "Gantry bytes", "seconds", "fewer", "faster"
     );
-    println!(
-        "  {:<10} {:>16} {:>16} {:>9} {:>8}",
-        "step", "seed's way", "Gantry", "% image", "seconds"
-    );
-    for row in report_rows(&report) {
+    for row in report.delivery.rows() {
+        let (l, g) = (row.layer_level, row.gantry);
         println!(
-            "  {:<10} {:>16} {:>16} {:>8.2}% {:>8.2}",
+            "  {:<8} {:>12} {:>9.2} {:>12} {:>9.2} {:>7.1}× {:>7.1}×",
             row.step,
-            human_bytes(row.seed_bytes),
-            human_bytes(row.gantry_bytes),
-            pct(row.gantry_bytes),
-            row.seconds
+            human_bytes(l.bytes),
+            l.seconds,
+            human_bytes(g.bytes),
+            g.seconds,
+            l.bytes as f64 / g.bytes.max(1) as f64,
+            l.seconds / g.seconds.max(1e-6)
         );
     }
     println!(
-        "  (the seed's way: whole changed layers, computed from the manifests; Gantry: bytes the \
-         registry received and the agent fetched upstream)"
+        "  (bytes measured: what the registry received for a push; what the registry sent to \
+         the layer-level node, and what gantry agent fetched from it, for a pull)"
     );
     println!("  report: {}", html.display());
     if args.workdir.is_some() {

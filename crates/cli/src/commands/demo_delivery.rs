@@ -1,12 +1,17 @@
 //! The delivery half of `gantry demo`: `gantry serve` and `gantry agent` started in this
-//! process, v1 and v2 pushed, and pulled by a node — a private containerd pulling through
-//! the agent when containerd is installed and we are root, else the agent alone answering
-//! the requests containerd would make. Plus the HTML report with its chart.
+//! process, v1 and v2 pushed and pulled both ways, each measured:
+//! - Gantry: delta push, and a node pulling through the agent (chunk-level);
+//! - the layer-level pipeline: a plain push of whole changed layers to another repository,
+//!   and a second node pulling it straight from the registry.
+//!
+//! Each node is a private containerd (its own root) when containerd is installed and we are
+//! root, else an HTTP client asking for what containerd would ask. Plus the HTML report.
 
+use std::collections::HashSet;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -22,50 +27,78 @@ use super::transfer::runtime;
 /// Bytes and time of one step.
 #[derive(Serialize, Clone, Copy, Default)]
 pub struct Measure {
-    /// Bytes moved (registry received, or agent fetched upstream).
+    /// Bytes moved (registry received, or the node fetched from the registry).
     pub bytes: u64,
     /// Wall time.
     pub seconds: f64,
 }
 
-/// What the delivery steps measured.
+/// The four delivery steps of one way, each measured.
+#[derive(Serialize, Clone, Copy, Default)]
+pub struct Steps {
+    /// Push of v1 to a repository that holds nothing.
+    pub push_v1: Measure,
+    /// Pull of v1 by an empty node (containerd: pull and unpack).
+    pub pull_v1: Measure,
+    /// Push of v2 after v1.
+    pub push_v2: Measure,
+    /// Pull of v2 by the node holding v1 (containerd: pull and unpack).
+    pub pull_v2: Measure,
+}
+
+/// What the delivery steps measured, both ways.
 #[derive(Serialize)]
 pub struct Delivery {
-    /// Which node pulled: `containerd <version> through gantry agent` or `gantry agent alone`.
+    /// Gantry's node: `containerd <version> pulling through gantry agent` or the agent alone.
     pub node: String,
-    /// Push of v1 to an empty registry.
-    pub push_v1: Measure,
-    /// Pull of v1 by an empty node.
-    pub pull_v1: Measure,
-    /// Push of v2 (delta push).
-    pub push_v2: Measure,
-    /// Pull of v2 by the node holding v1.
-    pub pull_v2: Measure,
+    /// The layer-level node: `containerd <version> pulling straight from the registry` or
+    /// an HTTP client doing what containerd would.
+    pub layer_level_node: String,
+    /// Gantry: delta push to `demo/game`, pulls through `gantry agent`.
+    pub gantry: Steps,
+    /// The layer-level pipeline: plain push of whole changed layers to `demo/layer-level`,
+    /// pulls straight from the registry.
+    pub layer_level: Steps,
     /// Bytes of v2's layers the agent took from what the node held.
     pub pull_v2_reused: u64,
 }
 
-/// One bar pair of the chart.
+/// One step of the report, both ways.
 pub struct Row {
     /// Step name.
     pub step: &'static str,
-    /// Bytes the seed's way.
-    pub seed_bytes: u64,
-    /// Bytes Gantry moved.
-    pub gantry_bytes: u64,
-    /// Gantry's time.
-    pub seconds: f64,
+    /// The layer-level pipeline's bytes and time.
+    pub layer_level: Measure,
+    /// Gantry's bytes and time.
+    pub gantry: Measure,
 }
 
-impl Row {
-    /// A row.
-    pub fn new(step: &'static str, seed_bytes: u64, gantry_bytes: u64, seconds: f64) -> Row {
-        Row {
-            step,
-            seed_bytes,
-            gantry_bytes,
-            seconds,
-        }
+impl Delivery {
+    /// The report's rows, in the order the steps ran.
+    pub fn rows(&self) -> Vec<Row> {
+        let (l, g) = (&self.layer_level, &self.gantry);
+        vec![
+            Row {
+                step: "push v1",
+                layer_level: l.push_v1,
+                gantry: g.push_v1,
+            },
+            Row {
+                step: "pull v1",
+                layer_level: l.pull_v1,
+                gantry: g.pull_v1,
+            },
+            Row {
+                step: "push v2",
+                layer_level: l.push_v2,
+                gantry: g.push_v2,
+            },
+            Row {
+                step: "pull v2",
+                layer_level: l.pull_v2,
+                gantry: g.pull_v2,
+            },
+        ]
     }
 }
 
@@ -82,6 +115,15 @@ async fn metric(url: &str, name: &str) -> anyhow::Result<u64> {
         .sum::<f64>() as u64)
 }
 
+/// Where a node pulls from.
+#[derive(Clone)]
+enum Source {
+    /// Through `gantry agent` (containerd's mirror for `host`).
+    Agent { host: String, agent_url: String },
+    /// Straight from the registry at `host`, over plain HTTP.
+    Direct { host: String },
+}
+
 /// Runs the delivery steps with everything under `workdir`.
 pub fn run(workdir: &Path, v1: &Path, v2: &Path, say: &dyn Fn(String)) -> anyhow::Result<Delivery> {
     let registry_root = workdir.join("registry");
@@ -91,8 +133,10 @@ pub fn run(workdir: &Path, v1: &Path, v2: &Path, say: &dyn Fn(String)) -> anyhow
             std::fs::remove_dir_all(d).with_context(|| format!("clearing {}", d.display()))?;
         }
     }
-    let node = Node::start(workdir)?;
-    say(format!("node: {}", node.describe()));
+    let node = Node::start(&workdir.join("node"))?;
+    let layer_node = Node::start(&workdir.join("node-layer-level"))?;
+    say(format!("Gantry's node: {}", node.describe(true)));
+    say(format!("layer-level node: {}", layer_node.describe(false)));
     let rt = runtime()?;
     rt.block_on(async {
         let serve = gantry_registry::bind(&gantry_registry::Config {
@@ -126,22 +170,30 @@ pub fn run(workdir: &Path, v1: &Path, v2: &Path, say: &dyn Fn(String)) -> anyhow
         .context("starting gantry agent")?;
         let agent_metrics = format!("{}/metrics", agent.url());
         node.configure(&host, &agent.url())?;
+        let via_agent = Source::Agent {
+            host: host.clone(),
+            agent_url: agent.url(),
+        };
+        let direct = Source::Direct { host: host.clone() };
 
-        let push = |layout: PathBuf, tag: &'static str| {
+        // Gantry pushes with delta push; the layer-level way uploads every layer the
+        // repository lacks, whole, to a repository of its own.
+        let push = |layout: PathBuf, repo: &'static str, tag: &'static str, delta: bool| {
             let client = &client;
             let host = host.clone();
             let reg_metrics = reg_metrics.clone();
             async move {
                 let before = metric(&reg_metrics, "gantry_registry_bytes_received_total").await?;
                 let t = Instant::now();
-                let dest: Reference = format!("{host}/demo/game:{tag}").parse()?;
+                let dest: Reference = format!("{host}/{repo}:{tag}").parse()?;
                 push_layout(
                     client,
                     &OciLayout::open(&layout)?,
                     None,
                     &dest,
                     &PushOptions {
-                        delta_from: Some("v1".into()),
+                        delta,
+                        delta_from: delta.then(|| "v1".into()),
                         ..PushOptions::default()
                     },
                     Arc::new(NoProgress),
@@ -155,76 +207,114 @@ pub fn run(workdir: &Path, v1: &Path, v2: &Path, say: &dyn Fn(String)) -> anyhow
                 })
             }
         };
-        let pull = |tag: &'static str| {
-            let node = &node;
-            let host = host.clone();
-            let agent_url = agent.url();
-            let agent_metrics = agent_metrics.clone();
-            async move {
-                let before = metric(&agent_metrics, "gantry_agent_upstream_bytes_total").await?;
-                let t = Instant::now();
-                node.pull(&host, &agent_url, &format!("demo/game:{tag}"))
-                    .await?;
-                let seconds = t.elapsed().as_secs_f64();
-                let after = metric(&agent_metrics, "gantry_agent_upstream_bytes_total").await?;
-                anyhow::Ok(Measure {
-                    bytes: after - before,
-                    seconds,
-                })
-            }
+        let gantry_pull = |tag: &'static str| {
+            measure_pull(
+                &node,
+                via_agent.clone(),
+                format!("demo/game:{tag}"),
+                agent_metrics.clone(),
+                "gantry_agent_upstream_bytes_total",
+            )
         };
-        say("push v1".into());
-        let push_v1 = push(v1.to_path_buf(), "v1").await?;
-        say("node pulls v1".into());
-        let pull_v1 = pull("v1").await?;
-        say("push v2 (delta push)".into());
-        let push_v2 = push(v2.to_path_buf(), "v2").await?;
+        let layer_pull = |tag: &'static str| {
+            measure_pull(
+                &layer_node,
+                direct.clone(),
+                format!("demo/layer-level:{tag}"),
+                reg_metrics.clone(),
+                "gantry_registry_bytes_sent_total",
+            )
+        };
+        let mut gantry = Steps::default();
+        let mut layer_level = Steps::default();
+        say("push v1: delta push to demo/game, and plain push to demo/layer-level".into());
+        gantry.push_v1 = push(v1.to_path_buf(), "demo/game", "v1", true).await?;
+        layer_level.push_v1 = push(v1.to_path_buf(), "demo/layer-level", "v1", false).await?;
+        say("the nodes pull v1: through gantry agent, and straight from the registry".into());
+        gantry.pull_v1 = gantry_pull("v1").await?;
+        layer_level.pull_v1 = layer_pull("v1").await?;
+        say("push v2 both ways".into());
+        gantry.push_v2 = push(v2.to_path_buf(), "demo/game", "v2", true).await?;
+        layer_level.push_v2 = push(v2.to_path_buf(), "demo/layer-level", "v2", false).await?;
         let reused_before = metric(&agent_metrics, "gantry_agent_reused_bytes_total").await?;
-        say("node pulls v2".into());
-        let pull_v2 = pull("v2").await?;
+        say("the nodes pull v2 both ways".into());
+        gantry.pull_v2 = gantry_pull("v2").await?;
         let reused_after = metric(&agent_metrics, "gantry_agent_reused_bytes_total").await?;
+        layer_level.pull_v2 = layer_pull("v2").await?;
         agent.shutdown().await;
         serve.shutdown().await.context("stopping gantry serve")?;
         anyhow::Ok(Delivery {
-            node: node.describe(),
-            push_v1,
-            pull_v1,
-            push_v2,
-            pull_v2,
+            node: node.describe(true),
+            layer_level_node: layer_node.describe(false),
+            gantry,
+            layer_level,
             pull_v2_reused: reused_after - reused_before,
         })
     })
 }
 
-/// The node that pulls.
+/// Pulls `repo_tag` onto `node` from `source`; the bytes are the change of the counter
+/// `metric_name` at `metrics_url` (what the agent fetched upstream, or the registry sent).
+async fn measure_pull(
+    node: &Node,
+    source: Source,
+    repo_tag: String,
+    metrics_url: String,
+    metric_name: &'static str,
+) -> anyhow::Result<Measure> {
+    let before = metric(&metrics_url, metric_name).await?;
+    let t = Instant::now();
+    node.pull(&source, &repo_tag).await?;
+    let seconds = t.elapsed().as_secs_f64();
+    let after = metric(&metrics_url, metric_name).await?;
+    Ok(Measure {
+        bytes: after - before,
+        seconds,
+    })
+}
+
+/// A node that pulls.
 enum Node {
     /// A private containerd (killed on drop).
     Containerd(PrivateContainerd),
-    /// The agent alone, asked for what containerd would ask.
-    AgentAlone(reqwest::Client),
+    /// An HTTP client asking for the manifest and every blob it does not hold yet, as
+    /// containerd would.
+    Http {
+        http: reqwest::Client,
+        held: Mutex<HashSet<String>>,
+    },
 }
 
 impl Node {
-    fn start(workdir: &Path) -> anyhow::Result<Node> {
+    fn start(dir: &Path) -> anyhow::Result<Node> {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         let tools = ["containerd", "ctr", "runc", "containerd-shim-runc-v2"];
         if root && tools.iter().all(|t| find_tool(t).is_some()) {
-            match PrivateContainerd::start(&workdir.join("node")) {
+            match PrivateContainerd::start(dir) {
                 Ok(c) => return Ok(Node::Containerd(c)),
                 Err(e) => {
-                    eprintln!("warning: containerd did not start ({e:#}); using the agent alone")
+                    eprintln!("warning: containerd did not start ({e:#}); using an HTTP client as the node")
                 }
             }
         }
-        Ok(Node::AgentAlone(reqwest::Client::new()))
+        Ok(Node::Http {
+            http: reqwest::Client::new(),
+            held: Mutex::new(HashSet::new()),
+        })
     }
 
-    fn describe(&self) -> String {
-        match self {
-            Node::Containerd(c) => format!("{} pulling through gantry agent", c.version),
-            Node::AgentAlone(_) => {
+    fn describe(&self, through_agent: bool) -> String {
+        match (self, through_agent) {
+            (Node::Containerd(c), true) => format!("{} pulling through gantry agent", c.version),
+            (Node::Containerd(c), false) => {
+                format!("{} pulling straight from the registry", c.version)
+            }
+            (Node::Http { .. }, true) => {
                 "gantry agent alone (containerd not installed or not root), asked for the manifest and every blob as containerd would".into()
+            }
+            (Node::Http { .. }, false) => {
+                "an HTTP client (containerd not installed or not root) asking the registry for the manifest and every blob as containerd would".into()
             }
         }
     }
@@ -236,11 +326,18 @@ impl Node {
         Ok(())
     }
 
-    async fn pull(&self, host: &str, agent_url: &str, repo_tag: &str) -> anyhow::Result<()> {
+    async fn pull(&self, source: &Source, repo_tag: &str) -> anyhow::Result<()> {
         match self {
             Node::Containerd(c) => {
-                let mut cmd = c.ctr(&["images", "pull", "--hosts-dir"]);
-                cmd.arg(c.hosts()).arg(format!("{host}/{repo_tag}"));
+                let (host, mut cmd) = match source {
+                    Source::Agent { host, .. } => {
+                        let mut cmd = c.ctr(&["images", "pull", "--hosts-dir"]);
+                        cmd.arg(c.hosts());
+                        (host, cmd)
+                    }
+                    Source::Direct { host } => (host, c.ctr(&["images", "pull", "--plain-http"])),
+                };
+                cmd.arg(format!("{host}/{repo_tag}"));
                 let out = tokio::task::spawn_blocking(move || cmd.output())
                     .await?
                     .context("running ctr images pull")?;
@@ -252,11 +349,16 @@ impl Node {
                 }
                 Ok(())
             }
-            Node::AgentAlone(http) => {
+            Node::Http { http, held } => {
                 let (repo, tag) = repo_tag.split_once(':').unwrap_or((repo_tag, "latest"));
-                let base = format!("{agent_url}/v2/{repo}");
+                let (base, query) = match source {
+                    Source::Agent { host, agent_url } => {
+                        (format!("{agent_url}/v2/{repo}"), format!("?ns={host}"))
+                    }
+                    Source::Direct { host } => (format!("http://{host}/v2/{repo}"), String::new()),
+                };
                 let manifest: serde_json::Value = http
-                    .get(format!("{base}/manifests/{tag}?ns={host}"))
+                    .get(format!("{base}/manifests/{tag}{query}"))
                     .header("accept", gantry_oci::media_types::OCI_MANIFEST)
                     .send()
                     .await?
@@ -275,15 +377,21 @@ impl Node {
                     );
                 }
                 for d in digests {
+                    if held.lock().map(|h| h.contains(&d)).unwrap_or(false) {
+                        continue;
+                    }
                     let bytes = http
-                        .get(format!("{base}/blobs/{d}?ns={host}"))
+                        .get(format!("{base}/blobs/{d}{query}"))
                         .send()
                         .await?
                         .error_for_status()?
                         .bytes()
                         .await?;
                     let got = gantry_oci::Digest::of(&bytes).to_string();
-                    anyhow::ensure!(got == d, "agent served {got} for {d}");
+                    anyhow::ensure!(got == d, "{base} served {got} for {d}");
+                    if let Ok(mut h) = held.lock() {
+                        h.insert(d);
+                    }
                 }
                 Ok(())
             }
@@ -411,70 +519,133 @@ impl Drop for PrivateContainerd {
     }
 }
 
-/// The HTML report: a table and an SVG bar chart of the bytes each step moved.
-pub fn html(rows: &[Row], scale_bytes: u64, update_bytes: u64) -> String {
+/// What the HTML report says besides the rows.
+pub struct ReportText<'a> {
+    /// Size of the sample game.
+    pub scale_bytes: u64,
+    /// The update's own size (gzip -6 of new and changed content).
+    pub update_bytes: u64,
+    /// Gantry's node, as [`Delivery::node`].
+    pub node: &'a str,
+    /// The layer-level node, as [`Delivery::layer_level_node`].
+    pub layer_level_node: &'a str,
+}
+
+const LAYER_COLOR: &str = "#9aa3b2";
+const GANTRY_COLOR: &str = "#2a7de1";
+
+/// One SVG bar chart: a pair of bars per row (layer-level, Gantry), each labelled with its
+/// value above it. Geometry leaves room for every label: bars wider than the longest label,
+/// a top margin above the tallest bar, the step names below the baseline, no legend inside
+/// (the page draws it above the charts in HTML).
+fn chart(
+    id: &str,
+    label: &str,
+    rows: &[Row],
+    value: fn(&Measure) -> f64,
+    text: fn(f64) -> String,
+) -> String {
     let max = rows
         .iter()
-        .map(|r| r.seed_bytes.max(r.gantry_bytes))
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
-    let (bar_w, gap, height) = (38.0, 30.0, 260.0);
-    let mut bars = String::new();
+        .flat_map(|r| [value(&r.layer_level), value(&r.gantry)])
+        .fold(0.0_f64, f64::max);
+    let max = if max > 0.0 { max } else { 1.0 };
+    let (bar_w, pair_gap, left, top, height) = (70.0, 36.0, 16.0, 22.0, 200.0);
+    let mut svg = String::new();
     for (i, r) in rows.iter().enumerate() {
-        let x = 60.0 + i as f64 * (2.0 * bar_w + gap);
-        for (j, (n, color)) in [(r.seed_bytes, "#b0b7c3"), (r.gantry_bytes, "#2a7de1")]
+        let x = left + i as f64 * (2.0 * bar_w + pair_gap);
+        for (j, (m, color)) in [(&r.layer_level, LAYER_COLOR), (&r.gantry, GANTRY_COLOR)]
             .into_iter()
             .enumerate()
         {
-            let h = (n as f64 / max * height).max(1.0);
+            let v = value(m);
+            let h = (v / max * height).max(1.0);
             let bx = x + j as f64 * bar_w;
-            bars.push_str(&format!(
+            svg.push_str(&format!(
                 "<rect x=\"{bx:.0}\" y=\"{:.0}\" width=\"{:.0}\" height=\"{h:.0}\" fill=\"{color}\"><title>{}</title></rect>\n",
-                20.0 + height - h,
-                bar_w - 4.0,
-                human_bytes(n)
+                top + height - h,
+                bar_w - 6.0,
+                text(v)
             ));
-            bars.push_str(&format!(
-                "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"10\" text-anchor=\"middle\">{}</text>\n",
-                bx + bar_w / 2.0 - 2.0,
-                14.0 + height - h,
-                human_bytes(n)
+            svg.push_str(&format!(
+                "<text class=\"value\" x=\"{:.0}\" y=\"{:.0}\" font-size=\"11\" text-anchor=\"middle\">{}</text>\n",
+                bx + (bar_w - 6.0) / 2.0,
+                top + height - h - 5.0,
+                text(v)
             ));
         }
-        bars.push_str(&format!(
-            "<text x=\"{:.0}\" y=\"{:.0}\" font-size=\"12\" text-anchor=\"middle\">{}</text>\n",
-            x + bar_w - 2.0,
-            height + 38.0,
+        svg.push_str(&format!(
+            "<text class=\"step\" x=\"{:.0}\" y=\"{:.0}\" font-size=\"12\" text-anchor=\"middle\">{}</text>\n",
+            x + bar_w - 3.0,
+            top + height + 18.0,
             r.step
         ));
     }
-    let width = 60.0 + rows.len() as f64 * (2.0 * bar_w + gap) + 20.0;
+    let width = 2.0 * left + rows.len() as f64 * (2.0 * bar_w + pair_gap) - pair_gap;
+    format!(
+        "<figure><figcaption>{label}</figcaption>\n\
+         <svg id=\"{id}\" width=\"{width:.0}\" height=\"{:.0}\" role=\"img\" aria-label=\"{label}\">\n{svg}</svg></figure>\n",
+        top + height + 28.0
+    )
+}
+
+/// The HTML report: the nodes, a legend, a chart of bytes and a chart of seconds per step
+/// both ways, and the same figures as a table.
+pub fn html(rows: &[Row], t: &ReportText) -> String {
     let mut table = String::new();
     for r in rows {
+        let (l, g) = (&r.layer_level, &r.gantry);
         table.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}%</td><td>{:.2}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{:.2}</td><td>{:.1}×</td><td>{:.1}×</td></tr>\n",
             r.step,
-            human_bytes(r.seed_bytes),
-            human_bytes(r.gantry_bytes),
-            100.0 * r.gantry_bytes as f64 / r.seed_bytes.max(1) as f64,
-            r.seconds
+            human_bytes(l.bytes),
+            l.seconds,
+            human_bytes(g.bytes),
+            g.seconds,
+            l.bytes as f64 / g.bytes.max(1) as f64,
+            l.seconds / g.seconds.max(1e-6),
         ));
     }
+    let bytes = chart(
+        "bytes",
+        "Bytes moved per step",
+        rows,
+        |m| m.bytes as f64,
+        |v| human_bytes(v as u64),
+    );
+    let seconds = chart(
+        "seconds",
+        "Seconds per step (a pull ends when the node holds the image unpacked)",
+        rows,
+        |m| m.seconds,
+        |v| format!("{v:.2} s"),
+    );
     format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Gantry demo</title>\n\
-         <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
-         td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}</style></head><body>\n\
-         <h1>Gantry demo</h1>\n<p>Sample game of {}; the update's own size (gzip -6 of new and changed content) is {}.</p>\n\
-         <svg width=\"{width:.0}\" height=\"{:.0}\" role=\"img\" aria-label=\"bytes moved per step\">\n\
-         <text x=\"10\" y=\"12\" font-size=\"12\">bytes moved per step: grey = the seed's way (whole changed layers), blue = Gantry</text>\n\
-         {bars}</svg>\n\
-         <table><tr><th>step</th><th>the seed's way</th><th>Gantry</th><th>Gantry / seed</th><th>Gantry seconds</th></tr>\n{table}</table>\n\
-         <p>The seed's way is computed from the manifests (every layer whose digest changed moves whole); \
-         Gantry's bytes are measured: what <code>gantry serve</code> received and what <code>gantry agent</code> fetched upstream.</p>\n\
+         <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}\
+         table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}\
+         figure{{margin:1em 0}}figcaption{{font-weight:bold;margin-bottom:4px}}\
+         .legend span{{display:inline-block;width:14px;height:14px;vertical-align:middle;margin:0 6px 0 16px}}</style></head><body>\n\
+         <h1>Gantry demo</h1>\n\
+         <p>Sample game of {}; the update's own size (gzip -6 of new and changed content) is {}.</p>\n\
+         <p>Both ways were measured in this run, on the same registry (<code>gantry serve</code> on loopback):</p>\n\
+         <ul><li><b>layer-level</b>: every changed layer pushed whole; the node fetches whole layers ({});</li>\n\
+         <li><b>Gantry</b>: delta push; the node fetches only the chunks it lacks ({}).</li></ul>\n\
+         <p class=\"legend\"><span style=\"background:{LAYER_COLOR}\"></span>layer-level<span style=\"background:{GANTRY_COLOR}\"></span>Gantry</p>\n\
+         {bytes}{seconds}\
+         <table><tr><th>step</th><th>layer-level bytes</th><th>layer-level s</th><th>Gantry bytes</th><th>Gantry s</th><th>fewer bytes</th><th>faster</th></tr>\n{table}</table>\n\
+         <p>Bytes are measured: what <code>gantry serve</code> received for a push; for a pull, what \
+         the registry sent to the layer-level node and what <code>gantry agent</code> fetched from the registry.</p>\n\
          </body></html>\n",
-        human_bytes(scale_bytes),
-        human_bytes(update_bytes),
-        height + 50.0,
+        human_bytes(t.scale_bytes),
+        human_bytes(t.update_bytes),
+        escape(t.layer_level_node),
+        escape(t.node),
     )
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
