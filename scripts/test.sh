@@ -31,6 +31,8 @@ PACKAGES=(
   jq                # bench/run.sh --quick (the benchmark scripts read and write JSON)
   curl              # bench/run.sh --quick (registry and agent probes)
   chromium          # the demo's HTML report checked in a real browser (crates/cli/tests/demo.rs)
+  protobuf-compiler # protoc: containerd's snapshots and CRI gRPC APIs are generated at build time
+  xfsprogs          # mkfs.xfs: the snapshotter's tests on a loop-mounted XFS with reflink
 )
 
 step "Checking privileges"
@@ -88,7 +90,7 @@ python3 -c 'import moto, moto.server; print("moto", moto.__version__)' \
   || fail "moto is not importable after pip install"
 
 step "Checking tools"
-for tool in containerd ctr containerd-shim-runc-v2 runc skopeo buildah umoci docker-registry ip chromium cargo; do
+for tool in containerd ctr containerd-shim-runc-v2 runc skopeo buildah umoci docker-registry ip chromium protoc mkfs.xfs cargo; do
   command -v "$tool" > /dev/null || fail "$tool not found on PATH ($PATH)"
 done
 [[ -x /bin/busybox ]] || fail "/bin/busybox (busybox-static) missing"

@@ -4,6 +4,13 @@
 //! the assembled blob against its digest. Without an index the blob is fetched whole and
 //! verified. A chunk or blob that fails verification is fetched once more, then the request
 //! fails: nothing unverified is ever stored or served.
+//!
+//! Indexes and upstream answers are untrusted input. An index is used only when it passes
+//! [`ChunkIndex::validate`] (chunk lengths within the chunker's bounds, checked sums),
+//! describes the layer, and gives the size both the manifest and upstream's HEAD give;
+//! otherwise it is treated as absent (the blob is fetched whole, and
+//! `gantry_agent_rejected_indexes_total` counts it). Memory grows only as bytes arrive, no
+//! fetch reads past the size it expects, and file work runs on the blocking pool.
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -19,7 +26,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::AgentError;
 use crate::metrics::{BlobRecord, Method as HowObtained, Metrics};
-use crate::store::Store;
+use crate::store::{KnownIndex, Store};
 use crate::upstream::{describe, UpstreamSpec, Upstreams};
 
 /// Longest single range request (missing chunks are coalesced up to this).
@@ -45,6 +52,9 @@ pub struct Fetcher<'a> {
     pub jobs: usize,
 }
 
+/// A chunk to fetch: (offset in the layer, length, chunk id).
+type MissingChunk = (u64, u64, Digest);
+
 /// A run of missing chunks fetched with one range request.
 struct Run {
     start: u64,
@@ -53,52 +63,82 @@ struct Run {
     chunks: Vec<(u64, u64, Digest)>,
 }
 
+/// Why a delta assembly did not give the layer.
+enum DeltaError {
+    /// The chunk index is unusable: it is treated as absent and the blob fetched whole.
+    Index(AgentError),
+    /// Anything else (a chunk that failed its check twice, upstream refusals, I/O).
+    Other(AgentError),
+}
+
+impl From<AgentError> for DeltaError {
+    fn from(e: AgentError) -> Self {
+        DeltaError::Other(e)
+    }
+}
+
 impl Fetcher<'_> {
     fn blob_path(&self, digest: &Digest) -> String {
         format!("/v2/{}/blobs/{}", self.repo, digest)
     }
 
-    /// Obtains `layer` (of `size` bytes when known) into the store: by delta from its
-    /// chunk index `index` when given, else whole.
+    /// Obtains `layer` into the store: by delta from the chunk index a manifest of this
+    /// repository named (`known`) when the index passes every check, else whole.
+    /// `head_size` is the size upstream's HEAD gave; a fetch never takes more bytes.
     pub async fn obtain(
         &self,
         layer: &Digest,
-        size: Option<u64>,
-        index: Option<Digest>,
+        head_size: Option<u64>,
+        known: Option<KnownIndex>,
     ) -> Result<(), AgentError> {
         let started = Instant::now();
         let mut requests = 0u64;
-        let (method, upstream_bytes, reused_bytes) = match index {
-            Some(index_digest) => match self.delta(layer, &index_digest, &mut requests).await {
-                Ok((up, reused)) => (HowObtained::Delta, up, reused),
-                Err(e @ AgentError::Corrupt { .. }) => return Err(e),
-                Err(
-                    e @ AgentError::UpstreamStatus {
-                        status: 401 | 403, ..
-                    },
-                ) => return Err(e),
-                Err(e) => {
+        let expected_size = head_size.or(known.map(|k| k.layer_size));
+        let delta = match known {
+            Some(k) => Some(self.delta(layer, &k, head_size, &mut requests).await),
+            None => None,
+        };
+        let (method, upstream_bytes, reused_bytes) = match delta {
+            Some(Ok((up, reused))) => (HowObtained::Delta, up, reused),
+            Some(Err(DeltaError::Index(e))) => {
+                self.metrics.rejected_index();
+                tracing::warn!(%layer, repository = self.repo, error = %e, "chunk index refused; fetching the blob whole");
+                let n = self.whole(layer, expected_size, &mut requests).await?;
+                (HowObtained::Whole, n, 0)
+            }
+            Some(Err(DeltaError::Other(e))) => match e {
+                AgentError::Corrupt { .. }
+                | AgentError::UpstreamStatus {
+                    status: 401 | 403, ..
+                } => return Err(e),
+                e => {
                     tracing::warn!(%layer, error = %e, "delta assembly failed; fetching the blob whole");
-                    let n = self.whole(layer, size, &mut requests).await?;
+                    let n = self.whole(layer, expected_size, &mut requests).await?;
                     (HowObtained::Whole, n, 0)
                 }
             },
             None => {
-                let n = self.whole(layer, size, &mut requests).await?;
+                let n = self.whole(layer, expected_size, &mut requests).await?;
                 (HowObtained::Whole, n, 0)
             }
         };
+        let store = self.store.clone();
+        let digest = *layer;
+        let (size, evicted) = AgentError::blocking("eviction", move || {
+            let size = store.size(&digest).unwrap_or(0);
+            Ok((size, store.evict()))
+        })
+        .await?;
         self.metrics.record(BlobRecord {
             repository: self.repo.to_string(),
             digest: layer.to_string(),
-            size: self.store.size(layer).unwrap_or(0),
+            size,
             method,
             upstream_bytes,
             reused_bytes,
             requests,
             seconds: started.elapsed().as_secs_f64(),
         });
-        let evicted = self.store.evict();
         if evicted > 0 {
             tracing::info!(evicted, "evicted least recently used blobs");
         }
@@ -106,7 +146,8 @@ impl Fetcher<'_> {
     }
 
     /// Fetches a whole blob, verifies and stores it; one retry on a digest mismatch.
-    /// Returns the bytes fetched.
+    /// With `size` known, a body that runs past it is cut off at once (and the attempt
+    /// fails). Returns the bytes fetched.
     async fn whole(
         &self,
         digest: &Digest,
@@ -116,6 +157,7 @@ impl Fetcher<'_> {
         let mut fetched = 0;
         for attempt in 0..2 {
             let path = self.blob_path(digest);
+            let url = format!("{}{path}", self.up.url);
             *requests += 1;
             let resp = self
                 .upstreams
@@ -123,32 +165,44 @@ impl Fetcher<'_> {
                 .await?;
             if !resp.status().is_success() {
                 return Err(AgentError::UpstreamStatus {
-                    url: format!("{}{path}", self.up.url),
+                    url,
                     status: resp.status().as_u16(),
                 });
             }
-            let (tmp, file) = self.store.temp_file(digest)?;
-            let mut file = tokio::fs::File::from_std(file);
-            let mut stream = resp.bytes_stream();
-            while let Some(item) = stream.next().await {
-                let chunk = item.map_err(|e| AgentError::Upstream {
-                    url: format!("{}{path}", self.up.url),
-                    message: describe(&e),
-                })?;
-                fetched += chunk.len() as u64;
-                self.metrics
-                    .upstream(self.repo, &digest.to_string(), chunk.len() as u64);
-                file.write_all(&chunk).await.map_err(AgentError::io(&tmp))?;
+            if let (Some(want), Some(said)) = (size, resp.content_length()) {
+                if said != want {
+                    self.metrics.verification_failure();
+                    return Err(AgentError::Upstream {
+                        url,
+                        message: format!(
+                            "blob {digest}: the answer is {said} bytes long, the blob {want} bytes; not fetched"
+                        ),
+                    });
+                }
             }
-            file.flush().await.map_err(AgentError::io(&tmp))?;
-            drop(file);
-            match self.store.commit(&tmp, digest, size) {
+            let store = self.store.clone();
+            let d = *digest;
+            let (tmp, file) =
+                AgentError::blocking("temporary file", move || store.temp_file(&d)).await?;
+            let received = self
+                .stream_to(resp, &tmp, file, digest, size, &url, &mut fetched)
+                .await;
+            if let Err(e) = received {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+            let store = self.store.clone();
+            let (d, t) = (*digest, tmp.clone());
+            let committed =
+                AgentError::blocking("verifying a blob", move || store.commit(&t, &d, size)).await;
+            match committed {
                 Ok(()) => return Ok(fetched),
                 Err(AgentError::Corrupt { .. }) if attempt == 0 => {
                     self.metrics.verification_failure();
                     tracing::warn!(%digest, "upstream blob failed verification; fetching again");
                 }
                 Err(e) => {
+                    let _ = tokio::fs::remove_file(&tmp).await;
                     self.metrics.verification_failure();
                     return Err(e);
                 }
@@ -157,101 +211,326 @@ impl Fetcher<'_> {
         unreachable!("the loop returns")
     }
 
-    /// The chunk index blob, from the store or upstream (verified, then stored).
+    /// Writes the body of `resp` to `tmp`, stopping as soon as it passes `size`.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_to(
+        &self,
+        resp: reqwest::Response,
+        tmp: &std::path::Path,
+        file: std::fs::File,
+        digest: &Digest,
+        size: Option<u64>,
+        url: &str,
+        fetched: &mut u64,
+    ) -> Result<(), AgentError> {
+        let mut file = tokio::fs::File::from_std(file);
+        let mut stream = resp.bytes_stream();
+        let mut this_attempt = 0u64;
+        while let Some(item) = stream.next().await {
+            let chunk = item.map_err(|e| AgentError::Upstream {
+                url: url.to_string(),
+                message: describe(&e),
+            })?;
+            this_attempt += chunk.len() as u64;
+            *fetched += chunk.len() as u64;
+            self.metrics
+                .upstream(self.repo, &digest.to_string(), chunk.len() as u64);
+            if let Some(want) = size.filter(|w| this_attempt > *w) {
+                self.metrics.verification_failure();
+                return Err(AgentError::Upstream {
+                    url: url.to_string(),
+                    message: format!(
+                        "blob {digest}: upstream sent more than the {want} bytes the blob has; cut off"
+                    ),
+                });
+            }
+            file.write_all(&chunk).await.map_err(AgentError::io(tmp))?;
+        }
+        file.flush().await.map_err(AgentError::io(tmp))?;
+        Ok(())
+    }
+
+    /// The chunk index blob, from the store or upstream (verified, then stored), checked
+    /// against the layer: it must describe `layer`, and its size must equal both the
+    /// manifest's descriptor and upstream's HEAD. Any failed check is [`DeltaError::Index`].
     async fn index(
         &self,
         layer: &Digest,
-        index_digest: &Digest,
+        known: &KnownIndex,
+        head_size: Option<u64>,
         requests: &mut u64,
-    ) -> Result<(ChunkIndex, u64), AgentError> {
+    ) -> Result<(ChunkIndex, u64), DeltaError> {
+        let index_digest = known.index;
+        let what = format!("chunk index {index_digest} of layer {layer}");
+        let invalid = |message: String| {
+            DeltaError::Index(AgentError::Invalid {
+                what: what.clone(),
+                message,
+            })
+        };
         let mut fetched = 0;
-        if !self.store.has(index_digest) {
-            let path = self.blob_path(index_digest);
+        let store = self.store.clone();
+        let held = AgentError::blocking("store", move || Ok(store.has(&index_digest))).await?;
+        if !held {
+            let path = self.blob_path(&index_digest);
+            let url = format!("{}{path}", self.up.url);
             *requests += 1;
             let resp = self
                 .upstreams
                 .send(self.up, Method::GET, &path, self.auth, &[])
                 .await?;
             if !resp.status().is_success() {
-                return Err(AgentError::UpstreamStatus {
-                    url: format!("{}{path}", self.up.url),
+                return Err(DeltaError::Other(AgentError::UpstreamStatus {
+                    url,
                     status: resp.status().as_u16(),
-                });
+                }));
             }
-            let bytes = read_body(resp, MAX_INDEX_BYTES, &format!("{}{path}", self.up.url)).await?;
+            let bytes = match read_body(resp, MAX_INDEX_BYTES, &url).await {
+                Ok(b) => b,
+                Err(e @ AgentError::Invalid { .. }) => return Err(DeltaError::Index(e)),
+                Err(e) => return Err(e.into()),
+            };
             fetched = bytes.len() as u64;
             self.metrics
                 .upstream(self.repo, &layer.to_string(), fetched);
             let actual = Digest::of(&bytes);
-            if actual != *index_digest {
+            if actual != index_digest {
                 self.metrics.verification_failure();
-                return Err(AgentError::Corrupt {
-                    what: format!("chunk index {index_digest}"),
-                    expected: *index_digest,
+                return Err(DeltaError::Index(AgentError::Corrupt {
+                    what: what.clone(),
+                    expected: index_digest,
                     actual,
-                });
+                }));
             }
-            self.store.put_bytes(index_digest, &bytes)?;
+            let store = self.store.clone();
+            AgentError::blocking("storing a chunk index", move || {
+                store.put_bytes(&index_digest, &bytes)
+            })
+            .await?;
         }
-        let index = self.store.read_index(index_digest)?;
+        let store = self.store.clone();
+        let index = AgentError::blocking("reading a chunk index", move || {
+            store.read_index(&index_digest)
+        })
+        .await
+        .map_err(DeltaError::Index)?;
         if index.layer_digest != *layer {
-            return Err(AgentError::Invalid {
-                what: format!("chunk index {index_digest}"),
-                message: format!("describes layer {}, not {layer}", index.layer_digest),
-            });
+            return Err(invalid(format!(
+                "describes layer {}, not {layer}",
+                index.layer_digest
+            )));
+        }
+        if index.layer_size != known.layer_size || head_size != Some(index.layer_size) {
+            return Err(invalid(format!(
+                "gives the layer {} bytes; the manifest says {}, the registry {}",
+                index.layer_size,
+                known.layer_size,
+                head_size.map_or("nothing".to_string(), |s| s.to_string())
+            )));
         }
         Ok((index, fetched))
+    }
+
+    /// The bytes `[start, start + len)` of `layer`, which the node does not hold, from its
+    /// chunk index without assembling the whole blob: chunks held in other blobs are read
+    /// there (each re-checked), the missing ones fetched with coalesced range requests, and
+    /// every chunk checked against its id before any of its bytes are returned. This is how
+    /// `gantry snapshotter` takes only the new chunks of a layer.
+    pub async fn range_of(
+        &self,
+        layer: &Digest,
+        known: &KnownIndex,
+        head_size: Option<u64>,
+        start: u64,
+        len: u64,
+    ) -> Result<Bytes, AgentError> {
+        let mut requests = 0;
+        let (index, _) = self
+            .index(layer, known, head_size, &mut requests)
+            .await
+            .map_err(|e| match e {
+                DeltaError::Index(e) => {
+                    self.metrics.rejected_index();
+                    e
+                }
+                DeltaError::Other(e) => e,
+            })?;
+        let end = start.saturating_add(len);
+        let covering: Vec<_> = index
+            .chunks_with_offsets()
+            .filter(|c| {
+                c.compressed_offset < end && c.compressed_offset + c.record.compressed_len > start
+            })
+            .map(|c| (c.compressed_offset, c.record.compressed_len, c.record.id))
+            .collect();
+        let (Some(first), Some(last)) = (covering.first(), covering.last()) else {
+            return Err(AgentError::Invalid {
+                what: format!("layer {layer}"),
+                message: format!(
+                    "range {start}+{len} is outside its {} bytes",
+                    index.layer_size
+                ),
+            });
+        };
+        let (base, stop) = (first.0, last.0 + last.1);
+        let layer_label = layer.to_string();
+        let (store, d, wanted) = (self.store.clone(), *layer, covering.clone());
+        let (held, missing) = AgentError::blocking("reading held chunks", move || {
+            let mut held = Vec::new();
+            let mut missing = Vec::new();
+            for (offset, len, id) in wanted {
+                let loc = store.chunk(&id).filter(|l| l.blob != d && l.len == len);
+                let bytes = loc.and_then(|loc| {
+                    let f = std::fs::File::open(store.blob_path(&loc.blob)).ok()?;
+                    let mut buf = vec![0u8; usize::try_from(len).ok()?];
+                    f.read_exact_at(&mut buf, loc.offset).ok()?;
+                    (Digest::of(&buf) == id).then_some(buf)
+                });
+                match bytes {
+                    Some(b) => held.push((offset, b)),
+                    None => missing.push((offset, len, id)),
+                }
+            }
+            Ok((held, missing))
+        })
+        .await?;
+        let reused: u64 = held.iter().map(|(_, b)| b.len() as u64).sum();
+        self.metrics.reused(self.repo, &layer_label, reused);
+        let mut out = vec![0u8; usize::try_from(stop - base).unwrap_or(0)];
+        for (offset, b) in held {
+            let at = (offset - base) as usize;
+            out[at..at + b.len()].copy_from_slice(&b);
+        }
+        // Missing chunks in runs of adjacent ones, each chunk checked (one retry).
+        let mut runs: Vec<(u64, Vec<MissingChunk>)> = Vec::new();
+        for m in missing {
+            match runs.last_mut() {
+                Some((run_start, chunks))
+                    if chunks.last().is_some_and(|l| l.0 + l.1 == m.0)
+                        && m.0 + m.1 - *run_start <= MAX_RANGE =>
+                {
+                    chunks.push(m)
+                }
+                _ => runs.push((m.0, vec![m])),
+            }
+        }
+        for (run_start, chunks) in runs {
+            let run_len = chunks.iter().map(|c| c.1).sum::<u64>();
+            let mut attempt = 0;
+            loop {
+                let bytes = self.range(layer, run_start, run_len).await?;
+                self.metrics
+                    .upstream(self.repo, &layer_label, bytes.len() as u64);
+                let bad = chunks.iter().find_map(|(off, len, id)| {
+                    let a = (off - run_start) as usize;
+                    let actual = bytes
+                        .get(a..a + *len as usize)
+                        .map(Digest::of)
+                        .unwrap_or_else(|| Digest::of(b""));
+                    (actual != *id).then_some((*id, actual))
+                });
+                match bad {
+                    None => {
+                        let at = (run_start - base) as usize;
+                        out[at..at + bytes.len()].copy_from_slice(&bytes);
+                        break;
+                    }
+                    Some((expected, actual)) => {
+                        self.metrics.verification_failure();
+                        attempt += 1;
+                        if attempt == 2 {
+                            return Err(AgentError::Corrupt {
+                                what: format!("chunk of layer {layer} at offset {run_start}"),
+                                expected,
+                                actual,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let from = (start.max(base) - base) as usize;
+        let to = (end.min(stop) - base) as usize;
+        Ok(Bytes::from(out).slice(from..to))
     }
 
     /// Assembles `layer` from its index. Returns (bytes fetched, bytes reused).
     async fn delta(
         &self,
         layer: &Digest,
-        index_digest: &Digest,
+        known: &KnownIndex,
+        head_size: Option<u64>,
         requests: &mut u64,
-    ) -> Result<(u64, u64), AgentError> {
-        let (index, mut fetched) = self.index(layer, index_digest, requests).await?;
-        let (tmp, file) = self.store.temp_file(layer)?;
-        file.set_len(index.layer_size)
-            .map_err(AgentError::io(&tmp))?;
+    ) -> Result<(u64, u64), DeltaError> {
+        let (index, mut fetched) = self.index(layer, known, head_size, requests).await?;
+        let index = Arc::new(index);
+        let store = self.store.clone();
+        let (d, size) = (*layer, index.layer_size);
+        let (tmp, file) = AgentError::blocking("temporary file", move || {
+            let (tmp, file) = store.temp_file(&d)?;
+            file.set_len(size).map_err(AgentError::io(&tmp))?;
+            Ok((tmp, file))
+        })
+        .await?;
         let file = Arc::new(file);
+        let result = self
+            .assemble(layer, &index, &tmp, &file, &mut fetched, requests)
+            .await;
+        drop(file);
+        let reused = match result {
+            Ok(reused) => reused,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        let store = self.store.clone();
+        let (d, index_digest, ix) = (*layer, known.index, index.clone());
+        let committed = AgentError::blocking("verifying an assembled layer", move || {
+            store.commit(&tmp, &d, Some(ix.layer_size))?;
+            store.record_layer(&index_digest, &ix)
+        })
+        .await;
+        match committed {
+            Ok(()) => Ok((fetched, reused)),
+            // Every chunk matched its id, yet the whole is not the layer: the index lies.
+            Err(AgentError::Corrupt { actual, .. }) => {
+                Err(DeltaError::Index(AgentError::Invalid {
+                    what: format!("chunk index {} of layer {layer}", known.index),
+                    message: format!(
+                        "its chunks, each verified, assemble to {actual}, not the layer"
+                    ),
+                }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Places every chunk of `index` into `file`: the held ones copied (each re-checked),
+    /// the missing ones fetched in coalesced runs. Returns the bytes reused.
+    async fn assemble(
+        &self,
+        layer: &Digest,
+        index: &Arc<ChunkIndex>,
+        tmp: &std::path::Path,
+        file: &Arc<std::fs::File>,
+        fetched: &mut u64,
+        requests: &mut u64,
+    ) -> Result<u64, DeltaError> {
         let layer_label = layer.to_string();
 
         // Local chunks first; what is not held (or fails its check) is missing.
-        let mut reused = 0u64;
-        let mut missing: Vec<(u64, u64, Digest)> = Vec::new();
-        let mut open: std::collections::HashMap<Digest, std::fs::File> = Default::default();
-        for c in index.chunks_with_offsets() {
-            let id = c.record.id;
-            let len = c.record.compressed_len;
-            let local = self
-                .store
-                .chunk(&id)
-                .filter(|l| l.blob != *layer && l.len == len);
-            let mut placed = false;
-            if let Some(loc) = local {
-                if let std::collections::hash_map::Entry::Vacant(e) = open.entry(loc.blob) {
-                    if let Ok(f) = std::fs::File::open(self.store.blob_path(&loc.blob)) {
-                        e.insert(f);
-                    }
-                }
-                if let Some(src) = open.get(&loc.blob) {
-                    let mut buf = vec![0u8; len as usize];
-                    if src.read_exact_at(&mut buf, loc.offset).is_ok() && Digest::of(&buf) == id {
-                        file.write_all_at(&buf, c.compressed_offset)
-                            .map_err(AgentError::io(&tmp))?;
-                        reused += len;
-                        placed = true;
-                    } else {
-                        tracing::warn!(chunk = %id, blob = %loc.blob, "held chunk failed its check; fetching it");
-                    }
-                }
-            }
-            if !placed {
-                missing.push((c.compressed_offset, len, id));
-            }
-        }
-        drop(open);
+        let (store, ix, f, t, d) = (
+            self.store.clone(),
+            index.clone(),
+            file.clone(),
+            tmp.to_path_buf(),
+            *layer,
+        );
+        let (reused, missing) = AgentError::blocking("copying held chunks", move || {
+            copy_local_chunks(&store, &ix, &d, &f, &t)
+        })
+        .await?;
         self.metrics.reused(self.repo, &layer_label, reused);
 
         // Missing chunks, coalesced into runs of adjacent chunks.
@@ -271,69 +550,83 @@ impl Fetcher<'_> {
         }
         *requests += runs.len() as u64;
         let fetches: Vec<_> = runs
-            .iter()
+            .into_iter()
             .map(|run| {
-            let file = file.clone();
-            let tmp = tmp.clone();
-            let layer_label = layer_label.clone();
-            async move {
-                let mut got = 0u64;
-                for attempt in 0..2 {
-                    let bytes = self.range(layer, run.start, run.len).await?;
-                    got += bytes.len() as u64;
-                    self.metrics
-                        .upstream(self.repo, &layer_label, bytes.len() as u64);
-                    let bad = run.chunks.iter().find_map(|(off, len, id)| {
-                        let actual = Digest::of(&bytes[*off as usize..(*off + *len) as usize]);
-                        (actual != *id).then_some((*id, actual))
-                    });
-                    match bad {
-                        None => {
-                            file.write_all_at(&bytes, run.start)
-                                .map_err(AgentError::io(&tmp))?;
-                            return Ok::<u64, AgentError>(got);
-                        }
-                        Some((expected, actual)) => {
-                            self.metrics.verification_failure();
-                            if attempt == 1 {
-                                return Err(AgentError::Corrupt {
-                                    what: format!(
-                                        "chunk of layer {layer} at offset {}",
-                                        run.start
-                                    ),
-                                    expected,
-                                    actual,
-                                });
+                let file = file.clone();
+                let tmp = tmp.to_path_buf();
+                let layer_label = layer_label.clone();
+                async move {
+                    let run = Arc::new(run);
+                    let mut got = 0u64;
+                    for attempt in 0..2 {
+                        let bytes = self.range(layer, run.start, run.len).await?;
+                        got += bytes.len() as u64;
+                        self.metrics
+                            .upstream(self.repo, &layer_label, bytes.len() as u64);
+                        let (f, t, r) = (file.clone(), tmp.clone(), run.clone());
+                        let bad = AgentError::blocking("writing fetched chunks", move || {
+                            let bad = r.chunks.iter().find_map(|(off, len, id)| {
+                                let actual =
+                                    Digest::of(&bytes[*off as usize..(*off + *len) as usize]);
+                                (actual != *id).then_some((*id, actual))
+                            });
+                            if bad.is_none() {
+                                f.write_all_at(&bytes, r.start).map_err(AgentError::io(&t))?;
                             }
-                            tracing::warn!(%layer, chunk = %expected, "chunk from upstream failed verification; fetching again");
+                            Ok(bad)
+                        })
+                        .await?;
+                        match bad {
+                            None => return Ok::<u64, AgentError>(got),
+                            Some((expected, actual)) => {
+                                self.metrics.verification_failure();
+                                if attempt == 1 {
+                                    return Err(AgentError::Corrupt {
+                                        what: format!(
+                                            "chunk of layer {layer} at offset {}",
+                                            run.start
+                                        ),
+                                        expected,
+                                        actual,
+                                    });
+                                }
+                                tracing::warn!(%layer, chunk = %expected, "chunk from upstream failed verification; fetching again");
+                            }
                         }
                     }
+                    unreachable!("the loop returns")
                 }
-                unreachable!("the loop returns")
-            }
-        })
+            })
             .collect();
         let results: Vec<u64> = stream::iter(fetches)
             .buffer_unordered(self.jobs.max(1))
             .try_collect()
-            .await
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(&tmp);
-            })?;
-        fetched += results.iter().sum::<u64>();
-        file.sync_all().map_err(AgentError::io(&tmp))?;
-        drop(file);
-        self.store.commit(&tmp, layer, Some(index.layer_size))?;
-        self.store.record_layer(index_digest, &index)?;
-        Ok((fetched, reused))
+            .await?;
+        *fetched += results.iter().sum::<u64>();
+        let (f, t) = (file.clone(), tmp.to_path_buf());
+        AgentError::blocking("syncing an assembled layer", move || {
+            f.sync_all().map_err(AgentError::io(&t))
+        })
+        .await?;
+        Ok(reused)
     }
 
     /// `len` bytes of `layer` from `start` with one single-range request; a 200 answer
-    /// (the server ignored Range) is cut down to the range.
+    /// (the server ignored Range) is cut down to the range. Memory grows only as bytes
+    /// arrive, and the answer is read no further than the range.
     async fn range(&self, layer: &Digest, start: u64, len: u64) -> Result<Bytes, AgentError> {
         let path = self.blob_path(layer);
         let url = format!("{}{path}", self.up.url);
-        let end = start + len - 1;
+        let Some(end) = len.checked_sub(1).and_then(|l| start.checked_add(l)) else {
+            return Err(AgentError::Invalid {
+                what: url,
+                message: format!("range {start}+{len} is empty or out of bounds"),
+            });
+        };
+        let want = usize::try_from(len).map_err(|_| AgentError::Invalid {
+            what: url.clone(),
+            message: format!("range of {len} bytes is too large"),
+        })?;
         let resp = self
             .upstreams
             .send(
@@ -354,7 +647,7 @@ impl Fetcher<'_> {
                 })
             }
         };
-        let mut out = BytesMut::with_capacity(len as usize);
+        let mut out = BytesMut::new();
         let mut skip = skip;
         let mut stream = resp.bytes_stream();
         while let Some(item) = stream.next().await {
@@ -367,13 +660,13 @@ impl Fetcher<'_> {
                 skip -= n as u64;
                 chunk = chunk.slice(n..);
             }
-            let want = len as usize - out.len();
-            out.extend_from_slice(&chunk[..chunk.len().min(want)]);
-            if out.len() == len as usize {
+            let rest = want - out.len();
+            out.extend_from_slice(&chunk[..chunk.len().min(rest)]);
+            if out.len() == want {
                 break;
             }
         }
-        if out.len() as u64 != len {
+        if out.len() != want {
             return Err(AgentError::Upstream {
                 url,
                 message: format!("range {start}+{len}: only {} bytes received", out.len()),
@@ -383,7 +676,66 @@ impl Fetcher<'_> {
     }
 }
 
-async fn read_body(resp: reqwest::Response, max: usize, url: &str) -> Result<Bytes, AgentError> {
+/// Copies every chunk of `index` held in another blob into `file` (each re-checked against
+/// its id first). Returns the bytes reused and the chunks still missing as (offset, length,
+/// id). Blocking.
+fn copy_local_chunks(
+    store: &Store,
+    index: &ChunkIndex,
+    layer: &Digest,
+    file: &std::fs::File,
+    tmp: &std::path::Path,
+) -> Result<(u64, Vec<MissingChunk>), AgentError> {
+    let mut reused = 0u64;
+    let mut missing: Vec<MissingChunk> = Vec::new();
+    let mut open: std::collections::HashMap<Digest, std::fs::File> = Default::default();
+    let mut buf = Vec::new();
+    for c in index.chunks_with_offsets() {
+        let id = c.record.id;
+        let len = c.record.compressed_len;
+        let local = store
+            .chunk(&id)
+            .filter(|l| l.blob != *layer && l.len == len);
+        let mut placed = false;
+        if let Some(loc) = local {
+            if let std::collections::hash_map::Entry::Vacant(e) = open.entry(loc.blob) {
+                if let Ok(f) = std::fs::File::open(store.blob_path(&loc.blob)) {
+                    e.insert(f);
+                }
+            }
+            if let (Some(src), Ok(n)) = (open.get(&loc.blob), usize::try_from(len)) {
+                // The index was validated: a chunk is at most a few tens of MiB.
+                buf.resize(n, 0);
+                if src.read_exact_at(&mut buf, loc.offset).is_ok() && Digest::of(&buf) == id {
+                    file.write_all_at(&buf, c.compressed_offset)
+                        .map_err(AgentError::io(tmp))?;
+                    reused += len;
+                    placed = true;
+                } else {
+                    tracing::warn!(chunk = %id, blob = %loc.blob, "held chunk failed its check; fetching it");
+                }
+            }
+        }
+        if !placed {
+            missing.push((c.compressed_offset, len, id));
+        }
+    }
+    Ok((reused, missing))
+}
+
+/// Reads a whole answer of at most `max` bytes: refused at once when its `Content-Length`
+/// says more, and cut off as soon as the body passes `max` ([`AgentError::Invalid`]).
+pub(crate) async fn read_body(
+    resp: reqwest::Response,
+    max: usize,
+    url: &str,
+) -> Result<Bytes, AgentError> {
+    if let Some(n) = resp.content_length().filter(|n| *n > max as u64) {
+        return Err(AgentError::Invalid {
+            what: url.to_string(),
+            message: format!("{n} bytes long, larger than {max} bytes"),
+        });
+    }
     let mut out = BytesMut::new();
     let mut stream = resp.bytes_stream();
     while let Some(item) = stream.next().await {

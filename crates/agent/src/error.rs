@@ -50,12 +50,35 @@ pub enum AgentError {
         /// What is wrong.
         message: String,
     },
+    /// Work moved off the async workers did not finish (it panicked or was cancelled).
+    #[error("{what}: background task failed: {message}")]
+    Task {
+        /// What the task was doing.
+        what: String,
+        /// Why it did not finish.
+        message: String,
+    },
     /// No upstream is configured for the registry containerd asked about.
     #[error("no upstream configured for registry {0:?}")]
     UnknownUpstream(String),
 }
 
 impl AgentError {
+    /// Runs blocking file work (reads, writes, hashing, directory scans) on tokio's
+    /// blocking pool, so the async workers keep answering requests meanwhile.
+    pub async fn blocking<T, F>(what: &str, f: F) -> Result<T, AgentError>
+    where
+        F: FnOnce() -> Result<T, AgentError> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| AgentError::Task {
+                what: what.to_string(),
+                message: e.to_string(),
+            })?
+    }
+
     /// Maps an I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> AgentError {
         let path = path.into();

@@ -8,6 +8,9 @@
 //! - `gantry_agent_served_bytes_total{repository}`: blob bytes served to containerd
 //! - `gantry_agent_verification_failures_total`: chunks or blobs from upstream that did not
 //!   match their digest
+//! - `gantry_agent_rejected_indexes_total`: chunk indexes that failed a check (malformed,
+//!   chunk lengths out of bounds, sizes that disagree with the manifest or the registry, or
+//!   an assembly that did not give the layer): the layer was fetched whole instead
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -86,6 +89,7 @@ pub struct Metrics {
     reused: Family<LayerLabels, Counter>,
     served: Family<RepoLabels, Counter>,
     failures: Counter,
+    rejected_indexes: Counter,
     records: Mutex<Vec<BlobRecord>>,
     upstream_total: AtomicU64,
     reused_total: AtomicU64,
@@ -106,6 +110,7 @@ impl Metrics {
         let reused = Family::<LayerLabels, Counter>::default();
         let served = Family::<RepoLabels, Counter>::default();
         let failures = Counter::default();
+        let rejected_indexes = Counter::default();
         registry.register(
             "gantry_agent_upstream_bytes",
             "Bytes fetched from upstream registries, by repository and layer.",
@@ -126,12 +131,18 @@ impl Metrics {
             "Chunks or blobs from upstream that did not match their digest.",
             failures.clone(),
         );
+        registry.register(
+            "gantry_agent_rejected_indexes",
+            "Chunk indexes that failed a check; their layers were fetched whole.",
+            rejected_indexes.clone(),
+        );
         Metrics {
             registry,
             upstream,
             reused,
             served,
             failures,
+            rejected_indexes,
             records: Mutex::new(Vec::new()),
             upstream_total: AtomicU64::new(0),
             reused_total: AtomicU64::new(0),
@@ -181,6 +192,11 @@ impl Metrics {
     /// Counts a verification failure.
     pub fn verification_failure(&self) {
         self.failures.inc();
+    }
+
+    /// Counts a chunk index that failed a check (the layer is fetched whole).
+    pub fn rejected_index(&self) {
+        self.rejected_indexes.inc();
     }
 
     /// Records an obtained blob.

@@ -20,7 +20,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::Router;
-use gantry_oci::{media_types, Digest};
+use gantry_oci::{media_types, names, Digest};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
@@ -28,7 +28,7 @@ use tokio_util::io::ReaderStream;
 use crate::assemble::Fetcher;
 use crate::error::AgentError;
 use crate::metrics::{Metrics, Status};
-use crate::store::Store;
+use crate::store::{KnownIndex, Store};
 use crate::upstream::{UpstreamSpec, Upstreams};
 
 /// How the agent runs.
@@ -150,14 +150,43 @@ pub fn router(state: Arc<AgentState>) -> Router {
     Router::new().fallback(handle).with_state(state)
 }
 
+/// Finishes a response: `builder` with `body`, or — when the builder holds an invalid
+/// part (status, header name or value) — a 500 error response, never an empty 200.
+pub fn respond(builder: http::response::Builder, body: Body) -> Response {
+    match builder.body(body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "could not build a response");
+            internal_error(&format!("could not build the response: {e}"))
+        }
+    }
+}
+
+/// A 500 with a Distribution-style JSON error body, built without fallible steps.
+fn internal_error(message: &str) -> Response {
+    let body = serde_json::json!({"errors": [{"code": "UNKNOWN", "message": message}]}).to_string();
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    r
+}
+
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({"errors": [{"code": code, "message": message}]}).to_string();
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header("docker-distribution-api-version", "registry/2.0")
-        .body(Body::from(body))
-        .unwrap_or_default()
+    respond(
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .header("docker-distribution-api-version", "registry/2.0"),
+        Body::from(body),
+    )
 }
 
 fn agent_error(e: &AgentError) -> Response {
@@ -184,22 +213,15 @@ fn parse_route(path: &str) -> Option<Route> {
     if path == "/v2/" || path == "/v2" {
         return Some(Route::Base);
     }
+    // The raw path, checked with the registry's own grammar: no `.`, `..` or `%` can
+    // reach an upstream URL (where they would be resolved to another endpoint).
     let rest = path.strip_prefix("/v2/")?;
-    let valid_name = |n: &str| {
-        !n.is_empty()
-            && n.split('/').all(|c| {
-                !c.is_empty()
-                    && c.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
-                    })
-            })
-    };
     if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
-        return (valid_name(name) && !reference.is_empty() && !reference.contains('/'))
+        return (names::valid_repository(name) && names::valid_reference(reference))
             .then(|| Route::Manifest(name.to_string(), reference.to_string()));
     }
     if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
-        return (valid_name(name) && !digest.contains('/'))
+        return (names::valid_repository(name) && digest.parse::<Digest>().is_ok())
             .then(|| Route::Blob(name.to_string(), digest.to_string()));
     }
     None
@@ -216,26 +238,32 @@ async fn handle(State(state): State<Arc<AgentState>>, req: Request) -> Response 
     let path = req.uri().path().to_string();
     match path.as_str() {
         "/metrics" => {
-            return Response::builder()
-                .header(
+            return respond(
+                Response::builder().header(
                     "content-type",
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                )
-                .body(Body::from(state.metrics.encode()))
-                .unwrap_or_default()
+                ),
+                Body::from(state.metrics.encode()),
+            )
         }
         "/status" => {
             let mut status: Status = state.metrics.status();
-            let blobs = state.store.blobs();
+            let store = state.store.clone();
+            let blobs = match AgentError::blocking("store", move || Ok(store.blobs())).await {
+                Ok(b) => b,
+                Err(e) => return agent_error(&e),
+            };
             status.blobs_held = blobs.len() as u64;
             status.bytes_held = blobs.iter().map(|b| b.1).sum();
             status.chunks_known = state.store.chunk_count() as u64;
-            return Response::builder()
-                .header("content-type", "application/json")
-                .body(Body::from(
-                    serde_json::to_string_pretty(&status).unwrap_or_default(),
-                ))
-                .unwrap_or_default();
+            let text = match serde_json::to_string_pretty(&status) {
+                Ok(t) => t,
+                Err(e) => return internal_error(&format!("encoding the status: {e}")),
+            };
+            return respond(
+                Response::builder().header("content-type", "application/json"),
+                Body::from(text),
+            );
         }
         _ => {}
     }
@@ -253,11 +281,12 @@ async fn handle(State(state): State<Arc<AgentState>>, req: Request) -> Response 
     let ns = query_param(&req, "ns");
     let up = match route {
         Route::Base => {
-            return Response::builder()
-                .header("docker-distribution-api-version", "registry/2.0")
-                .header("content-type", "application/json")
-                .body(Body::from("{}"))
-                .unwrap_or_default()
+            return respond(
+                Response::builder()
+                    .header("docker-distribution-api-version", "registry/2.0")
+                    .header("content-type", "application/json"),
+                Body::from("{}"),
+            )
         }
         _ => match state.upstreams.pick(ns.as_deref()) {
             Ok(u) => u.clone(),
@@ -339,19 +368,20 @@ async fn manifest(
             .get("content-length")
             .cloned()
             .unwrap_or(HeaderValue::from_static("0"));
-        return builder
-            .header("content-length", len)
-            .body(Body::empty())
-            .unwrap_or_default();
+        return respond(builder.header("content-length", len), Body::empty());
     }
-    let bytes = match resp.bytes().await {
+    // At most MAX_MANIFEST_BYTES are read, whatever upstream sends.
+    let url = format!("{}{path}", up.url);
+    let bytes = match crate::assemble::read_body(resp, gantry_oci::MAX_MANIFEST_BYTES, &url).await {
         Ok(b) => b,
-        Err(e) => {
-            return agent_error(&AgentError::Upstream {
-                url: format!("{}{path}", up.url),
-                message: crate::upstream::describe(&e),
-            })
+        Err(e @ AgentError::Invalid { .. }) => {
+            return error_response(
+                StatusCode::BAD_GATEWAY,
+                "MANIFEST_INVALID",
+                &format!("upstream manifest: {e}; not served"),
+            )
         }
+        Err(e) => return agent_error(&e),
     };
     if status.is_success() {
         let digest = Digest::of(&bytes);
@@ -367,15 +397,29 @@ async fn manifest(
                 );
             }
         }
-        learn_layers(&state.store, &bytes);
+        let (store, upstream, repo, b) = (
+            state.store.clone(),
+            up.host.clone(),
+            name.to_string(),
+            bytes.clone(),
+        );
+        let learned = AgentError::blocking("learning chunk indexes", move || {
+            learn_layers(&store, &upstream, &repo, &b)
+        })
+        .await;
+        if let Err(e) = learned {
+            tracing::warn!(repository = name, error = %e, "could not record the manifest's chunk indexes");
+        }
     }
-    builder.body(Body::from(bytes)).unwrap_or_default()
+    respond(builder, Body::from(bytes))
 }
 
-/// Remembers the chunk index of every layer of an image manifest.
-fn learn_layers(store: &Store, bytes: &[u8]) {
+/// Remembers the chunk index of every layer of an image manifest of `repo` at `upstream`
+/// (the registry host containerd names),
+/// with the layer size the manifest gives. Blocking.
+fn learn_layers(store: &Store, upstream: &str, repo: &str, bytes: &[u8]) -> Result<(), AgentError> {
     let Ok(m) = serde_json::from_slice::<gantry_oci::spec::ImageManifest>(bytes) else {
-        return;
+        return Ok(());
     };
     for layer in m.layers() {
         let index = layer
@@ -384,9 +428,14 @@ fn learn_layers(store: &Store, bytes: &[u8]) {
             .and_then(|a| a.get(media_types::ANNOTATION_CHUNK_INDEX))
             .and_then(|s| s.parse::<Digest>().ok());
         if let (Some(index), Ok(digest)) = (index, Digest::from_oci(layer.digest())) {
-            store.learn(&digest, &index);
+            let known = KnownIndex {
+                index,
+                layer_size: layer.size(),
+            };
+            store.learn(upstream, repo, &digest, &known)?;
         }
     }
+    Ok(())
 }
 
 async fn blob(
@@ -419,14 +468,15 @@ async fn blob(
             _ => ("UNKNOWN", "upstream refused the blob"),
         };
         let body = serde_json::json!({"errors": [{"code": code, "message": message}]}).to_string();
-        return relay_headers(check.headers(), Response::builder().status(status))
-            .header("content-type", "application/json")
-            .body(if method == Method::HEAD {
+        return respond(
+            relay_headers(check.headers(), Response::builder().status(status))
+                .header("content-type", "application/json"),
+            if method == Method::HEAD {
                 Body::empty()
             } else {
                 Body::from(body)
-            })
-            .unwrap_or_default();
+            },
+        );
     }
     let upstream_size = check
         .headers()
@@ -434,14 +484,106 @@ async fn blob(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
 
-    if !state.store.has(digest) {
+    let (store, d) = (state.store.clone(), *digest);
+    let held = match AgentError::blocking("store", move || Ok(store.has(&d))).await {
+        Ok(h) => h,
+        Err(e) => return agent_error(&e),
+    };
+    if !held && method == Method::GET {
+        if let Some(resp) =
+            range_from_chunks(state, up, name, digest, upstream_size, auth, &headers).await
+        {
+            return resp;
+        }
+    }
+    if !held {
         if let Err(e) = obtain(state, up, name, digest, upstream_size, auth).await {
             tracing::warn!(%digest, repository = name, error = %e, "could not obtain blob");
             return agent_error(&e);
         }
     }
-    state.store.touch(digest);
+    let (store, d) = (state.store.clone(), *digest);
+    if let Err(e) = AgentError::blocking("store", move || {
+        store.touch(&d);
+        Ok(())
+    })
+    .await
+    {
+        return agent_error(&e);
+    }
     serve_file(state, name, digest, &method, &headers).await
+}
+
+/// Longest range answered from chunks without assembling the blob (longer ones, and
+/// requests for the whole blob, obtain the blob first).
+const MAX_CHUNK_RANGE: u64 = 32 << 20;
+
+/// A single range of a blob the node does not hold, answered from the layer's chunk index
+/// (held chunks plus fetched ones, each verified) without assembling the whole blob: what
+/// `gantry snapshotter` asks for. `None` when this does not apply (no range, no usable
+/// index, a range too long): the caller obtains the blob as usual.
+#[allow(clippy::too_many_arguments)]
+async fn range_from_chunks(
+    state: &Arc<AgentState>,
+    up: &UpstreamSpec,
+    repo: &str,
+    digest: &Digest,
+    size: Option<u64>,
+    auth: Option<&HeaderValue>,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let size = size?;
+    let (start, len) = parse_range(headers, size)?.ok()?;
+    if len == 0 || len > MAX_CHUNK_RANGE || len == size {
+        return None;
+    }
+    let (store, d, upstream, r) = (
+        state.store.clone(),
+        *digest,
+        up.host.clone(),
+        repo.to_string(),
+    );
+    let known = AgentError::blocking("store", move || Ok(store.known_index(&upstream, &r, &d)))
+        .await
+        .ok()??;
+    let fetcher = Fetcher {
+        store: &state.store,
+        upstreams: &state.upstreams,
+        metrics: &state.metrics,
+        up,
+        repo,
+        auth,
+        jobs: state.jobs,
+    };
+    match fetcher
+        .range_of(digest, &known, Some(size), start, len)
+        .await
+    {
+        Ok(bytes) => {
+            state.metrics.served(repo, bytes.len() as u64);
+            Some(respond(
+                Response::builder()
+                    .status(StatusCode::PARTIAL_CONTENT)
+                    .header("content-type", "application/octet-stream")
+                    .header("docker-content-digest", digest.to_string())
+                    .header("accept-ranges", "bytes")
+                    .header(
+                        "content-range",
+                        format!("bytes {start}-{}/{size}", start + bytes.len() as u64 - 1),
+                    )
+                    .header("content-length", bytes.len()),
+                Body::from(bytes),
+            ))
+        }
+        Err(e @ AgentError::Corrupt { .. }) => {
+            tracing::warn!(%digest, repository = repo, error = %e, "range from chunks failed");
+            Some(agent_error(&e))
+        }
+        Err(e) => {
+            tracing::info!(%digest, error = %e, "range from chunks not possible; obtaining the blob");
+            None
+        }
+    }
 }
 
 /// Obtains a blob once however many requests ask for it at the same time.
@@ -460,21 +602,31 @@ async fn obtain(
             .clone()
     };
     let _guard = lock.lock().await;
-    let result = if state.store.has(digest) {
-        Ok(())
-    } else {
-        let fetcher = Fetcher {
-            store: &state.store,
-            upstreams: &state.upstreams,
-            metrics: &state.metrics,
-            up,
-            repo,
-            auth,
-            jobs: state.jobs,
-        };
-        fetcher
-            .obtain(digest, size, state.store.known_index(digest))
-            .await
+    let (store, d, upstream, r) = (
+        state.store.clone(),
+        *digest,
+        up.host.clone(),
+        repo.to_string(),
+    );
+    let looked = AgentError::blocking("store", move || {
+        Ok((store.has(&d), store.known_index(&upstream, &r, &d)))
+    })
+    .await;
+    let result = match looked {
+        Err(e) => Err(e),
+        Ok((true, _)) => Ok(()),
+        Ok((false, known)) => {
+            let fetcher = Fetcher {
+                store: &state.store,
+                upstreams: &state.upstreams,
+                metrics: &state.metrics,
+                up,
+                repo,
+                auth,
+                jobs: state.jobs,
+            };
+            fetcher.obtain(digest, size, known).await
+        }
     };
     let mut map = state.inflight.lock().await;
     if Arc::strong_count(&lock) <= 2 {
@@ -537,11 +689,11 @@ async fn serve_file(
     let (status, start, len) = match parse_range(headers, size) {
         Some(Ok((start, len))) => (StatusCode::PARTIAL_CONTENT, start, len),
         Some(Err(())) => {
-            return base
-                .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                .header("content-range", format!("bytes */{size}"))
-                .body(Body::empty())
-                .unwrap_or_default()
+            return respond(
+                base.status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header("content-range", format!("bytes */{size}")),
+                Body::empty(),
+            )
         }
         None => (StatusCode::OK, 0, size),
     };
@@ -553,14 +705,14 @@ async fn serve_file(
         );
     }
     if method == Method::HEAD {
-        return builder.body(Body::empty()).unwrap_or_default();
+        return respond(builder, Body::empty());
     }
     if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
         return error_response(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", "seek failed");
     }
     state.metrics.served(repo, len);
     let stream = ReaderStream::with_capacity(file.take(len), 256 * 1024);
-    builder.body(Body::from_stream(stream)).unwrap_or_default()
+    respond(builder, Body::from_stream(stream))
 }
 
 #[cfg(test)]
@@ -575,11 +727,24 @@ mod tests {
             Some(Route::Manifest(n, r)) if n == "studio/game" && r == "v1"
         ));
         assert!(matches!(
-            parse_route("/v2/a/blobs/sha256:00"),
+            parse_route(&format!("/v2/a/blobs/{}", Digest::of(b"a"))),
             Some(Route::Blob(n, _)) if n == "a"
         ));
+        assert!(parse_route("/v2/a/blobs/sha256:00").is_none());
         assert!(parse_route("/v2/A/blobs/x").is_none());
         assert!(parse_route("/v2/a/tags/list").is_none());
+        let d = Digest::of(b"x");
+        for bad in [
+            "/v2/../../token/manifests/x".to_string(),
+            "/v2/%2e%2e/%2e%2e/token/manifests/x".to_string(),
+            "/v2/./a/manifests/x".to_string(),
+            "/v2/a/manifests/..".to_string(),
+            "/v2/a/manifests/%2e%2e".to_string(),
+            format!("/v2/a/../../token/blobs/{d}"),
+            "/v2/a/blobs/..".to_string(),
+        ] {
+            assert!(parse_route(&bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

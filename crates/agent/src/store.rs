@@ -4,7 +4,9 @@
 //! ```text
 //! <root>/blobs/sha256/<hex>   blobs, each verified against its digest before it got here
 //! <root>/layers/<hex>         for a held layer blob: the digest of its chunk index blob
-//! <root>/known/<hex>          for a layer seen in a manifest: its chunk index digest
+//! <root>/known/<scope>/<hex>  for a layer seen in a manifest of one repository of one
+//!                             upstream (scope: sha256 of both): its chunk index digest and
+//!                             the layer size the manifest gives
 //! <root>/tmp/                 assemblies in progress (emptied at start: a crash never
 //!                             leaves a partial blob that could be taken for whole)
 //! ```
@@ -15,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use gantry_layer::ChunkIndex;
@@ -37,11 +39,22 @@ pub struct ChunkLocation {
 /// Blobs younger than this (last use) are never evicted: they may be being served.
 const EVICTION_GRACE: Duration = Duration::from_secs(120);
 
-/// The local store.
+/// What a manifest said about a layer's chunk index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownIndex {
+    /// Digest of the chunk index blob (the `dev.gantry.chunk-index` annotation).
+    pub index: Digest,
+    /// The layer's size in the manifest's descriptor.
+    pub layer_size: u64,
+}
+
+/// The local store. Clones share the chunk map. Its methods do blocking file work: call
+/// them from a blocking context ([`AgentError::blocking`]).
+#[derive(Clone)]
 pub struct Store {
     root: PathBuf,
     max_bytes: u64,
-    chunks: RwLock<HashMap<Digest, ChunkLocation>>,
+    chunks: Arc<RwLock<HashMap<Digest, ChunkLocation>>>,
 }
 
 impl Store {
@@ -59,10 +72,21 @@ impl Store {
         {
             let _ = std::fs::remove_file(entry.path());
         }
+        // Records of an older layout named a layer alone, whatever repository or upstream
+        // the manifest came from: forget them (they are relearned from manifests).
+        let known = root.join("known");
+        for entry in std::fs::read_dir(&known)
+            .map_err(AgentError::io(&known))?
+            .flatten()
+        {
+            if entry.file_type().is_ok_and(|t| !t.is_dir()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let store = Store {
             root: root.to_path_buf(),
             max_bytes,
-            chunks: RwLock::new(HashMap::new()),
+            chunks: Arc::new(RwLock::new(HashMap::new())),
         };
         let layers = root.join("layers");
         for entry in std::fs::read_dir(&layers)
@@ -84,7 +108,12 @@ impl Store {
                 continue;
             }
             match store.read_index(&index_digest) {
-                Ok(index) if index.layer_digest == layer => store.add_chunks(&index),
+                Ok(index)
+                    if index.layer_digest == layer
+                        && store.size(&layer) == Some(index.layer_size) =>
+                {
+                    store.add_chunks(&index)
+                }
                 _ => {
                     let _ = std::fs::remove_file(entry.path());
                 }
@@ -204,26 +233,54 @@ impl Store {
         }
     }
 
-    /// Remembers, from a manifest, that `layer` has chunk index `index` (kept across
-    /// restarts, so a blob request after a restart still assembles by delta).
-    pub fn learn(&self, layer: &Digest, index: &Digest) {
-        let path = self.root.join("known").join(layer.hex());
-        if std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == index.to_string()) {
-            return;
-        }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, index.to_string()).is_ok() {
-            let _ = std::fs::rename(&tmp, &path);
-        }
+    fn known_path(&self, upstream: &str, repository: &str, layer: &Digest) -> PathBuf {
+        let mut scope = gantry_oci::DigestHasher::new();
+        scope.update(upstream.as_bytes());
+        scope.update(b"\0");
+        scope.update(repository.as_bytes());
+        self.root
+            .join("known")
+            .join(scope.finish().hex())
+            .join(layer.hex())
     }
 
-    /// The chunk index a manifest named for `layer`.
-    pub fn known_index(&self, layer: &Digest) -> Option<Digest> {
-        std::fs::read_to_string(self.root.join("known").join(layer.hex()))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+    /// Remembers, from a manifest of `repository` at `upstream` (the registry host), that `layer` has chunk
+    /// index `known` (kept across restarts, so a blob request after a restart still
+    /// assembles by delta). Scoped to that repository and upstream: a manifest elsewhere
+    /// can never choose the index another repository's pulls use.
+    pub fn learn(
+        &self,
+        upstream: &str,
+        repository: &str,
+        layer: &Digest,
+        known: &KnownIndex,
+    ) -> Result<(), AgentError> {
+        let path = self.known_path(upstream, repository, layer);
+        let text = format!("{}\n{}\n", known.index, known.layer_size);
+        if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
+            return Ok(());
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(AgentError::io(dir))?;
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, text).map_err(AgentError::io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(AgentError::io(&path))
+    }
+
+    /// The chunk index a manifest of `repository` at `upstream` named for `layer`.
+    pub fn known_index(
+        &self,
+        upstream: &str,
+        repository: &str,
+        layer: &Digest,
+    ) -> Option<KnownIndex> {
+        let text = std::fs::read_to_string(self.known_path(upstream, repository, layer)).ok()?;
+        let mut lines = text.lines();
+        Some(KnownIndex {
+            index: lines.next()?.trim().parse().ok()?,
+            layer_size: lines.next()?.trim().parse().ok()?,
+        })
     }
 
     /// Where a chunk is held, if anywhere.
@@ -328,5 +385,42 @@ mod tests {
         drop(store);
         let _store = Store::open(dir.path(), 0).unwrap();
         assert!(!leftover.exists());
+    }
+
+    #[test]
+    fn learned_indexes_are_scoped_to_upstream_and_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        // A record of the old layout (layer alone) is forgotten at open.
+        let layer = Digest::of(b"layer");
+        std::fs::create_dir_all(dir.path().join("known")).unwrap();
+        let old = dir.path().join("known").join(layer.hex());
+        std::fs::write(&old, Digest::of(b"i").to_string()).unwrap();
+        let store = Store::open(dir.path(), 0).unwrap();
+        assert!(!old.exists());
+        let known = KnownIndex {
+            index: Digest::of(b"index"),
+            layer_size: 42,
+        };
+        store
+            .learn("registry-a.example", "evil/app", &layer, &known)
+            .unwrap();
+        assert_eq!(
+            store.known_index("registry-a.example", "evil/app", &layer),
+            Some(known)
+        );
+        assert_eq!(
+            store.known_index("registry-a.example", "studio/game", &layer),
+            None
+        );
+        assert_eq!(
+            store.known_index("registry-b.example", "evil/app", &layer),
+            None
+        );
+        drop(store);
+        let store = Store::open(dir.path(), 0).unwrap();
+        assert_eq!(
+            store.known_index("registry-a.example", "evil/app", &layer),
+            Some(known)
+        );
     }
 }

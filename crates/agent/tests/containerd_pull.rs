@@ -346,3 +346,647 @@ async fn a_private_blob_held_by_the_agent_is_refused_to_a_client_without_credent
         "anonymous pull through the agent must fail"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Hostile input: crafted chunk indexes, path tricks, oversized upstream answers, blocking
+// work on the async workers, responses that cannot be built. Upstream is a real
+// `gantry serve`; a TCP proxy in front of it plays the hostile registry where one is needed.
+// ---------------------------------------------------------------------------------------
+
+/// A range of a layer the node does not hold (what `gantry snapshotter` asks for) is
+/// answered from the layer's chunks — held ones reused, only the missing ones fetched —
+/// without the agent assembling or storing the whole blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_of_a_new_layer_is_served_from_chunks_without_assembling_the_blob() {
+    let images = blocking(|| sample_images(12_000_000, 2_000_000, None)).await;
+    let serve = GantryServe::open().await;
+    let host = serve.host();
+    let c = client(&host, None);
+    push(&c, &images.v1, &format!("{host}/studio/game:v1")).await;
+    push(&c, &images.v2, &format!("{host}/studio/game:v2")).await;
+    let agent_dir = tempdir();
+    let agent = agent(agent_dir.path(), &host, &format!("http://{host}")).await;
+    let http = reqwest::Client::new();
+    let base = format!("{}/v2/studio/game", agent.url());
+    let manifest = |tag: &'static str| {
+        let (http, base, host) = (http.clone(), base.clone(), host.clone());
+        async move {
+            let body = http
+                .get(format!("{base}/manifests/{tag}?ns={host}"))
+                .header("accept", gantry_oci::media_types::OCI_MANIFEST)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        }
+    };
+    // The node holds v1 (every blob of it pulled through the agent).
+    let m1 = manifest("v1").await;
+    for l in m1["layers"].as_array().unwrap() {
+        let d = l["digest"].as_str().unwrap();
+        let r = http
+            .get(format!("{base}/blobs/{d}?ns={host}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let m2 = manifest("v2").await;
+    let v1_layers: Vec<&str> = m1["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    let new_layer = m2["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| !v1_layers.contains(&l["digest"].as_str().unwrap()))
+        .expect("v2 has a new layer");
+    let digest: gantry_oci::Digest = new_layer["digest"].as_str().unwrap().parse().unwrap();
+    let size = new_layer["size"].as_u64().unwrap();
+    let blob = std::fs::read(images.v2.join("blobs/sha256").join(digest.hex())).unwrap();
+    let metrics_url = format!("{}/metrics", agent.url());
+    let before = metric(&metrics_url, "gantry_agent_upstream_bytes_total").await;
+    let (start, end) = (size / 3, size / 3 + 300_000.min(size / 3));
+    let r = http
+        .get(format!("{base}/blobs/{digest}?ns={host}"))
+        .header("range", format!("bytes={start}-{}", end - 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"].to_str().unwrap(),
+        format!("bytes {start}-{}/{size}", end - 1)
+    );
+    let got = r.bytes().await.unwrap();
+    assert!(
+        got[..] == blob[start as usize..end as usize],
+        "the exact bytes"
+    );
+    let fetched = metric(&metrics_url, "gantry_agent_upstream_bytes_total").await - before;
+    assert!(
+        fetched < (end - start) as f64 + 3.0 * 1024.0 * 1024.0,
+        "fetched {fetched} bytes upstream for a {} byte range of a {size} byte layer",
+        end - start
+    );
+    assert!(
+        !agent_dir
+            .path()
+            .join("blobs/sha256")
+            .join(digest.hex())
+            .exists(),
+        "the whole blob was not assembled"
+    );
+    // A plain GET still gives the whole, verified blob.
+    let whole = http
+        .get(format!("{base}/blobs/{digest}?ns={host}"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(whole[..] == blob[..]);
+    drop(agent);
+}
+
+mod hostile {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use gantry_client::RegistryClient;
+    use gantry_layer::{ChunkIndex, ChunkRecord, ChunkerParams, CompressionParams};
+    use gantry_oci::{media_types, Digest};
+    use gantry_test_support::{
+        metric, raw_http, registry_client as client, tempdir, GantryServe, TcpProxy,
+    };
+
+    use super::agent;
+
+    /// `n` deterministic pseudo-random bytes (xorshift; content only needs to be unique).
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut out = Vec::with_capacity(n + 8);
+        while out.len() < n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.truncate(n);
+        out
+    }
+
+    /// A chunk index of `layer` with `chunks` (compressed length, id); uncompressed lengths
+    /// equal to the compressed ones.
+    fn index_of(layer: &Digest, layer_size: u64, chunks: &[(u64, Digest)]) -> ChunkIndex {
+        ChunkIndex {
+            schema_version: 1,
+            media_type: media_types::CHUNK_INDEX_ARTIFACT.into(),
+            layer_digest: *layer,
+            layer_size,
+            diff_id: Digest::of(b"diff"),
+            uncompressed_size: chunks.iter().map(|c| c.0).sum(),
+            compression: CompressionParams {
+                format: "gzip".into(),
+                deflate: "zlib-rs".into(),
+                level: 6,
+            },
+            chunker: ChunkerParams::default(),
+            chunks: chunks
+                .iter()
+                .map(|&(len, id)| ChunkRecord {
+                    compressed_len: len,
+                    uncompressed_len: len,
+                    id,
+                })
+                .collect(),
+        }
+    }
+
+    /// Uploads `bytes` to `repo`; returns its digest.
+    async fn blob(c: &RegistryClient, repo: &str, bytes: Vec<u8>) -> Digest {
+        let d = Digest::of(&bytes);
+        c.upload_bytes(repo, &d, Bytes::from(bytes)).await.unwrap();
+        d
+    }
+
+    /// Pushes an image manifest `repo:tag` with one layer per (digest, size, chunk index
+    /// annotation); the layers must be in `repo` already. Returns the manifest bytes.
+    async fn image(
+        c: &RegistryClient,
+        repo: &str,
+        tag: &str,
+        layers: &[(Digest, u64, Option<Digest>)],
+        extra_annotation: usize,
+    ) -> Vec<u8> {
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let config_digest = blob(c, repo, config.to_vec()).await;
+        let layers: Vec<serde_json::Value> = layers
+            .iter()
+            .map(|(d, size, index)| {
+                let mut l = serde_json::json!({
+                    "mediaType": media_types::OCI_LAYER_GZIP,
+                    "digest": d.to_string(),
+                    "size": size,
+                });
+                if let Some(i) = index {
+                    l["annotations"] =
+                        serde_json::json!({ media_types::ANNOTATION_CHUNK_INDEX: i.to_string() });
+                }
+                l
+            })
+            .collect();
+        let mut m = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media_types::OCI_MANIFEST,
+            "config": {"mediaType": media_types::OCI_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
+            "layers": layers,
+        });
+        if extra_annotation > 0 {
+            m["annotations"] = serde_json::json!({"padding": "x".repeat(extra_annotation)});
+        }
+        let bytes = serde_json::to_vec(&m).unwrap();
+        c.put_manifest(
+            repo,
+            tag,
+            media_types::OCI_MANIFEST,
+            Bytes::from(bytes.clone()),
+        )
+        .await
+        .unwrap();
+        bytes
+    }
+
+    /// Every file under `dir` with its size.
+    fn files(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let m = e.metadata().unwrap();
+                if m.is_dir() {
+                    todo.push(e.path());
+                } else {
+                    out.push((e.path(), m.len()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Finding: an index with one 2^43-byte chunk (lengths add up) aborted the agent on
+    /// `BytesMut::with_capacity` and left an 8 TiB sparse file; an index whose size
+    /// disagrees with the manifest was used; and an index learned from one repository's
+    /// manifest was used, after a restart, for the same layer pulled from another
+    /// repository. Now each such index is refused (counted), the layer fetched whole and
+    /// served exact, and an index only ever applies to the repository that named it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crafted_chunk_indexes_are_refused_and_never_leak_to_another_repository() {
+        let serve = GantryServe::open().await;
+        let host = serve.host();
+        let c = client(&host, None);
+        let mib = 1u64 << 20;
+
+        // evil/app:v1 — L1 with an 8 TiB single-chunk index, L3 with an index of the wrong size.
+        let (l1_bytes, l3_bytes) = (noise(mib as usize, 1), noise(mib as usize, 3));
+        let l1 = blob(&c, "evil/app", l1_bytes.clone()).await;
+        let l3 = blob(&c, "evil/app", l3_bytes.clone()).await;
+        let huge = index_of(&l1, 1 << 43, &[(1 << 43, Digest::of(b"x"))]);
+        assert!(
+            huge.layer_size == huge.chunks[0].compressed_len,
+            "the crafted index's lengths add up"
+        );
+        let i1 = blob(&c, "evil/app", huge.to_blob().unwrap()).await;
+        let wrong_size = mib + 1000;
+        let i3 = blob(
+            &c,
+            "evil/app",
+            index_of(&l3, wrong_size, &[(wrong_size, Digest::of(&l3_bytes))])
+                .to_blob()
+                .unwrap(),
+        )
+        .await;
+        image(
+            &c,
+            "evil/app",
+            "v1",
+            &[(l1, mib, Some(i1)), (l3, mib, Some(i3))],
+            0,
+        )
+        .await;
+
+        // evil/app:v2 — L2 with an index that passes every size check but lies about the
+        // chunk id; studio/game:v1 names the same L2 without an index.
+        let l2_bytes = noise(mib as usize, 2);
+        let l2 = blob(&c, "evil/app", l2_bytes.clone()).await;
+        let lie = blob(
+            &c,
+            "evil/app",
+            index_of(&l2, mib, &[(mib, Digest::of(b"not the chunk"))])
+                .to_blob()
+                .unwrap(),
+        )
+        .await;
+        image(&c, "evil/app", "v2", &[(l2, mib, Some(lie))], 0).await;
+        assert_eq!(blob(&c, "studio/game", l2_bytes.clone()).await, l2);
+        image(&c, "studio/game", "v1", &[(l2, mib, None)], 0).await;
+
+        let root = tempdir();
+        let a = agent(root.path(), &host, &format!("http://{host}")).await;
+        let http = reqwest::Client::new();
+        let get = |base: String, path: String| {
+            let http = http.clone();
+            let url = format!("{base}{path}?ns={host}");
+            async move { http.get(url).send().await.unwrap() }
+        };
+        let r = get(a.url(), "/v2/evil/app/manifests/v1".into()).await;
+        assert_eq!(r.status(), 200);
+        for (layer, bytes) in [(l1, &l1_bytes), (l3, &l3_bytes)] {
+            let r = get(a.url(), format!("/v2/evil/app/blobs/{layer}")).await;
+            assert_eq!(r.status(), 200, "{layer}: {:?}", r.text().await);
+            let got = r.bytes().await.unwrap();
+            assert!(got[..] == bytes[..], "{layer} is served exact");
+        }
+        let metrics_url = format!("{}/metrics", a.url());
+        assert_eq!(
+            metric(&metrics_url, "gantry_agent_rejected_indexes_total").await,
+            2.0,
+            "both crafted indexes were refused and counted"
+        );
+        let status = a.state().metrics.status();
+        assert!(
+            status
+                .blobs
+                .iter()
+                .all(|b| b.method == gantry_agent::metrics::Method::Whole),
+            "{status:?}"
+        );
+        for (path, len) in files(root.path()) {
+            assert!(len < 64 * mib, "{} is {len} bytes", path.display());
+        }
+        assert_eq!(
+            std::fs::read_dir(root.path().join("tmp")).unwrap().count(),
+            0,
+            "no assembly is left behind"
+        );
+
+        // The lying index is learned from evil/app, then the agent restarts.
+        let r = get(a.url(), "/v2/evil/app/manifests/v2".into()).await;
+        assert_eq!(r.status(), 200);
+        a.shutdown().await;
+        let a = agent(root.path(), &host, &format!("http://{host}")).await;
+        // studio/game's manifest names L2 without an index: its pull is a plain whole fetch,
+        // whatever evil/app said about L2.
+        let r = get(a.url(), "/v2/studio/game/manifests/v1".into()).await;
+        assert_eq!(r.status(), 200);
+        let r = get(a.url(), format!("/v2/studio/game/blobs/{l2}")).await;
+        assert_eq!(
+            r.status(),
+            200,
+            "another repository's index was used: {:?}",
+            r.text().await
+        );
+        assert!(r.bytes().await.unwrap()[..] == l2_bytes[..]);
+        let failures = metric(
+            &format!("{}/metrics", a.url()),
+            "gantry_agent_verification_failures_total",
+        )
+        .await;
+        assert_eq!(failures, 0.0, "evil/app's index was never tried");
+    }
+
+    /// Finding: `.` and `..` in names (also as `%2e%2e`) were accepted and resolved by the
+    /// HTTP client, so `/v2/../../token/manifests/x` reached the upstream as
+    /// `GET /token/manifests/x` with the client's `Authorization`. Now the agent checks the
+    /// registry's own grammar and such requests never leave it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn path_tricks_never_reach_the_upstream() {
+        let serve = GantryServe::open().await;
+        let host = serve.host();
+        let c = client(&host, None);
+        let l = blob(&c, "studio/game", noise(1000, 9)).await;
+        image(&c, "studio/game", "v1", &[(l, 1000, None)], 0).await;
+        let proxy = TcpProxy::start(serve.server.addr());
+        let dir = tempdir();
+        let a = agent(dir.path(), &host, &proxy.url()).await;
+        let d = Digest::of(b"x");
+        let hostile = [
+            "/v2/../../token/manifests/x".to_string(),
+            "/v2/%2e%2e/%2e%2e/token/manifests/x".to_string(),
+            "/v2/%2E%2E/%2E%2E/token/manifests/x".to_string(),
+            "/v2/studio/../../token/manifests/x".to_string(),
+            "/v2/./studio/game/manifests/v1".to_string(),
+            "/v2/studio/game/manifests/..".to_string(),
+            "/v2/studio/game/manifests/%2e%2e".to_string(),
+            "/v2/studio/game/manifests/.".to_string(),
+            format!("/v2/../../token/blobs/{d}"),
+            format!("/v2/studio/%2e%2e/%2e%2e/token/blobs/{d}"),
+            "/v2/studio/game/blobs/..".to_string(),
+            "/v2/studio/game/blobs/%2e%2e".to_string(),
+        ];
+        let agent_addr = a.addr();
+        for target in hostile {
+            for method in ["GET", "HEAD"] {
+                let q = format!("{target}?ns={host}");
+                let r = tokio::task::spawn_blocking(move || {
+                    raw_http(
+                        agent_addr,
+                        method,
+                        &q,
+                        &[("authorization", "Bearer secret-of-the-client")],
+                    )
+                })
+                .await
+                .unwrap();
+                assert!(
+                    (400..500).contains(&r.status),
+                    "{method} {target}: {}\n{}",
+                    r.head,
+                    r.body
+                );
+            }
+        }
+        assert_eq!(
+            proxy.request_lines(),
+            Vec::<String>::new(),
+            "hostile names reached the upstream"
+        );
+        // The proxy does see requests the agent forwards.
+        let r = reqwest::get(format!("{}/v2/studio/game/manifests/v1?ns={host}", a.url()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            proxy.request_lines(),
+            vec!["GET /v2/studio/game/manifests/v1 HTTP/1.1".to_string()]
+        );
+    }
+
+    /// Finding: a manifest from upstream was read whole into memory whatever its size.
+    /// Now at most 4 MiB (`gantry_oci::MAX_MANIFEST_BYTES`) are read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_manifest_over_the_limit_is_refused() {
+        let serve = GantryServe::with(|c| c.limits.max_manifest_bytes = 64 << 20).await;
+        let host = serve.host();
+        let c = client(&host, None);
+        let l = blob(&c, "studio/game", noise(1000, 7)).await;
+        let big = image(&c, "studio/game", "big", &[(l, 1000, None)], 5 << 20).await;
+        assert!(big.len() > gantry_oci::MAX_MANIFEST_BYTES);
+        let small = image(&c, "studio/game", "small", &[(l, 1000, None)], 0).await;
+        let dir = tempdir();
+        let a = agent(dir.path(), &host, &format!("http://{host}")).await;
+        let r = reqwest::get(format!(
+            "{}/v2/studio/game/manifests/big?ns={host}",
+            a.url()
+        ))
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 502);
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("MANIFEST_INVALID") && body.len() < 4096,
+            "{body}"
+        );
+        let r = reqwest::get(format!(
+            "{}/v2/studio/game/manifests/small?ns={host}",
+            a.url()
+        ))
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap()[..], small[..]);
+    }
+
+    /// Finding: a blob whose HEAD said 10 bytes streamed its whole (much larger) body to
+    /// disk, twice, before a 502. Now the fetch stops at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blob_larger_than_upstream_said_is_cut_off() {
+        let serve = GantryServe::open().await;
+        let host = serve.host();
+        let c = client(&host, None);
+        let size = 128usize << 20;
+        let l = blob(&c, "studio/game", noise(size, 11)).await;
+        let proxy = TcpProxy::start_with(serve.server.addr(), Some(10));
+        let dir = tempdir();
+        let a = agent(dir.path(), &host, &proxy.url()).await;
+        let r = reqwest::get(format!("{}/v2/studio/game/blobs/{l}?ns={host}", a.url()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502, "{:?}", r.text().await);
+        assert!(!a.state().store.has(&l));
+        let down = proxy.bytes_down();
+        assert!(
+            down < (size as u64) / 4,
+            "the agent took {down} bytes of a blob upstream said was 10 bytes"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    /// Finding: chunk reads and writes, the rehash in `Store::commit` and eviction ran on
+    /// the async workers, so a large assembly stalled every other request. The agent runs
+    /// here on ONE async worker; `/v2/` and a manifest HEAD through it must be answered
+    /// promptly all through the assembly of a layer whose chunks are all held locally
+    /// (hundreds of MiB copied, hashed, synced and rehashed).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_agent_answers_while_a_large_layer_is_assembled() {
+        const CHUNK: usize = 1 << 20;
+        const CHUNKS: usize = 640;
+        const BOUND: Duration = Duration::from_millis(750);
+        let serve = GantryServe::open().await;
+        let host = serve.host();
+        let c = client(&host, None);
+        // v1: CHUNKS distinct 1 MiB chunks; v2: the same chunks in reverse order.
+        let chunks: Vec<Vec<u8>> = (0..CHUNKS).map(|i| noise(CHUNK, 100 + i as u64)).collect();
+        let ids: Vec<Digest> = chunks.iter().map(|b| Digest::of(b)).collect();
+        let v1: Vec<u8> = chunks.concat();
+        let v2: Vec<u8> = chunks.iter().rev().flatten().copied().collect();
+        drop(chunks);
+        let size = v1.len() as u64;
+        let rev: Vec<(u64, Digest)> = ids.iter().rev().map(|d| (CHUNK as u64, *d)).collect();
+        let fwd: Vec<(u64, Digest)> = ids.iter().map(|d| (CHUNK as u64, *d)).collect();
+        let l1 = blob(&c, "studio/game", v1).await;
+        let l2 = blob(&c, "studio/game", v2).await;
+        let i1 = blob(
+            &c,
+            "studio/game",
+            index_of(&l1, size, &fwd).to_blob().unwrap(),
+        )
+        .await;
+        let i2 = blob(
+            &c,
+            "studio/game",
+            index_of(&l2, size, &rev).to_blob().unwrap(),
+        )
+        .await;
+        image(&c, "studio/game", "v1", &[(l1, size, Some(i1))], 0).await;
+        image(&c, "studio/game", "v2", &[(l2, size, Some(i2))], 0).await;
+
+        // The agent on its own runtime with a single async worker.
+        let root = tempdir();
+        let (root_path, upstream) = (root.path().to_path_buf(), format!("http://{host}"));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let agent_host = host.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let a = agent(&root_path, &agent_host, &upstream).await;
+                let _ = tx.send((a.url(), a.state().clone()));
+                let _ = stop_rx.await;
+                a.shutdown().await;
+            });
+        });
+        let (url, state) = rx.await.unwrap();
+        let http = reqwest::Client::new();
+        for path in [
+            "/v2/studio/game/manifests/v1".to_string(),
+            format!("/v2/studio/game/blobs/{l1}"),
+        ] {
+            let r = http
+                .get(format!("{url}{path}?ns={host}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            r.bytes().await.unwrap();
+        }
+        let r = http
+            .get(format!("{url}/v2/studio/game/manifests/v2?ns={host}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+
+        let started = Instant::now();
+        let pull = tokio::spawn({
+            let (http, url, host) = (http.clone(), url.clone(), host.clone());
+            async move {
+                let r = http
+                    .head(format!("{url}/v2/studio/game/blobs/{l2}?ns={host}"))
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status(), started.elapsed())
+            }
+        });
+        let mut slowest = Duration::ZERO;
+        let mut probes = 0;
+        while !pull.is_finished() {
+            for path in [
+                "/v2/".to_string(),
+                "/v2/studio/game/manifests/v2".to_string(),
+            ] {
+                let t = Instant::now();
+                let r = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    http.head(format!("{url}{path}?ns={host}")).send(),
+                )
+                .await
+                .expect("answered within a minute")
+                .unwrap();
+                assert_eq!(r.status(), 200, "{path}");
+                slowest = slowest.max(t.elapsed());
+                probes += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (status, took) = pull.await.unwrap();
+        assert_eq!(status, 200);
+        let status = state.metrics.status();
+        let record = status
+            .blobs
+            .iter()
+            .find(|b| b.digest == l2.to_string())
+            .unwrap();
+        assert_eq!(record.method, gantry_agent::metrics::Method::Delta);
+        assert_eq!(record.reused_bytes, size, "every chunk was held locally");
+        eprintln!("assembly of {size} bytes took {took:?}; {probes} probes, slowest {slowest:?}");
+        assert!(
+            took > BOUND * 2,
+            "the assembly took only {took:?}: too quick to show a stall; raise CHUNKS"
+        );
+        assert!(
+            slowest < BOUND,
+            "a request waited {slowest:?} while a layer was assembled (bound {BOUND:?})"
+        );
+        let _ = stop_tx.send(());
+        thread.join().unwrap();
+    }
+
+    /// Finding: `Response::builder()…unwrap_or_default()` turned a response that could not
+    /// be built into an empty 200. Now it is a 500 with an error body.
+    #[tokio::test]
+    async fn a_response_that_cannot_be_built_is_a_500() {
+        use axum::body::Body;
+        let bad = axum::response::Response::builder().header("x-bad", "line\nbreak");
+        let r = gantry_agent::server::respond(bad, Body::from("payload"));
+        assert_eq!(r.status(), 500);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("\"UNKNOWN\"") && !text.contains("payload"),
+            "{text}"
+        );
+        let ok = gantry_agent::server::respond(
+            axum::response::Response::builder().status(201),
+            Body::from("fine"),
+        );
+        assert_eq!(ok.status(), 201);
+    }
+}

@@ -36,6 +36,8 @@ enum Command {
     User(commands::user::UserArgs),
     /// Run the node agent: containerd's registry mirror with chunk-level updates.
     Agent(commands::agent::AgentArgs),
+    /// Run containerd's proxy snapshotter (overlayfs semantics) on a unix socket.
+    Snapshotter(commands::snapshotter::SnapshotterArgs),
     /// Push an image from an OCI layout to a registry (only what it lacks).
     Push(commands::push::PushArgs),
     /// Pull an image from a registry into an OCI layout, verifying every blob.
@@ -75,6 +77,7 @@ fn main() {
         Command::Gc(args) => commands::gc::run(args),
         Command::User(args) => commands::user::run(args),
         Command::Agent(args) => commands::agent::run(args),
+        Command::Snapshotter(args) => commands::snapshotter::run(args),
         Command::Push(args) => commands::push::run(args),
         Command::Pull(args) => commands::pull::run(args),
         Command::Copy(args) => commands::copy::run(args),

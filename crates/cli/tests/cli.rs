@@ -124,3 +124,58 @@ fn errors_exit_non_zero_and_name_the_problem() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("SOURCE_DATE_EPOCH"));
 }
+
+#[test]
+fn install_containerd_config_turns_the_snapshotter_on_and_off() {
+    let tmp = gantry_test_support::tempdir();
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"overlayfs\"\n",
+    )
+    .unwrap();
+    let hosts = tmp.path().join("certs.d");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "agent",
+            "install-containerd-config",
+            "--hosts-dir",
+            hosts.to_str().unwrap(),
+            "--containerd-config",
+            config.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        gantry(&refs, tmp.path())
+    };
+    ok(&run(args(&[
+        "--registry",
+        "registry.example.com",
+        "--snapshotter",
+    ])));
+    let on = std::fs::read_to_string(&config).unwrap();
+    assert!(on.contains("[proxy_plugins.gantry]"), "{on}");
+    assert!(on.contains("snapshotter = \"gantry\""), "{on}");
+    assert!(on.contains("disable_snapshot_annotations = false"), "{on}");
+    assert!(on.contains("/run/gantry/snapshotter.sock"), "{on}");
+    assert!(hosts.join("registry.example.com/hosts.toml").is_file());
+    assert!(tmp.path().join("config.toml.gantry-backup").is_file());
+    ok(&run(args(&["--remove-snapshotter"])));
+    let off = std::fs::read_to_string(&config).unwrap();
+    assert!(!off.contains("proxy_plugins"), "{off}");
+    assert!(off.contains("snapshotter = \"overlayfs\""), "{off}");
+    let bad = run(args(&[
+        "--registry",
+        "r.example.com",
+        "--snapshotter",
+        "--remove-snapshotter",
+    ]));
+    assert!(!bad.status.success());
+    std::fs::write(&config, "version = 3\n").unwrap();
+    let v3 = run(args(&["--registry", "r.example.com", "--snapshotter"]));
+    assert!(!v3.status.success());
+    assert!(String::from_utf8_lossy(&v3.stderr).contains("version 3"));
+}

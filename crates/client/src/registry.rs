@@ -28,7 +28,7 @@ pub const BLOB_RANGES_CONTENT_TYPE: &str = "application/vnd.gantry.blob-ranges.v
 /// Header carrying the upload offset a delta-push ranges request expects.
 pub const UPLOAD_OFFSET_HEADER: &str = "gantry-upload-offset";
 /// Largest manifest accepted (as registries limit them).
-pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+pub use gantry_oci::MAX_MANIFEST_BYTES;
 /// Blobs up to this size are uploaded in one request.
 pub const MONOLITHIC_LIMIT: u64 = 16 * 1024 * 1024;
 /// Size of each PATCH of a chunked upload.

@@ -31,6 +31,19 @@ impl Default for ChunkerParams {
 }
 
 impl ChunkerParams {
+    /// The longest chunk of tar bytes these parameters can cut: `max` × `large_file_scale`
+    /// (FastCDC never cuts a chunk longer than its `max`).
+    pub fn max_chunk_len(&self) -> u64 {
+        u64::from(self.max) * u64::from(self.large_file_scale)
+    }
+
+    /// The longest gzip member a chunk of at most [`Self::max_chunk_len`] bytes can
+    /// compress to, at any level: zlib's conservative deflate bound plus the 18 bytes of
+    /// gzip header and trailer.
+    pub fn max_compressed_chunk_len(&self) -> u64 {
+        gzip_member_bound(self.max_chunk_len())
+    }
+
     /// Checks the bounds FastCDC 2020 accepts.
     pub fn validate(&self) -> Result<(), LayerError> {
         let ok = (64..=1_048_576).contains(&self.min)
@@ -53,6 +66,12 @@ impl ChunkerParams {
             )))
         }
     }
+}
+
+/// Most bytes one gzip member holding `n` bytes can take (zlib's `deflateBound` for
+/// non-default settings, plus the 10-byte header and 8-byte trailer).
+fn gzip_member_bound(n: u64) -> u64 {
+    n + n.div_ceil(8) + n.div_ceil(64) + 5 + 18
 }
 
 /// How chunks were compressed: recorded so a reader can tell that another
@@ -161,7 +180,11 @@ impl ChunkIndex {
         Ok(index)
     }
 
-    /// Internal consistency: version, media type, sums of lengths.
+    /// Internal consistency: version, media type, chunker parameters, every chunk's
+    /// lengths within what those parameters can produce (a compressed chunk is never
+    /// empty), and the sums of lengths (checked, never wrapping) equal to the layer's sizes.
+    /// An index that passes can be trusted not to name absurd sizes; whether it describes
+    /// the blob is only known once chunks are checked against their ids.
     pub fn validate(&self) -> Result<(), LayerError> {
         if self.schema_version != 1 || self.media_type != media_types::CHUNK_INDEX_ARTIFACT {
             return Err(LayerError::Index(format!(
@@ -170,8 +193,32 @@ impl ChunkIndex {
             )));
         }
         self.chunker.validate()?;
-        let compressed: u64 = self.chunks.iter().map(|c| c.compressed_len).sum();
-        let uncompressed: u64 = self.chunks.iter().map(|c| c.uncompressed_len).sum();
+        let max_compressed = self.chunker.max_compressed_chunk_len();
+        let max_uncompressed = self.chunker.max_chunk_len();
+        let mut compressed: u64 = 0;
+        let mut uncompressed: u64 = 0;
+        for (i, c) in self.chunks.iter().enumerate() {
+            if c.compressed_len == 0
+                || c.compressed_len > max_compressed
+                || c.uncompressed_len > max_uncompressed
+            {
+                return Err(LayerError::Index(format!(
+                    "layer {}: chunk {i} ({}) is {} compressed / {} uncompressed bytes; \
+                     the chunker parameters allow 1 to {max_compressed} / at most {max_uncompressed}",
+                    self.layer_digest, c.id, c.compressed_len, c.uncompressed_len
+                )));
+            }
+            let sums = compressed
+                .checked_add(c.compressed_len)
+                .zip(uncompressed.checked_add(c.uncompressed_len));
+            let Some((a, b)) = sums else {
+                return Err(LayerError::Index(format!(
+                    "layer {}: chunk lengths overflow at chunk {i}",
+                    self.layer_digest
+                )));
+            };
+            (compressed, uncompressed) = (a, b);
+        }
         if compressed != self.layer_size || uncompressed != self.uncompressed_size {
             return Err(LayerError::Index(format!(
                 "chunk lengths add up to {compressed} compressed / {uncompressed} uncompressed bytes, \
@@ -193,8 +240,9 @@ impl ChunkIndex {
                 uncompressed_offset,
                 record: *record,
             };
-            compressed_offset += record.compressed_len;
-            uncompressed_offset += record.uncompressed_len;
+            // Saturating: an index that was not validated must not panic here.
+            compressed_offset = compressed_offset.saturating_add(record.compressed_len);
+            uncompressed_offset = uncompressed_offset.saturating_add(record.uncompressed_len);
             chunk
         })
     }
@@ -259,5 +307,32 @@ mod tests {
         assert!(ChunkIndex::from_blob(b"not gzip").is_err());
         let truncated = &sample().to_blob().unwrap()[..20];
         assert!(ChunkIndex::from_blob(truncated).is_err());
+    }
+
+    #[test]
+    fn chunks_longer_than_the_chunker_allows_are_refused() {
+        // One 8 TiB chunk whose lengths add up: refused by the per-chunk bound.
+        let mut idx = sample();
+        idx.chunks.truncate(1);
+        idx.chunks[0].compressed_len = 1 << 43;
+        idx.chunks[0].uncompressed_len = 1 << 43;
+        (idx.layer_size, idx.uncompressed_size) = (1 << 43, 1 << 43);
+        let err = idx.validate().unwrap_err().to_string();
+        assert!(err.contains("chunker parameters allow"), "{err}");
+        // The largest chunk the parameters allow passes; one byte more does not.
+        let max = idx.chunker.max_compressed_chunk_len();
+        assert!(max >= idx.chunker.max_chunk_len() + 18);
+        idx.chunks[0].compressed_len = max;
+        idx.chunks[0].uncompressed_len = idx.chunker.max_chunk_len();
+        (idx.layer_size, idx.uncompressed_size) = (max, idx.chunker.max_chunk_len());
+        idx.validate().unwrap();
+        idx.chunks[0].compressed_len = max + 1;
+        idx.layer_size = max + 1;
+        assert!(idx.validate().is_err());
+        // Empty compressed chunks are refused (a gzip member is never empty).
+        let mut idx = sample();
+        idx.chunks[1].compressed_len = 0;
+        idx.layer_size = 10;
+        assert!(idx.validate().is_err());
     }
 }

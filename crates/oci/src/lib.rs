@@ -9,9 +9,14 @@
 mod canonical;
 mod digest;
 pub mod media_types;
+pub mod names;
 mod reference;
 
 pub use canonical::{canonical_json, canonical_json_pretty, CanonicalJsonError};
 pub use digest::{Digest, DigestError, DigestHasher};
 pub use oci_spec::image as spec;
 pub use reference::{Reference, ReferenceError, DEFAULT_REGISTRY};
+
+/// Largest manifest (or index) any Gantry component reads: the size the Distribution
+/// Spec asks registries to accept. Readers stop at this many bytes.
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;

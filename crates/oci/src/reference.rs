@@ -1,4 +1,5 @@
 use crate::digest::Digest;
+use crate::names::{valid_repository, valid_tag};
 use std::fmt;
 use std::str::FromStr;
 
@@ -166,50 +167,6 @@ fn valid_host(host: &str) -> bool {
     let port_ok =
         port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     name_ok && port_ok
-}
-
-fn valid_tag(tag: &str) -> bool {
-    let bytes = tag.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 128
-        && (bytes[0].is_ascii_alphanumeric() || bytes[0] == b'_')
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-/// Distribution's grammar: components of `[a-z0-9]+` joined by `.`, `_`,
-/// `__` or runs of `-`; components separated by `/`; 255 characters at most.
-pub(crate) fn valid_repository(repo: &str) -> bool {
-    !repo.is_empty() && repo.len() <= 255 && repo.split('/').all(valid_component)
-}
-
-fn valid_component(component: &str) -> bool {
-    let bytes = component.as_bytes();
-    if bytes.is_empty() || !is_alnum(bytes[0]) || !is_alnum(bytes[bytes.len() - 1]) {
-        return false;
-    }
-    let mut i = 0;
-    while i < bytes.len() {
-        if is_alnum(bytes[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < bytes.len() && !is_alnum(bytes[i]) {
-            i += 1;
-        }
-        let sep = &component[start..i];
-        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-');
-        if !ok {
-            return false;
-        }
-    }
-    true
-}
-
-fn is_alnum(b: u8) -> bool {
-    b.is_ascii_lowercase() || b.is_ascii_digit()
 }
 
 #[cfg(test)]

@@ -1026,7 +1026,10 @@ async fn append_body(ctx: &Ctx, name: &str, id: &str, body: Body) -> Result<u64,
 async fn start_upload(ctx: &Ctx, name: &str, body: Body) -> Result<Response, ApiError> {
     if let Some(mount) = ctx.q("mount") {
         let digest = digest_param(mount)?;
-        if let Some(from) = ctx.q("from").filter(|f| crate::names::valid_repository(f)) {
+        if let Some(from) = ctx
+            .q("from")
+            .filter(|f| gantry_oci::names::valid_repository(f))
+        {
             let may_read = ctx
                 .reg
                 .authorizer()

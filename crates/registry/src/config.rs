@@ -62,7 +62,7 @@ use serde::{Deserialize, Serialize};
 /// Default listen address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:5000";
 /// The manifest size the spec asks registries to accept, used as the default limit.
-pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = gantry_oci::MAX_MANIFEST_BYTES as u64;
 
 /// Everything `gantry serve` needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -171,11 +171,11 @@ pub fn parse_image(image: &str) -> Option<ImageKey> {
         Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag.to_string())),
         _ => (path, None),
     };
-    if !crate::names::valid_repository(repository) {
+    if !gantry_oci::names::valid_repository(repository) {
         return None;
     }
     if let Some(t) = &tag {
-        if !crate::names::valid_tag(t) {
+        if !gantry_oci::names::valid_tag(t) {
             return None;
         }
     }

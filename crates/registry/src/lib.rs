@@ -21,7 +21,6 @@ pub mod fleet;
 pub mod gc;
 pub mod manifest;
 pub mod metrics;
-pub mod names;
 pub mod range;
 pub mod ratelimit;
 pub mod report_tokens;
@@ -483,7 +482,7 @@ impl ManifestRef {
     pub fn parse(s: &str) -> Option<ManifestRef> {
         if s.contains(':') {
             s.parse().ok().map(ManifestRef::Digest)
-        } else if names::valid_tag(s) {
+        } else if gantry_oci::names::valid_tag(s) {
             Some(ManifestRef::Tag(s.to_string()))
         } else {
             None
@@ -523,7 +522,7 @@ mod tests {
         #[test]
         fn manifest_reference_parsing_never_panics(s in "\\PC{0,140}") {
             match ManifestRef::parse(&s) {
-                Some(ManifestRef::Tag(t)) => proptest::prop_assert!(names::valid_tag(&t)),
+                Some(ManifestRef::Tag(t)) => proptest::prop_assert!(gantry_oci::names::valid_tag(&t)),
                 Some(ManifestRef::Digest(d)) => proptest::prop_assert_eq!(d.to_string(), s),
                 None => {}
             }

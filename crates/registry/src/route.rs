@@ -4,7 +4,7 @@
 //! (`.../manifests/<reference>`, `.../blobs/uploads/<id>`, ...) and the rest is the name,
 //! which is then checked against the name grammar.
 
-use crate::names::valid_repository;
+use gantry_oci::names::valid_repository;
 
 /// One endpoint of the Distribution API, with the path parameters it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]

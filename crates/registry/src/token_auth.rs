@@ -192,7 +192,7 @@ impl Policy {
         let mut out: Vec<ResourceActions> = Vec::new();
         for r in requested {
             let actions: Vec<String> = match r.kind.as_str() {
-                "repository" if crate::names::valid_repository(&r.name) => {
+                "repository" if gantry_oci::names::valid_repository(&r.name) => {
                     let allowed = self.repository_actions(user, &r.name);
                     let mut acts = Vec::new();
                     for a in &r.actions {

@@ -19,25 +19,33 @@ use std::time::{Duration, Instant};
 
 mod browser;
 mod containerd;
+mod cri;
 mod http_stub;
 mod moto;
+mod proxy;
 mod registry;
 mod rootfs;
 mod sample;
 mod serve;
 mod supervisor;
+mod xfs;
 
 pub use browser::{check_page_layout, LayoutCheck};
 pub use containerd::{write_mirror_hosts_toml, Containerd};
+pub use containerd::{CriOptions, CRI_SANDBOX_IMAGE};
+pub use cri::{cri_api, cri_log_stream, CriClient, PodSandbox};
 pub use http_stub::{HttpStub, StubRequest};
 pub use moto::{MotoServer, MOTO_ACCESS_KEY_ID, MOTO_REGION, MOTO_SECRET_ACCESS_KEY};
+pub use proxy::{raw_http, RawResponse, TcpProxy};
 pub use registry::DistributionRegistry;
 pub use rootfs::{
-    busybox_rootfs_tar, host_oci_arch, write_busybox_oci_layout, BusyboxImage, BUSYBOX_APPLETS,
+    busybox_rootfs_tar, chain_ids, host_oci_arch, write_busybox_oci_layout,
+    write_layered_oci_layout, BusyboxImage, LayeredImage, BUSYBOX_APPLETS,
 };
 pub use sample::{build as build_sample, sample_images, SampleImages};
 pub use serve::{metric, registry_client, GantryServe};
 pub use supervisor::static_supervisor;
+pub use xfs::LoopXfs;
 
 /// Directories searched after `PATH` by [`require_tool`]: a non-login root shell (or a CI
 /// environment) may lack the `sbin` directories where Debian puts `runc`.

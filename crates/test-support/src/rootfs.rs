@@ -276,6 +276,112 @@ pub fn write_busybox_oci_layout(dir: &Path, ref_name: &str) -> BusyboxImage {
     }
 }
 
+/// Digests of the image written by [`write_layered_oci_layout`] (`sha256:<hex>` strings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayeredImage {
+    /// Digest of the image manifest.
+    pub manifest_digest: String,
+    /// Digests of the uncompressed layer tars, bottom first (the config's `diff_ids`).
+    pub diff_ids: Vec<String>,
+    /// The layers' chain ids, bottom first: the names containerd commits each layer's
+    /// snapshot under (the last one is the image's top snapshot).
+    pub chain_ids: Vec<String>,
+}
+
+/// The OCI chain ids of `diff_ids` (bottom first): the first is its diff id, each next
+/// one `sha256(previous chain id + " " + diff id)`.
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(prev) => format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(format!("{prev} {d}").as_bytes()))
+            ),
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// Writes an OCI image layout at `dir` (created if needed) holding one image whose layers
+/// are the uncompressed tars `layers` (bottom first), each stored `tar+gzip`, with a config
+/// for this machine's platform (`PATH` set, `Cmd ["/bin/sh"]`) and an `index.json` entry
+/// annotated `org.opencontainers.image.ref.name = ref_name`. Layers may use OCI whiteouts
+/// (`.wh.NAME`, `.wh..wh..opq`), hard links, devices and PAX xattrs: they are stored as
+/// given. Deterministic.
+pub fn write_layered_oci_layout(dir: &Path, ref_name: &str, layers: &[Vec<u8>]) -> LayeredImage {
+    let blobs = dir.join("blobs").join("sha256");
+    std::fs::create_dir_all(&blobs).unwrap_or_else(|e| panic!("mkdir {}: {e}", blobs.display()));
+    let put = |data: &[u8]| -> String {
+        let hex = hex::encode(Sha256::digest(data));
+        std::fs::write(blobs.join(&hex), data).expect("write blob");
+        format!("sha256:{hex}")
+    };
+    let mut diff_ids = Vec::new();
+    let mut descriptors = Vec::new();
+    for tar in layers {
+        diff_ids.push(format!("sha256:{}", hex::encode(Sha256::digest(tar))));
+        let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(tar).expect("gzip layer");
+        let blob = gz.finish().expect("gzip layer");
+        descriptors.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": put(&blob),
+            "size": blob.len()
+        }));
+    }
+    let config = serde_json::json!({
+        "architecture": host_oci_arch(),
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["/bin/sh"],
+            "WorkingDir": "/"
+        },
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": layers.iter().map(|_| serde_json::json!({"created_by": "gantry-test-support layer"})).collect::<Vec<_>>()
+    });
+    let config_bytes = serde_json::to_vec(&config).expect("config json");
+    let config_digest = put(&config_bytes);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config_bytes.len()
+        },
+        "layers": descriptors
+    });
+    let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest json");
+    let manifest_digest = put(&manifest_bytes);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest_bytes.len(),
+            "platform": {"architecture": host_oci_arch(), "os": "linux"},
+            "annotations": {"org.opencontainers.image.ref.name": ref_name}
+        }]
+    });
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&index).expect("index json"),
+    )
+    .expect("write index.json");
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .expect("write oci-layout");
+    LayeredImage {
+        manifest_digest,
+        chain_ids: chain_ids(&diff_ids),
+        diff_ids,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

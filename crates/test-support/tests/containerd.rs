@@ -296,3 +296,225 @@ fn browser_layout_check_finds_overlap_and_overflow() {
     assert!(f.problems.iter().any(|p| p.contains("overflows")), "{f:?}");
     assert!(shot.is_file());
 }
+
+/// Like `skopeo_push`, as `user:password` (`--dest-creds`).
+fn skopeo_push_as(layout: &Path, tag: &str, dest: &str, creds: &str) {
+    let skopeo = require_tool("skopeo");
+    let policy = layout.join("..").join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
+    let out = output_with_timeout(
+        std::process::Command::new(skopeo)
+            .arg("--policy")
+            .arg(&policy)
+            .args(["copy", "--dest-tls-verify=false", "--dest-creds", creds])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{dest}")),
+        Duration::from_secs(120),
+    );
+    assert_success("skopeo copy --dest-creds", &out);
+}
+
+/// Kubelet's path through containerd's CRI plugin: `gantry serve` (token auth) on loopback,
+/// PullImage through CRI with credentials (via `hosts.toml`, plain HTTP), a host-network pod
+/// sandbox (the locally built pause image) and a container that hashes a file of the pulled
+/// image, its stdout read back from the CRI log; then everything is removed through CRI and
+/// the containerd is torn down without leftovers.
+#[test]
+fn cri_pulls_from_gantry_serve_and_runs_a_pod() {
+    use gantry_test_support::{CriClient, CriOptions, GantryServe, CRI_SANDBOX_IMAGE};
+    use sha2::Digest;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let serve = rt.block_on(GantryServe::with_auth());
+    let host = serve.host();
+    let work = tempdir();
+    let layout = work.path().join("layout");
+    let img = write_busybox_oci_layout(&layout, "latest");
+    let reference = format!("{host}/team/busybox:latest");
+    skopeo_push_as(&layout, "latest", &reference, "alice:alicepw");
+
+    let ctd = Containerd::start_cri(&CriOptions::default());
+    assert_eq!(ctd.namespace(), "k8s.io");
+    assert!(!ctd.cri_snapshotter().is_empty());
+    // containerd would fall back to plain HTTP for 127.0.0.1 by itself; say so explicitly.
+    let url = format!("http://{host}");
+    write_mirror_hosts_toml(&ctd.hosts_dir(), &host, &url, &url);
+    // A name that resolves nowhere: only CRI's `registry.config_path` can send it here.
+    write_mirror_hosts_toml(
+        &ctd.hosts_dir(),
+        "registry.gantry.invalid",
+        "https://registry.gantry.invalid",
+        &url,
+    );
+    // The blocking client also works (and drops) inside an async context.
+    rt.block_on(async {
+        let inner = CriClient::connect(ctd.address());
+        assert_eq!(inner.version().runtime_name, "containerd");
+    });
+    let cri = CriClient::connect(ctd.address());
+    let v = cri.version();
+    assert_eq!(v.runtime_name, "containerd", "{v:?}");
+    assert_eq!(v.runtime_api_version, "v1", "{v:?}");
+    assert!(
+        cri.image_status(CRI_SANDBOX_IMAGE).is_some(),
+        "CRI sees the imported pause image"
+    );
+
+    // The registry wants a token: anonymous pulls are refused, alice's succeeds.
+    let err = cri
+        .try_pull_image(&reference, None)
+        .expect_err("anonymous pull of team/busybox must be refused");
+    assert!(err.message().contains("authoriz"), "{err:?}");
+    assert!(cri.image_status(&reference).is_none());
+    let image_id = cri.pull_image(&reference, Some(("alice", "alicepw")));
+    assert_eq!(image_id, img.config_digest);
+    let status = cri.image_status(&reference).expect("pulled image is known");
+    assert_eq!(status.id, img.config_digest);
+    assert!(status.repo_tags.contains(&reference), "{status:?}");
+    assert!(
+        status
+            .repo_digests
+            .contains(&format!("{host}/team/busybox@{}", img.manifest_digest)),
+        "{status:?}"
+    );
+
+    let mirrored = "registry.gantry.invalid/team/busybox:latest";
+    let mirrored_id = cri.pull_image(mirrored, Some(("alice", "alicepw")));
+    assert_eq!(mirrored_id, img.config_digest);
+    assert!(cri.image_status(mirrored).is_some());
+
+    // A pod whose container hashes the image's busybox: the host's static busybox.
+    let pod_logs = work.path().join("pods").join("hash");
+    let sandbox = cri.run_pod_sandbox("hash", &pod_logs);
+    let container = cri.create_container(
+        &sandbox,
+        "hash",
+        &reference,
+        &["/bin/sha256sum"],
+        &["/bin/busybox"],
+        "hash.log",
+    );
+    cri.start_container(&container);
+    assert_eq!(cri.wait_exited(&container, Duration::from_secs(60)), 0);
+    assert_eq!(
+        cri.container_log_path(&container),
+        pod_logs.join("hash.log")
+    );
+    let expected = hex::encode(sha2::Sha256::digest(std::fs::read("/bin/busybox").unwrap()));
+    // containerd writes the log as the output arrives: allow it a moment after the exit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = cri.container_stdout(&container);
+    while out.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        out = cri.container_stdout(&container);
+    }
+    assert_eq!(out, format!("{expected}  /bin/busybox\n"));
+    let raw = std::fs::read_to_string(pod_logs.join("hash.log")).unwrap();
+    assert!(raw.contains(" stdout F "), "CRI log format: {raw:?}");
+
+    // The one-call variant, in a second pod.
+    let (code, out) = cri.run_to_completion(
+        "echo",
+        &reference,
+        &["/bin/sh", "-c", "echo hello from cri; exit 3"],
+        &work.path().join("pods").join("echo"),
+        Duration::from_secs(60),
+    );
+    assert_eq!((code, out.as_str()), (3, "hello from cri\n"));
+
+    // Tear down through CRI.
+    cri.remove_container(&container);
+    cri.stop_pod_sandbox(&sandbox.id);
+    cri.remove_pod_sandbox(&sandbox.id);
+    assert!(cri.list_containers().is_empty());
+    assert!(cri.list_pod_sandboxes().is_empty());
+    cri.remove_image(&reference);
+    assert!(cri.image_status(&reference).is_none());
+
+    let dir = ctd.dir().to_path_buf();
+    drop(cri);
+    drop(ctd);
+    assert!(!dir.exists(), "containerd temp dir removed");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(dir.to_str().unwrap()), "{mounts}");
+    drop(serve);
+}
+
+/// Dropping a CRI containerd with a pod still running (a failed test's path) kills the
+/// pod's processes and shims and leaves no mounts or files behind.
+#[test]
+fn cri_drop_cleans_up_running_pods() {
+    use gantry_test_support::{cri_api, CriClient, CriOptions};
+
+    let work = tempdir();
+    let layout = work.path().join("layout");
+    write_busybox_oci_layout(&layout, "latest");
+    let ctd = Containerd::start_cri(&CriOptions::default());
+    ctd.import_oci_layout(&layout, "gantry.test/busybox:cri");
+    let cri = CriClient::connect(ctd.address());
+    assert!(cri.image_status("gantry.test/busybox:cri").is_some());
+    let sandbox = cri.run_pod_sandbox("sleeper", &work.path().join("pods"));
+    let marker = format!("gantry-cri-sleeper-{}", std::process::id());
+    let container = cri.create_container(
+        &sandbox,
+        "sleeper",
+        "gantry.test/busybox:cri",
+        &["/bin/sh", "-c"],
+        &[&format!("sleep 600; echo {marker}")],
+        "sleeper.log",
+    );
+    cri.start_container(&container);
+    assert_eq!(
+        cri.container_status(&container).state,
+        cri_api::ContainerState::ContainerRunning as i32,
+        "container runs"
+    );
+    let with_marker = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|p| {
+                std::fs::read(p.path().join("cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+                    .unwrap_or(false)
+            })
+            .count()
+    };
+    assert_eq!(with_marker(), 1, "the container's shell runs");
+    let dir = ctd.dir().to_path_buf();
+    let sock = ctd.address().as_os_str().to_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mounts.contains(dir.to_str().unwrap()),
+        "the pod has mounts under the instance dir"
+    );
+    drop(cri);
+    let start = Instant::now();
+    drop(ctd);
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "teardown took too long"
+    );
+    assert!(!dir.exists(), "temp dir removed");
+    assert_eq!(with_marker(), 0, "the container's processes are gone");
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) {
+            use std::os::unix::ffi::OsStrExt;
+            assert!(
+                !cmdline.split(|b| *b == 0).any(|a| a == sock.as_bytes()),
+                "process {:?} still refers to {sock:?}",
+                p.file_name()
+            );
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(dir.to_str().unwrap()), "{mounts}");
+}

@@ -67,7 +67,7 @@ pub struct InstallArgs {
     #[arg(long, default_value = "/etc/containerd/certs.d")]
     pub hosts_dir: PathBuf,
     /// Registry host to mirror (`host[:port]`); repeat for several.
-    #[arg(long = "registry", required = true)]
+    #[arg(long = "registry", required_unless_present = "remove_snapshotter")]
     pub registries: Vec<String>,
     /// The agent's URL.
     #[arg(long, default_value = "http://127.0.0.1:5050")]
@@ -75,6 +75,20 @@ pub struct InstallArgs {
     /// Use plain HTTP for the registry itself (the fallback when the agent is down).
     #[arg(long)]
     pub plain_http: bool,
+    /// Also make `gantry snapshotter` CRI's snapshotter in containerd's config.toml (the
+    /// `[proxy_plugins.gantry]` entry, `snapshotter = "gantry"`, snapshot labels on). The file
+    /// is rewritten (comments are not kept); the previous one is kept as `*.gantry-backup`.
+    #[arg(long)]
+    pub snapshotter: bool,
+    /// Undo `--snapshotter`: remove the entry and put CRI back on `overlayfs`.
+    #[arg(long, conflicts_with = "snapshotter")]
+    pub remove_snapshotter: bool,
+    /// containerd's config file (for `--snapshotter` / `--remove-snapshotter`).
+    #[arg(long, default_value = "/etc/containerd/config.toml")]
+    pub containerd_config: PathBuf,
+    /// The snapshotter's socket (`gantry snapshotter --address`).
+    #[arg(long, default_value = gantry_snapshotter::DEFAULT_ADDRESS)]
+    pub snapshotter_address: PathBuf,
 }
 
 /// Runs `gantry agent …`.
@@ -184,6 +198,9 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 fn install(args: InstallArgs) -> anyhow::Result<()> {
+    if args.snapshotter || args.remove_snapshotter {
+        configure_snapshotter(&args)?;
+    }
     for registry in &args.registries {
         let scheme = if args.plain_http { "http" } else { "https" };
         let path = gantry_agent::hosts::install(
@@ -194,5 +211,46 @@ fn install(args: InstallArgs) -> anyhow::Result<()> {
         )?;
         println!("{}", path.display());
     }
+    Ok(())
+}
+
+/// Turns `gantry snapshotter` on or off in containerd's config.toml.
+fn configure_snapshotter(args: &InstallArgs) -> anyhow::Result<()> {
+    use gantry_snapshotter::containerd_config::{disable, enable};
+    let path = &args.containerd_config;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let name = gantry_snapshotter::DEFAULT_PLUGIN_NAME;
+    let new = if args.remove_snapshotter {
+        disable(&text, name)
+    } else {
+        enable(&text, name, &args.snapshotter_address)
+    }
+    .with_context(|| format!("updating {}", path.display()))?;
+    if new != text {
+        if !text.is_empty() {
+            let backup = path.with_extension("toml.gantry-backup");
+            std::fs::write(&backup, &text)
+                .with_context(|| format!("writing {}", backup.display()))?;
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let tmp = path.with_extension("toml.gantry-tmp");
+        std::fs::write(&tmp, &new).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    }
+    println!("{}", path.display());
+    eprintln!(
+        "containerd reads its config at start: restart it (systemctl restart containerd){}",
+        if args.remove_snapshotter {
+            ""
+        } else {
+            ", with `gantry snapshotter --agent http://127.0.0.1:5050` running"
+        }
+    );
     Ok(())
 }

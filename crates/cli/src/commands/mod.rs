@@ -15,6 +15,7 @@ pub mod pull;
 pub mod push;
 pub mod sample_game;
 pub mod serve;
+pub mod snapshotter;
 pub mod supervise;
 pub mod transfer;
 pub mod user;

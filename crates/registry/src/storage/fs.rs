@@ -14,7 +14,7 @@
 //! tmp/                                                 staging for atomic writes; emptied at open
 //! ```
 //!
-//! Repository path components never start with `_` (see [`crate::names`]), so `_layers`,
+//! Repository path components never start with `_` (see [`gantry_oci::names`]), so `_layers`,
 //! `_manifests` and `_referrers` cannot collide with a nested repository.
 //!
 //! Durability: every blob, link, manifest, tag and referrer file becomes visible by
@@ -670,7 +670,7 @@ impl Storage for FsStorage {
         blocking(move || {
             Ok(file_names(&dir)?
                 .into_iter()
-                .filter(|n| crate::names::valid_tag(n))
+                .filter(|n| gantry_oci::names::valid_tag(n))
                 .collect())
         })
         .await

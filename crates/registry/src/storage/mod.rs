@@ -137,7 +137,7 @@ pub type StorageResult<T> = Result<T, StorageError>;
 
 /// The registry's storage backend.
 ///
-/// Repository names and tags passed in are already validated ([`crate::names`]).
+/// Repository names and tags passed in are already validated ([`gantry_oci::names`]).
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
     // ----- blobs (global, content-addressed) -----

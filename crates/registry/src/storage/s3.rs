@@ -785,7 +785,7 @@ impl Storage for S3Storage {
             .names(&self.repo_key(repo, "_manifests/tags"))
             .await?
             .into_iter()
-            .filter(|n| crate::names::valid_tag(n))
+            .filter(|n| gantry_oci::names::valid_tag(n))
             .collect())
     }
 

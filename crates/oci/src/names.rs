@@ -1,8 +1,13 @@
-//! Repository names and tags, with the Distribution Spec's grammar.
+//! Repository names, tags and manifest references, with the Distribution Spec's grammar:
+//! the one grammar every Gantry component checks names with (`gantry serve`, the agent,
+//! image references).
 //!
-//! Both end up as path components on disk, so the grammar is also what keeps a request
-//! from naming a file outside the storage root: no component is empty, `.`, `..`, or starts
-//! with `_` (reserved for the storage's own directories).
+//! Names end up as path components on disk and in upstream URLs, so the grammar is also
+//! what keeps a request from naming a file outside a storage root or another endpoint of
+//! a registry: no component is empty, `.`, `..`, contains `%`, or starts with `_`
+//! (reserved for storage's own directories).
+
+use crate::digest::Digest;
 
 /// Longest repository name accepted (distribution's limit).
 pub const MAX_NAME_LEN: usize = 255;
@@ -61,6 +66,15 @@ pub fn valid_tag(tag: &str) -> bool {
     }
 }
 
+/// Whether `reference` names a manifest: a [`valid_tag`] or a digest (`sha256:<hex>`).
+pub fn valid_reference(reference: &str) -> bool {
+    if reference.contains(':') {
+        reference.parse::<Digest>().is_ok()
+    } else {
+        valid_tag(reference)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +103,9 @@ mod tests {
             "..",
             ".",
             "a/../b",
+            "../../token",
+            "%2e%2e",
+            "a/%2e%2e/b",
             "a b",
             "a%2fb",
             "-a",
@@ -96,17 +113,38 @@ mod tests {
         ] {
             assert!(!valid_repository(bad), "{bad:?}");
         }
-        assert!(valid_repository(&"a".repeat(255)));
-        assert!(!valid_repository(&"a".repeat(256)));
+        assert!(valid_repository(&"a".repeat(MAX_NAME_LEN)));
+        assert!(!valid_repository(&"a".repeat(MAX_NAME_LEN + 1)));
     }
 
     #[test]
     fn tag_grammar() {
-        for good in ["latest", "v1.0", "_x", "A-b_c.d", &"t".repeat(128)] {
+        for good in ["latest", "v1.0", "_x", "A-b_c.d", &"t".repeat(MAX_TAG_LEN)] {
             assert!(valid_tag(good), "{good}");
         }
-        for bad in ["", ".x", "-x", "a/b", "a:b", "..", &"t".repeat(129), "é"] {
+        for bad in [
+            "",
+            ".x",
+            "-x",
+            "a/b",
+            "a:b",
+            "..",
+            ".",
+            "%2e%2e",
+            &"t".repeat(MAX_TAG_LEN + 1),
+            "é",
+        ] {
             assert!(!valid_tag(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reference_grammar() {
+        let d = Digest::of(b"x").to_string();
+        assert!(valid_reference("v1"));
+        assert!(valid_reference(&d));
+        for bad in ["", "..", ".", "sha256:xyz", "md5:00", "a/b", "%2e%2e"] {
+            assert!(!valid_reference(bad), "{bad:?}");
         }
     }
 
@@ -114,10 +152,10 @@ mod tests {
         #[test]
         fn never_panics_and_never_accepts_path_tricks(s in "\\PC{0,80}") {
             if valid_repository(&s) {
-                proptest::prop_assert!(s.split('/').all(|c| !c.is_empty() && c != "." && c != ".." && !c.starts_with('_')));
+                proptest::prop_assert!(s.split('/').all(|c| !c.is_empty() && c != "." && c != ".." && !c.starts_with('_') && !c.contains('%')));
             }
-            if valid_tag(&s) {
-                proptest::prop_assert!(!s.contains('/') && s != "." && s != "..");
+            if valid_tag(&s) || valid_reference(&s) {
+                proptest::prop_assert!(!s.contains('/') && !s.contains('%') && s != "." && s != "..");
             }
         }
     }
