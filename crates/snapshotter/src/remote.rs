@@ -35,6 +35,9 @@ pub const CRI_MANIFEST_DIGEST_LABEL: &str = "containerd.io/snapshot/cri.manifest
 /// Our label on a snapshot the fast path committed: the layer's digest.
 pub const GANTRY_LAYER_LABEL: &str = "containerd.io/snapshot/gantry.layer";
 
+/// Key prefix of the active snapshots the fast path builds layers in.
+const TMP_PREFIX: &str = "gantry-fast-tmp/";
+
 /// Longest manifest or config accepted from the agent.
 const MAX_DOCUMENT: usize = 4 << 20;
 /// Longest run of missing chunks fetched in one range request.
@@ -88,6 +91,8 @@ pub struct GantryFastPath {
     /// One build at a time per (parent, target).
     building: tokio::sync::Mutex<HashMap<(String, String), BuildLock>>,
     totals: Mutex<FastPathTotals>,
+    /// Whether the leftovers of an earlier process were removed.
+    cleaned: std::sync::atomic::AtomicBool,
 }
 
 impl GantryFastPath {
@@ -100,6 +105,7 @@ impl GantryFastPath {
             maps: Arc::new(Mutex::new(HashMap::new())),
             building: tokio::sync::Mutex::new(HashMap::new()),
             totals: Mutex::new(FastPathTotals::default()),
+            cleaned: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -244,7 +250,7 @@ impl GantryFastPath {
             )));
         }
         let started = Instant::now();
-        let tmp_key = format!("gantry-fast-tmp/{}", layer.key);
+        let tmp_key = format!("{TMP_PREFIX}{}", layer.key);
         let name = format!("gantry-fast/{}", layer.key);
         let mut labels: BTreeMap<String, String> = layer.labels.clone();
         labels.insert(TARGET_SNAPSHOT_REF_LABEL.into(), layer.target.clone());
@@ -287,7 +293,10 @@ impl GantryFastPath {
             }
             Err(e) => {
                 let store = store.clone();
-                let _ = tokio::task::spawn_blocking(move || store.remove(&tmp_key)).await;
+                let removed = tokio::task::spawn_blocking(move || discard(&store, &tmp_key)).await;
+                if let Ok(Err(r)) | Err(r) = removed.map_err(Error::from) {
+                    tracing::warn!("could not remove a failed fast-path snapshot: {r}");
+                }
                 Err(e)
             }
         }
@@ -484,6 +493,24 @@ fn held_snapshots(
     Ok((table, held))
 }
 
+/// Removes the active snapshot `key` of a failed build. Its files go first: on a full disk
+/// the metadata rewrite that removing the snapshot needs only fits once they are gone.
+fn discard(store: &Store, key: &str) -> Result<()> {
+    if let Ok(fs) = store.upper_dir(key) {
+        if let Ok(entries) = std::fs::read_dir(&fs) {
+            for entry in entries.flatten() {
+                let p = entry.path();
+                let _ = if p.is_dir() && !p.is_symlink() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+    }
+    store.remove(key)
+}
+
 /// One step of a layer's plan.
 enum Step {
     /// Pieces of held files.
@@ -575,6 +602,28 @@ impl FastPath for GantryFastPath {
         let Some(src) = Source::from_labels(&layer.labels) else {
             return Ok(FastPathOutcome::NotHandled);
         };
+        // A build cut short by a crash left its active snapshot: remove such leftovers once,
+        // before this process builds anything.
+        if !self.cleaned.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let store = store.clone();
+            let removed = tokio::task::spawn_blocking(move || -> Result<usize> {
+                let mut n = 0;
+                for info in store.walk(&[])? {
+                    if info.kind == Kind::Active && info.name.starts_with(TMP_PREFIX) {
+                        store.remove(&info.name)?;
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })
+            .await??;
+            if removed > 0 {
+                tracing::info!(
+                    removed,
+                    "removed fast-path snapshots left by an earlier run"
+                );
+            }
+        }
         // Two pulls of one layer at once build it once: the second finds it committed.
         let lock = {
             let mut b = self.building.lock().await;

@@ -253,11 +253,36 @@ async fn library_case(fs: Fs) {
     let agent = agent(agent_dir.path(), &host, &format!("http://{host}")).await;
     let (_xfs, root) = snapshot_root(fs);
     let store = Arc::new(Store::open(root.path()).unwrap());
+    // What a snapshotter killed in the middle of a fast-path build leaves: its active
+    // snapshot, half filled. The next process removes it before building anything.
+    store
+        .prepare(
+            "gantry-fast-tmp/k8s.io/0/extract-killed",
+            "",
+            BTreeMap::new(),
+        )
+        .unwrap();
+    std::fs::write(
+        store
+            .upper_dir("gantry-fast-tmp/k8s.io/0/extract-killed")
+            .unwrap()
+            .join("half"),
+        b"x",
+    )
+    .unwrap();
     let fast = GantryFastPath::new(&agent.url());
     let mut n = 0;
 
     let v1 = unpack(&fast, &store, &host, "studio/game", "v1", &mut n).await;
     let after_v1 = fast.current();
+    assert!(
+        store
+            .walk(&[])
+            .unwrap()
+            .iter()
+            .all(|i| !i.name.starts_with("gantry-fast-tmp/")),
+        "the killed build's snapshot is gone"
+    );
     assert!(v1
         .iter()
         .all(|(o, c)| *o == FastPathOutcome::Committed && c.is_some()));
@@ -550,4 +575,64 @@ fn cri_case(fs: Fs) {
     drop(served);
     drop(agent);
     drop(root);
+}
+
+/// A full disk: the layer that does not fit fails with the filesystem's error, its
+/// half-written snapshot is removed, and the layer is left to the normal path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_leaves_nothing_behind() {
+    let images = tokio::task::spawn_blocking(|| sample_images(24_000_000, 1_000_000, None))
+        .await
+        .unwrap();
+    let serve = GantryServe::open().await;
+    let host = serve.host();
+    let client = registry_client(&host, None);
+    let dest: Reference = format!("{host}/studio/game:v1").parse().unwrap();
+    push_layout(
+        &client,
+        &OciLayout::open(&images.v1).unwrap(),
+        None,
+        &dest,
+        &PushOptions::default(),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    let agent_dir = tempdir();
+    let agent = agent(agent_dir.path(), &host, &format!("http://{host}")).await;
+    let xfs = gantry_test_support::LoopXfs::mount(320);
+    // Leave about 8 MB free: less than the sample's paks.
+    let filler = xfs.path().join("filler");
+    let free = || {
+        let c = std::ffi::CString::new(xfs.path().as_os_str().as_encoded_bytes()).unwrap();
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        st.f_bavail as u64 * st.f_frsize as u64
+    };
+    let f = std::fs::File::create(&filler).unwrap();
+    let n = free().saturating_sub(8 << 20);
+    let r = unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, n as i64) };
+    assert_eq!(r, 0, "fallocate {n} bytes");
+    let root = tempfile::tempdir_in(xfs.path()).unwrap();
+    let store = Arc::new(Store::open(root.path()).unwrap());
+    let fast = GantryFastPath::new(&agent.url());
+    let mut k = 0;
+    let out = unpack(&fast, &store, &host, "studio/game", "v1", &mut k).await;
+    assert!(
+        out.iter().any(|(o, _)| *o == FastPathOutcome::NotHandled),
+        "some layer did not fit: {out:?}"
+    );
+    assert!(fast.current().fallbacks >= 1);
+    let left = store.walk(&[]).unwrap();
+    assert!(
+        left.iter().all(|i| i.kind == Kind::Committed),
+        "no half-built snapshot left: {left:?}"
+    );
+    let dirs = std::fs::read_dir(root.path().join("snapshots"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(dirs, left.len(), "one directory per snapshot, nothing else");
+    drop(store);
+    drop(root);
+    drop(xfs);
 }
