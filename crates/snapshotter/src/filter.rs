@@ -77,9 +77,9 @@ impl Filter {
         self.terms.iter().all(|t| {
             let value: Option<&str> = match &t.field {
                 Field::Name => Some(&info.name),
-                Field::Parent => Some(&info.parent)
-                    .filter(|p| !p.is_empty())
-                    .map(|s| s.as_str()),
+                // As containerd's adaptor: the parent is always present, empty for none
+                // (its remote-snapshot lookup asks for `parent==""` on a bottom layer).
+                Field::Parent => Some(info.parent.as_str()),
                 Field::Kind => Some(info.kind.as_str()),
                 Field::Label(k) => info.labels.get(k).map(String::as_str),
             };
@@ -178,5 +178,33 @@ mod tests {
         );
         assert!(Filter::parse("size==3").is_err());
         assert!(Filter::parse("name==a,,kind").is_err());
+    }
+
+    /// containerd's remote-snapshot lookup, as metadata/snapshot.go writes it: for a bottom
+    /// layer the parent is `""`, and a snapshot without a parent must match it.
+    #[test]
+    fn containerd_remote_snapshot_lookup_matches_a_bottom_layer() {
+        let info = |parent: &str| SnapshotInfo {
+            name: "gantry-fast/x".into(),
+            parent: parent.into(),
+            kind: crate::store::Kind::Committed,
+            labels: [(
+                "containerd.io/snapshot.ref".to_string(),
+                "sha256:abc".to_string(),
+            )]
+            .into(),
+            created_at: std::time::SystemTime::UNIX_EPOCH,
+            updated_at: std::time::SystemTime::UNIX_EPOCH,
+        };
+        let bottom =
+            Filter::parse(r#"labels."containerd.io/snapshot.ref"==sha256:abc,parent=="""#).unwrap();
+        assert!(bottom.matches(&info("")));
+        assert!(!bottom.matches(&info("k8s.io/1/p")));
+        let upper = Filter::parse(
+            r#"labels."containerd.io/snapshot.ref"==sha256:abc,parent=="k8s.io/1/p""#,
+        )
+        .unwrap();
+        assert!(upper.matches(&info("k8s.io/1/p")));
+        assert!(!upper.matches(&info("")));
     }
 }

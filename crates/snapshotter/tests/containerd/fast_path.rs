@@ -558,6 +558,30 @@ fn cri_case(fs: Fs) {
         "the pod's {changed} is v2's: {out}"
     );
 
+    // An image whose bottom layer has a chunk index too (no base): containerd looks the
+    // fast-path snapshot up with `parent==""`.
+    let scratch = sample_images(4_000_000, 500_000, None);
+    let dest: Reference = format!("{host}/studio/scratch:v1").parse().unwrap();
+    rt.block_on(push_layout(
+        &client,
+        &OciLayout::open(&scratch.v1).unwrap(),
+        None,
+        &dest,
+        &PushOptions::default(),
+        Arc::new(NoProgress),
+    ))
+    .unwrap();
+    let before = fast.current();
+    cri.pull_image(&format!("{host}/studio/scratch:v1"), None);
+    let after = fast.current();
+    let (_, scratch_layers, _) = rt.block_on(image(&host, "studio/scratch", "v1"));
+    assert_eq!(
+        after.layers - before.layers,
+        scratch_layers.len() as u64,
+        "every layer, the bottom one too, by the fast path: {after:?}"
+    );
+    assert_eq!(after.fallbacks, 0, "{after:?}");
+
     // The same v2 unpacked by containerd's own overlayfs snapshotter, tree for tree.
     let stock = Containerd::start();
     let out = stock.pull(&r2, None, true, None);
