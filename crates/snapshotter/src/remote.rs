@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use gantry_layer::ChunkIndex;
 use gantry_oci::{media_types, Digest, Reference};
 use serde::{Deserialize, Serialize};
@@ -42,8 +41,10 @@ const TMP_PREFIX: &str = "gantry-fast-tmp/";
 const MAX_DOCUMENT: usize = 4 << 20;
 /// Longest run of missing chunks fetched in one range request.
 const MAX_RUN: u64 = 4 << 20;
-/// Runs fetched and inflated at once, in order.
-const IN_FLIGHT: usize = 6;
+/// Range requests through the agent at once.
+const IN_FLIGHT: usize = 8;
+/// Compressed bytes fetched ahead of the writer at most (bounds memory on a cold pull).
+const LOOKAHEAD: u64 = 48 << 20;
 
 /// What the fast path did, summed over the layers it built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -218,7 +219,10 @@ impl GantryFastPath {
     }
 
     async fn build(&self, store: &Arc<Store>, layer: &RemoteLayer, src: &Source) -> Result<bool> {
-        let Some((index, diff_id)) = self.describe(src).await? else {
+        let t0 = Instant::now();
+        let described = self.describe(src).await?;
+        tracing::debug!(seconds = t0.elapsed().as_secs_f64(), "described");
+        let Some((index, diff_id)) = described else {
             return Ok(false);
         };
         // The chain id containerd will look the snapshot up by must be this layer's.
@@ -317,6 +321,7 @@ impl GantryFastPath {
             let key = key.to_string();
             tokio::task::spawn_blocking(move || store.upper_dir(&key)).await??
         };
+        let t0 = Instant::now();
         let (table, held) = {
             let store = store.clone();
             let maps = self.maps.clone();
@@ -348,6 +353,13 @@ impl GantryFastPath {
                 }
             }
         }
+        tracing::debug!(
+            seconds = t0.elapsed().as_secs_f64(),
+            steps = plan.len(),
+            fetch_runs = plan.iter().filter(|s| matches!(s, Step::Fetch(_))).count(),
+            "planned"
+        );
+        let t0 = Instant::now();
         let url = format!(
             "{}/v2/{}/blobs/{}?ns={}",
             self.agent, src.repository, src.layer, src.registry
@@ -357,33 +369,75 @@ impl GantryFastPath {
         let reflink = self.reflink;
         let writer = tokio::task::spawn_blocking(move || -> Result<_> {
             let mut a = Assembler::new(&dest, reflink).map_err(Error::from)?;
-            while let Some(item) = rx.blocking_recv() {
+            let (mut waiting, mut feeding) = (0f64, 0f64);
+            loop {
+                let t = Instant::now();
+                let Some(item) = rx.blocking_recv() else {
+                    break;
+                };
+                waiting += t.elapsed().as_secs_f64();
+                let t = Instant::now();
                 for piece in item? {
                     a.feed(piece)?;
                 }
+                feeding += t.elapsed().as_secs_f64();
             }
-            Ok(a.finish()?)
+            let t = Instant::now();
+            let done = a.finish()?;
+            tracing::debug!(
+                waiting,
+                feeding,
+                finishing = t.elapsed().as_secs_f64(),
+                "writer"
+            );
+            Ok(done)
         });
-        let http = self.http.clone();
-        let mut fetched = 0u64;
-        let mut steps = futures::stream::iter(plan)
-            .map(|step| {
-                let http = http.clone();
-                let url = url.clone();
-                async move {
-                    match step {
-                        Step::Held(p) => Ok((p, 0)),
-                        Step::Fetch(run) => fetch_run(&http, &url, run).await,
+        // Fetches start as far ahead of the writer as LOOKAHEAD compressed bytes allow,
+        // IN_FLIGHT at a time; the writer takes the steps in order.
+        let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let mut steps: Vec<Option<Step>> = plan.into_iter().map(Some).collect();
+        let mut pending: std::collections::VecDeque<Pending> = Default::default();
+        let (mut next, mut ahead, mut fetched) = (0usize, 0u64, 0u64);
+        let mut failure = None;
+        for i in 0..steps.len() {
+            while next < steps.len() && (next <= i || ahead < LOOKAHEAD) {
+                match steps[next].take() {
+                    Some(Step::Held(p)) => pending.push_back(Pending::Ready(p)),
+                    Some(Step::Fetch(run)) => {
+                        let n: u64 = run.iter().map(|r| r.1).sum();
+                        ahead += n;
+                        let (http, url, permits) =
+                            (self.http.clone(), url.clone(), permits.clone());
+                        pending.push_back(Pending::Fetching(
+                            n,
+                            tokio::spawn(async move {
+                                let _permit = permits.acquire_owned().await;
+                                fetch_run(&http, &url, run).await
+                            }),
+                        ));
+                    }
+                    None => {}
+                }
+                next += 1;
+            }
+            let pieces = match pending.pop_front() {
+                Some(Pending::Ready(p)) => Ok(p),
+                Some(Pending::Fetching(n, handle)) => {
+                    ahead -= n;
+                    match handle.await {
+                        Ok(Ok((p, got))) => {
+                            fetched += got;
+                            Ok(p)
+                        }
+                        Ok(Err(e)) => Err(e),
+                        Err(e) => Err(e.into()),
                     }
                 }
-            })
-            .buffered(IN_FLIGHT);
-        let mut failure = None;
-        while let Some(r) = steps.next().await {
-            match r {
-                Ok((pieces, n)) => {
-                    fetched += n;
-                    if tx.send(Ok(pieces)).await.is_err() {
+                None => Ok(Vec::new()),
+            };
+            match pieces {
+                Ok(p) => {
+                    if tx.send(Ok(p)).await.is_err() {
                         break;
                     }
                 }
@@ -393,8 +447,19 @@ impl GantryFastPath {
                 }
             }
         }
+        for p in pending {
+            if let Pending::Fetching(_, h) = p {
+                h.abort();
+            }
+        }
         drop(tx);
+        tracing::debug!(
+            seconds = t0.elapsed().as_secs_f64(),
+            fetched,
+            "all steps sent"
+        );
         let written = writer.await?;
+        tracing::debug!(seconds = t0.elapsed().as_secs_f64(), "assembled and hashed");
         self.add(|t| t.fetched_bytes += fetched);
         if let Some(e) = failure {
             return Err(e);
@@ -509,6 +574,14 @@ fn discard(store: &Store, key: &str) -> Result<()> {
         }
     }
     store.remove(key)
+}
+
+/// A step on its way to the writer.
+enum Pending {
+    /// Pieces of held files.
+    Ready(Vec<Piece>),
+    /// A run being fetched and inflated, of this many compressed bytes.
+    Fetching(u64, tokio::task::JoinHandle<Result<(Vec<Piece>, u64)>>),
 }
 
 /// One step of a layer's plan.

@@ -1190,6 +1190,14 @@ fn clone_or_copy(
                         Some(libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL | libc::ENOTTY)
                     ) =>
                 {
+                    tracing::info!(
+                        error = %e,
+                        src_off = s,
+                        dst_off = d,
+                        len = body,
+                        src_size = src.size,
+                        "FICLONERANGE refused; copying from now on"
+                    );
                     *reflink = false;
                 }
                 Err(e) => return Err(e),
