@@ -43,8 +43,9 @@ const MAX_DOCUMENT: usize = 4 << 20;
 const MAX_RUN: u64 = 4 << 20;
 /// Range requests through the agent at once.
 const IN_FLIGHT: usize = 8;
-/// Compressed bytes fetched ahead of the writer at most (bounds memory on a cold pull).
-const LOOKAHEAD: u64 = 48 << 20;
+/// Compressed bytes fetched ahead of the writer at most (bounds memory on a cold pull:
+/// with the writer's queue of 4 steps, the snapshotter stays near 100 MiB).
+const LOOKAHEAD: u64 = 16 << 20;
 
 /// What the fast path did, summed over the layers it built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -364,7 +365,7 @@ impl GantryFastPath {
             "{}/v2/{}/blobs/{}?ns={}",
             self.agent, src.repository, src.layer, src.registry
         );
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Piece>>>(IN_FLIGHT * 2);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Piece>>>(4);
         let dest = fs.clone();
         let reflink = self.reflink;
         let writer = tokio::task::spawn_blocking(move || -> Result<_> {
