@@ -141,7 +141,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         &OciLayout::open(&v2.layout)?,
         None,
     )?;
-    say("pushing v1 and v2 to `gantry serve` and pulling each through `gantry agent`".into());
+    say("pushing v1 and v2 to `gantry serve` and pulling each onto a node, both ways".into());
     let delivery = super::demo_delivery::run(&workdir, &v1.layout, &v2.layout, &say)?;
     let report = DemoReport {
         scale_bytes,
