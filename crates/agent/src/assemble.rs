@@ -12,6 +12,7 @@
 //! `gantry_agent_rejected_indexes_total` counts it). Memory grows only as bytes arrive, no
 //! fetch reads past the size it expects, and file work runs on the blocking pool.
 
+use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Instant;
@@ -378,17 +379,13 @@ impl Fetcher<'_> {
         let (held, missing) = AgentError::blocking("reading held chunks", move || {
             let mut held = Vec::new();
             let mut missing = Vec::new();
+            let mut open = HashMap::new();
             for (offset, len, id) in wanted {
-                let loc = store.chunk(&id).filter(|l| l.blob != d && l.len == len);
-                let bytes = loc.and_then(|loc| {
-                    let f = std::fs::File::open(store.blob_path(&loc.blob)).ok()?;
-                    let mut buf = vec![0u8; usize::try_from(len).ok()?];
-                    f.read_exact_at(&mut buf, loc.offset).ok()?;
-                    (Digest::of(&buf) == id).then_some(buf)
-                });
-                match bytes {
-                    Some(b) => held.push((offset, b)),
-                    None => missing.push((offset, len, id)),
+                let mut buf = Vec::new();
+                if read_held_chunk(&store, &mut open, &d, &id, len, &mut buf) {
+                    held.push((offset, buf));
+                } else {
+                    missing.push((offset, len, id));
                 }
             }
             Ok((held, missing))
@@ -402,52 +399,10 @@ impl Fetcher<'_> {
             out[at..at + b.len()].copy_from_slice(&b);
         }
         // Missing chunks in runs of adjacent ones, each chunk checked (one retry).
-        let mut runs: Vec<(u64, Vec<MissingChunk>)> = Vec::new();
-        for m in missing {
-            match runs.last_mut() {
-                Some((run_start, chunks))
-                    if chunks.last().is_some_and(|l| l.0 + l.1 == m.0)
-                        && m.0 + m.1 - *run_start <= MAX_RANGE =>
-                {
-                    chunks.push(m)
-                }
-                _ => runs.push((m.0, vec![m])),
-            }
-        }
-        for (run_start, chunks) in runs {
-            let run_len = chunks.iter().map(|c| c.1).sum::<u64>();
-            let mut attempt = 0;
-            loop {
-                let bytes = self.range(layer, run_start, run_len).await?;
-                self.metrics
-                    .upstream(self.repo, &layer_label, bytes.len() as u64);
-                let bad = chunks.iter().find_map(|(off, len, id)| {
-                    let a = (off - run_start) as usize;
-                    let actual = bytes
-                        .get(a..a + *len as usize)
-                        .map(Digest::of)
-                        .unwrap_or_else(|| Digest::of(b""));
-                    (actual != *id).then_some((*id, actual))
-                });
-                match bad {
-                    None => {
-                        let at = (run_start - base) as usize;
-                        out[at..at + bytes.len()].copy_from_slice(&bytes);
-                        break;
-                    }
-                    Some((expected, actual)) => {
-                        self.metrics.verification_failure();
-                        attempt += 1;
-                        if attempt == 2 {
-                            return Err(AgentError::Corrupt {
-                                what: format!("chunk of layer {layer} at offset {run_start}"),
-                                expected,
-                                actual,
-                            });
-                        }
-                    }
-                }
-            }
+        for run in coalesce(missing) {
+            let (bytes, _) = self.fetch_run(layer, &run, &layer_label).await?;
+            let at = (run.start - base) as usize;
+            out[at..at + bytes.len()].copy_from_slice(&bytes);
         }
         let from = (start.max(base) - base) as usize;
         let to = (end.min(stop) - base) as usize;
@@ -533,21 +488,7 @@ impl Fetcher<'_> {
         .await?;
         self.metrics.reused(self.repo, &layer_label, reused);
 
-        // Missing chunks, coalesced into runs of adjacent chunks.
-        let mut runs: Vec<Run> = Vec::new();
-        for (offset, len, id) in missing {
-            match runs.last_mut() {
-                Some(r) if r.start + r.len == offset && r.len + len <= MAX_RANGE => {
-                    r.chunks.push((r.len, len, id));
-                    r.len += len;
-                }
-                _ => runs.push(Run {
-                    start: offset,
-                    len,
-                    chunks: vec![(0, len, id)],
-                }),
-            }
-        }
+        let runs = coalesce(missing);
         *requests += runs.len() as u64;
         let fetches: Vec<_> = runs
             .into_iter()
@@ -556,45 +497,13 @@ impl Fetcher<'_> {
                 let tmp = tmp.to_path_buf();
                 let layer_label = layer_label.clone();
                 async move {
-                    let run = Arc::new(run);
-                    let mut got = 0u64;
-                    for attempt in 0..2 {
-                        let bytes = self.range(layer, run.start, run.len).await?;
-                        got += bytes.len() as u64;
-                        self.metrics
-                            .upstream(self.repo, &layer_label, bytes.len() as u64);
-                        let (f, t, r) = (file.clone(), tmp.clone(), run.clone());
-                        let bad = AgentError::blocking("writing fetched chunks", move || {
-                            let bad = r.chunks.iter().find_map(|(off, len, id)| {
-                                let actual =
-                                    Digest::of(&bytes[*off as usize..(*off + *len) as usize]);
-                                (actual != *id).then_some((*id, actual))
-                            });
-                            if bad.is_none() {
-                                f.write_all_at(&bytes, r.start).map_err(AgentError::io(&t))?;
-                            }
-                            Ok(bad)
-                        })
-                        .await?;
-                        match bad {
-                            None => return Ok::<u64, AgentError>(got),
-                            Some((expected, actual)) => {
-                                self.metrics.verification_failure();
-                                if attempt == 1 {
-                                    return Err(AgentError::Corrupt {
-                                        what: format!(
-                                            "chunk of layer {layer} at offset {}",
-                                            run.start
-                                        ),
-                                        expected,
-                                        actual,
-                                    });
-                                }
-                                tracing::warn!(%layer, chunk = %expected, "chunk from upstream failed verification; fetching again");
-                            }
-                        }
-                    }
-                    unreachable!("the loop returns")
+                    let (bytes, got) = self.fetch_run(layer, &run, &layer_label).await?;
+                    AgentError::blocking("writing fetched chunks", move || {
+                        file.write_all_at(&bytes, run.start)
+                            .map_err(AgentError::io(&tmp))
+                    })
+                    .await?;
+                    Ok::<u64, AgentError>(got)
                 }
             })
             .collect();
@@ -609,6 +518,50 @@ impl Fetcher<'_> {
         })
         .await?;
         Ok(reused)
+    }
+
+    /// The bytes of `run` from upstream, every chunk checked against its id (on the
+    /// blocking pool); a run with a bad chunk is fetched once more, then the fetch fails.
+    /// Returns the bytes and how many were fetched in all.
+    async fn fetch_run(
+        &self,
+        layer: &Digest,
+        run: &Run,
+        layer_label: &str,
+    ) -> Result<(Bytes, u64), AgentError> {
+        let mut got = 0u64;
+        for attempt in 0..2 {
+            let bytes = self.range(layer, run.start, run.len).await?;
+            got += bytes.len() as u64;
+            self.metrics
+                .upstream(self.repo, layer_label, bytes.len() as u64);
+            let (b, chunks) = (bytes.clone(), run.chunks.clone());
+            let bad = AgentError::blocking("checking fetched chunks", move || {
+                Ok(chunks.iter().find_map(|(off, len, id)| {
+                    let actual = b
+                        .get(*off as usize..(*off + *len) as usize)
+                        .map(Digest::of)
+                        .unwrap_or_else(|| Digest::of(b""));
+                    (actual != *id).then_some((*id, actual))
+                }))
+            })
+            .await?;
+            match bad {
+                None => return Ok((bytes, got)),
+                Some((expected, actual)) => {
+                    self.metrics.verification_failure();
+                    if attempt == 1 {
+                        return Err(AgentError::Corrupt {
+                            what: format!("chunk of layer {layer} at offset {}", run.start),
+                            expected,
+                            actual,
+                        });
+                    }
+                    tracing::warn!(%layer, chunk = %expected, "chunk from upstream failed verification; fetching again");
+                }
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     /// `len` bytes of `layer` from `start` with one single-range request; a 200 answer
@@ -688,39 +641,72 @@ fn copy_local_chunks(
 ) -> Result<(u64, Vec<MissingChunk>), AgentError> {
     let mut reused = 0u64;
     let mut missing: Vec<MissingChunk> = Vec::new();
-    let mut open: std::collections::HashMap<Digest, std::fs::File> = Default::default();
+    let mut open = HashMap::new();
     let mut buf = Vec::new();
     for c in index.chunks_with_offsets() {
         let id = c.record.id;
         let len = c.record.compressed_len;
-        let local = store
-            .chunk(&id)
-            .filter(|l| l.blob != *layer && l.len == len);
-        let mut placed = false;
-        if let Some(loc) = local {
-            if let std::collections::hash_map::Entry::Vacant(e) = open.entry(loc.blob) {
-                if let Ok(f) = std::fs::File::open(store.blob_path(&loc.blob)) {
-                    e.insert(f);
-                }
-            }
-            if let (Some(src), Ok(n)) = (open.get(&loc.blob), usize::try_from(len)) {
-                // The index was validated: a chunk is at most a few tens of MiB.
-                buf.resize(n, 0);
-                if src.read_exact_at(&mut buf, loc.offset).is_ok() && Digest::of(&buf) == id {
-                    file.write_all_at(&buf, c.compressed_offset)
-                        .map_err(AgentError::io(tmp))?;
-                    reused += len;
-                    placed = true;
-                } else {
-                    tracing::warn!(chunk = %id, blob = %loc.blob, "held chunk failed its check; fetching it");
-                }
-            }
-        }
-        if !placed {
+        if read_held_chunk(store, &mut open, layer, &id, len, &mut buf) {
+            file.write_all_at(&buf, c.compressed_offset)
+                .map_err(AgentError::io(tmp))?;
+            reused += len;
+        } else {
             missing.push((c.compressed_offset, len, id));
         }
     }
     Ok((reused, missing))
+}
+
+/// Reads chunk `id` (`len` compressed bytes) into `buf` from a held blob other than `layer`
+/// and checks it against its id; false when no held blob has it or the copy fails its
+/// check (then it is fetched). `open` keeps the blobs opened so far.
+fn read_held_chunk(
+    store: &Store,
+    open: &mut HashMap<Digest, std::fs::File>,
+    layer: &Digest,
+    id: &Digest,
+    len: u64,
+    buf: &mut Vec<u8>,
+) -> bool {
+    let Some(loc) = store.chunk(id).filter(|l| l.blob != *layer && l.len == len) else {
+        return false;
+    };
+    if let std::collections::hash_map::Entry::Vacant(e) = open.entry(loc.blob) {
+        if let Ok(f) = std::fs::File::open(store.blob_path(&loc.blob)) {
+            e.insert(f);
+        }
+    }
+    let (Some(src), Ok(n)) = (open.get(&loc.blob), usize::try_from(len)) else {
+        return false;
+    };
+    // The index was validated: a chunk is at most a few tens of MiB.
+    buf.resize(n, 0);
+    if src.read_exact_at(buf, loc.offset).is_ok() && Digest::of(buf) == *id {
+        true
+    } else {
+        tracing::warn!(chunk = %id, blob = %loc.blob, "held chunk failed its check; fetching it");
+        false
+    }
+}
+
+/// Missing chunks (in blob order) coalesced into runs of adjacent chunks of at most
+/// [`MAX_RANGE`] bytes, one range request each.
+fn coalesce(missing: Vec<MissingChunk>) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for (offset, len, id) in missing {
+        match runs.last_mut() {
+            Some(r) if r.start + r.len == offset && r.len + len <= MAX_RANGE => {
+                r.chunks.push((r.len, len, id));
+                r.len += len;
+            }
+            _ => runs.push(Run {
+                start: offset,
+                len,
+                chunks: vec![(0, len, id)],
+            }),
+        }
+    }
+    runs
 }
 
 /// Reads a whole answer of at most `max` bytes: refused at once when its `Content-Length`
