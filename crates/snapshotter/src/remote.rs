@@ -74,10 +74,23 @@ struct ChunkList {
     chunks: Vec<(String, u64, u64)>,
 }
 
+/// What the fast path needs of an image's manifest and config.
+struct ImageDocs {
+    /// The manifest's layer descriptors.
+    layers: Vec<serde_json::Value>,
+    /// The config's diff_ids, by layer position (`None` where one does not parse).
+    diff_ids: Vec<Option<Digest>>,
+    /// The config's digest.
+    config_digest: Digest,
+}
+
+/// A fast-path snapshot's layer map and chunk list, loaded.
+type Loaded = Arc<(LayerMap, ChunkList)>;
+
 /// A committed fast-path snapshot whose files can serve chunks.
 struct Held {
     dir: PathBuf,
-    map: Arc<LayerMap>,
+    loaded: Loaded,
 }
 
 /// Held while one layer (by parent and target chain id) is being built.
@@ -88,8 +101,10 @@ pub struct GantryFastPath {
     agent: String,
     http: reqwest::Client,
     reflink: bool,
-    /// Layer maps loaded, by snapshot name.
-    maps: Arc<Mutex<HashMap<String, Arc<LayerMap>>>>,
+    /// Manifests and configs read, by manifest digest (a few images at most).
+    images: Mutex<HashMap<Digest, Arc<ImageDocs>>>,
+    /// Layer maps and chunk lists loaded, by snapshot name.
+    maps: Arc<Mutex<HashMap<String, Loaded>>>,
     /// One build at a time per (parent, target).
     building: tokio::sync::Mutex<HashMap<(String, String), BuildLock>>,
     totals: Mutex<FastPathTotals>,
@@ -104,6 +119,7 @@ impl GantryFastPath {
             agent: agent.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
             reflink: true,
+            images: Mutex::new(HashMap::new()),
             maps: Arc::new(Mutex::new(HashMap::new())),
             building: tokio::sync::Mutex::new(HashMap::new()),
             totals: Mutex::new(FastPathTotals::default()),
@@ -166,14 +182,54 @@ impl GantryFastPath {
         Ok(body)
     }
 
-    /// The layer's chunk index and the config's diff_id, checked against each other and
-    /// against the layer's descriptor.
-    async fn describe(&self, src: &Source) -> Result<Option<(ChunkIndex, Digest)>> {
+    /// The manifest's layer descriptors and the config's diff_ids, fetched once per
+    /// manifest (every layer of an image is prepared separately).
+    async fn image(&self, src: &Source) -> Result<Arc<ImageDocs>> {
+        if let Some(d) = self
+            .images
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&src.manifest).cloned())
+        {
+            return Ok(d);
+        }
         let manifest = self.verified(src, "manifests", &src.manifest).await?;
         let m: serde_json::Value = serde_json::from_slice(&manifest)
             .map_err(|e| Error::FastPath(format!("manifest {}: {e}", src.manifest)))?;
-        let layers = m["layers"].as_array().cloned().unwrap_or_default();
-        let Some(pos) = layers
+        let config_digest: Digest = m["config"]["digest"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::FastPath(format!("manifest {} names no config", src.manifest)))?;
+        let config = self.verified(src, "blobs", &config_digest).await?;
+        let c: serde_json::Value = serde_json::from_slice(&config)
+            .map_err(|e| Error::FastPath(format!("config {config_digest}: {e}")))?;
+        let docs = Arc::new(ImageDocs {
+            layers: m["layers"].as_array().cloned().unwrap_or_default(),
+            diff_ids: c["rootfs"]["diff_ids"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|d| d.as_str().and_then(|s| s.parse().ok()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            config_digest,
+        });
+        if let Ok(mut images) = self.images.lock() {
+            if images.len() >= 16 {
+                images.clear();
+            }
+            images.insert(src.manifest, docs.clone());
+        }
+        Ok(docs)
+    }
+
+    /// The layer's chunk index and the config's diff_id, checked against each other and
+    /// against the layer's descriptor.
+    async fn describe(&self, src: &Source) -> Result<Option<(ChunkIndex, Digest)>> {
+        let docs = self.image(src).await?;
+        let Some(pos) = docs
+            .layers
             .iter()
             .position(|l| l["digest"].as_str() == Some(src.layer.to_string().as_str()))
         else {
@@ -182,26 +238,17 @@ impl GantryFastPath {
                 src.manifest, src.layer
             )));
         };
-        let desc = &layers[pos];
+        let desc = &docs.layers[pos];
         let Some(index_digest) = desc["annotations"][media_types::ANNOTATION_CHUNK_INDEX]
             .as_str()
             .and_then(|s| s.parse::<Digest>().ok())
         else {
             return Ok(None);
         };
-        let config_digest: Digest = m["config"]["digest"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::FastPath(format!("manifest {} names no config", src.manifest)))?;
-        let config = self.verified(src, "blobs", &config_digest).await?;
-        let c: serde_json::Value = serde_json::from_slice(&config)
-            .map_err(|e| Error::FastPath(format!("config {config_digest}: {e}")))?;
-        let diff_id: Digest = c["rootfs"]["diff_ids"][pos]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                Error::FastPath(format!("config {config_digest} has no diff_id {pos}"))
-            })?;
+        let config_digest = docs.config_digest;
+        let diff_id: Digest = docs.diff_ids.get(pos).copied().flatten().ok_or_else(|| {
+            Error::FastPath(format!("config {config_digest} has no diff_id {pos}"))
+        })?;
         let blob = self.verified(src, "blobs", &index_digest).await?;
         let index = ChunkIndex::from_blob(&blob)
             .map_err(|e| Error::FastPath(format!("chunk index {index_digest}: {e}")))?;
@@ -336,7 +383,7 @@ impl GantryFastPath {
                 if len != c.record.uncompressed_len {
                     return None;
                 }
-                h.map.pieces(&h.dir, offset, len)
+                h.loaded.0.pieces(&h.dir, offset, len)
             });
             match hit {
                 Some(pieces) => plan.push(Step::Held(pieces)),
@@ -508,13 +555,13 @@ impl GantryFastPath {
 /// Chunk id → (held snapshot, offset in its tar stream, length), and the held snapshots.
 type HeldChunks = (HashMap<String, (usize, u64, u64)>, Vec<Held>);
 
-/// The committed fast-path snapshots whose files may serve chunks, with their maps.
-fn held_snapshots(
-    store: &Store,
-    maps: &Mutex<HashMap<String, Arc<LayerMap>>>,
-) -> Result<HeldChunks> {
+/// The committed fast-path snapshots whose files may serve chunks, with their maps. A
+/// snapshot's map and chunk list are read from disk once, then kept in `cache` until the
+/// snapshot is gone.
+fn held_snapshots(store: &Store, cache: &Mutex<HashMap<String, Loaded>>) -> Result<HeldChunks> {
     let mut table = HashMap::new();
     let mut held = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for info in store.walk(&[])? {
         if info.kind != Kind::Committed || !info.labels.contains_key(GANTRY_LAYER_LABEL) {
             continue;
@@ -525,38 +572,43 @@ fn held_snapshots(
         let Some(dir) = fs.parent().map(Path::to_path_buf) else {
             continue;
         };
-        let cached = maps.lock().ok().and_then(|m| m.get(&info.name).cloned());
-        let map = match cached {
-            Some(m) => m,
-            None => {
-                match LayerMap::load(&dir.join("layer-map.json"), &dir.join("layer-map.meta")) {
-                    Ok(m) => {
-                        let m = Arc::new(m);
-                        if let Ok(mut maps) = maps.lock() {
-                            maps.insert(info.name.clone(), m.clone());
-                        }
-                        m
+        seen.insert(info.name.clone());
+        let cached = cache.lock().ok().and_then(|m| m.get(&info.name).cloned());
+        let loaded = match cached {
+            Some(l) => l,
+            None => match load_held(&dir) {
+                Ok(l) => {
+                    let l = Arc::new(l);
+                    if let Ok(mut c) = cache.lock() {
+                        c.insert(info.name.clone(), l.clone());
                     }
-                    Err(e) => {
-                        tracing::warn!(snapshot = %info.name, "layer map unreadable: {e}");
-                        continue;
-                    }
+                    l
                 }
-            }
-        };
-        let Ok(list) = std::fs::read(dir.join("chunks.json"))
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<ChunkList>(&b).map_err(|e| e.to_string()))
-        else {
-            continue;
+                Err(e) => {
+                    tracing::warn!(snapshot = %info.name, "layer map unreadable: {e}");
+                    continue;
+                }
+            },
         };
         let n = held.len();
-        for (id, offset, len) in list.chunks {
-            table.entry(id).or_insert((n, offset, len));
+        for (id, offset, len) in &loaded.1.chunks {
+            table.entry(id.clone()).or_insert((n, *offset, *len));
         }
-        held.push(Held { dir: fs, map });
+        held.push(Held { dir: fs, loaded });
+    }
+    if let Ok(mut c) = cache.lock() {
+        c.retain(|name, _| seen.contains(name));
     }
     Ok((table, held))
+}
+
+/// A fast-path snapshot's layer map and chunk list, as saved beside its directory.
+fn load_held(dir: &Path) -> Result<(LayerMap, ChunkList), String> {
+    let map = LayerMap::load(&dir.join("layer-map.json"), &dir.join("layer-map.meta"))
+        .map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(dir.join("chunks.json")).map_err(|e| e.to_string())?;
+    let list = serde_json::from_slice::<ChunkList>(&bytes).map_err(|e| e.to_string())?;
+    Ok((map, list))
 }
 
 /// Removes the active snapshot `key` of a failed build. Its files go first: on a full disk
