@@ -46,6 +46,24 @@ pub struct AgentConfig {
     pub fetch_jobs: usize,
 }
 
+impl AgentConfig {
+    /// An agent on a free loopback port with its store at `root`, mirroring the one
+    /// registry `host` (reached at `url`), with no size limit and 4 range requests per blob
+    /// (what the demo, the tests and the benchmarks run).
+    pub fn loopback(root: &std::path::Path, host: &str, url: &str) -> AgentConfig {
+        AgentConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            root: root.to_path_buf(),
+            upstreams: vec![UpstreamSpec {
+                host: host.to_string(),
+                url: url.to_string(),
+            }],
+            max_bytes: 0,
+            fetch_jobs: 4,
+        }
+    }
+}
+
 /// Shared state of the running agent.
 pub struct AgentState {
     /// The store.

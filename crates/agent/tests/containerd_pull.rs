@@ -7,53 +7,24 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use gantry_agent::{AgentConfig, RunningAgent, UpstreamSpec};
-use gantry_client::{push_layout, NoProgress, OciLayout, PushOptions, RegistryClient};
-use gantry_oci::Reference;
+use gantry_agent::{AgentConfig, RunningAgent};
+use gantry_client::OciLayout;
 use gantry_test_support::{
-    assert_success, metric, registry_client as client, sample_images, tempdir,
-    write_busybox_oci_layout, Containerd, GantryServe,
+    assert_success, metric, push_layout_to as push, registry_client as client, sample_images,
+    tempdir, write_busybox_oci_layout, Containerd, GantryServe,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-async fn push(c: &RegistryClient, layout: &Path, reference: &str) -> gantry_client::PushReport {
-    let dest: Reference = reference.parse().unwrap();
-    push_layout(
-        c,
-        &OciLayout::open(layout).unwrap(),
-        None,
-        &dest,
-        &PushOptions::default(),
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap()
-}
-
 async fn agent(root: &Path, registry_host: &str, upstream_url: &str) -> RunningAgent {
-    gantry_agent::bind(&AgentConfig {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        root: root.to_path_buf(),
-        upstreams: vec![UpstreamSpec {
-            host: registry_host.to_string(),
-            url: upstream_url.to_string(),
-        }],
-        max_bytes: 0,
-        fetch_jobs: 4,
-    })
-    .await
-    .unwrap()
+    gantry_agent::bind(&AgentConfig::loopback(root, registry_host, upstream_url))
+        .await
+        .unwrap()
 }
 
 /// Runs a blocking closure (containerd's `ctr`) off the async runtime.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
-}
-
-fn sha256_of(path: &Path) -> String {
-    use sha2::{Digest as _, Sha256};
-    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,26 +88,17 @@ async fn containerd_pulls_v1_then_only_the_new_chunks_of_v2_through_the_agent() 
     );
 
     // The container runs v2: a changed pak has v2's bytes.
-    let changed = images
-        .files_changed
-        .iter()
-        .find(|f| f.starts_with("paks/") && f.ends_with(".pak"))
-        .expect("the update changed a pak")
-        .clone();
-    let inside = format!(
-        "/BinLinux64.Dedicated/{}",
-        changed.trim_start_matches("paks/")
-    );
-    let want = sha256_of(&images.game.join(&changed));
+    let (inside, want) = images.changed_pak();
     let out = blocking({
         let (ctd, r2) = (ctd.clone(), r2.clone());
-        move || ctd.run(&r2, &["/bin/sh", "-c", &format!("sha256sum {inside}")])
+        let cmd = format!("sha256sum {inside}");
+        move || ctd.run(&r2, &["/bin/sh", "-c", &cmd])
     })
     .await;
     assert_success("ctr run v2", &out);
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with(&want),
-        "the container's {changed} is v2's: {}",
+        "the container's {inside} is v2's: {}",
         String::from_utf8_lossy(&out.stdout)
     );
     drop(agent);

@@ -43,7 +43,7 @@ pub use rootfs::{
     write_layered_oci_layout, BusyboxImage, LayeredImage, BUSYBOX_APPLETS,
 };
 pub use sample::{build as build_sample, sample_images, SampleImages};
-pub use serve::{metric, registry_client, GantryServe};
+pub use serve::{metric, push_layout_to, registry_client, GantryServe};
 pub use supervisor::static_supervisor;
 pub use xfs::LoopXfs;
 

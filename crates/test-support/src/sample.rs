@@ -20,6 +20,25 @@ pub struct SampleImages {
     pub files_changed: Vec<String>,
 }
 
+impl SampleImages {
+    /// A pak the update changed: its path inside the image and the sha256 (hex) of its v2
+    /// bytes, for a container of v2 to check.
+    pub fn changed_pak(&self) -> (String, String) {
+        use sha2::Digest as _;
+        let changed = self
+            .files_changed
+            .iter()
+            .find(|f| f.starts_with("paks/") && f.ends_with(".pak"))
+            .expect("the update changed a pak");
+        let inside = format!(
+            "/BinLinux64.Dedicated/{}",
+            changed.trim_start_matches("paks/")
+        );
+        let bytes = std::fs::read(self.game.join(changed)).expect("read the changed pak");
+        (inside, hex::encode(sha2::Sha256::digest(bytes)))
+    }
+}
+
 /// Generates the sample game at about `scale` bytes (seed 11), builds v1, applies an asset
 /// update of about `update` bytes, builds v2 (with the build cache, as CI would). With
 /// `base`, both images are built on that OCI layout's image tagged `latest`.

@@ -97,3 +97,27 @@ pub fn registry_client(
     )
     .expect("registry client")
 }
+
+/// Pushes the image of the OCI layout `layout` (its only or `latest` tag) to `reference`
+/// with the default options (delta push where offered); panics on failure.
+pub async fn push_layout_to(
+    client: &gantry_client::RegistryClient,
+    layout: &std::path::Path,
+    reference: &str,
+) -> gantry_client::PushReport {
+    let dest: gantry_oci::Reference = reference
+        .parse()
+        .unwrap_or_else(|e| panic!("reference {reference}: {e}"));
+    let opened = gantry_client::OciLayout::open(layout)
+        .unwrap_or_else(|e| panic!("layout {}: {e}", layout.display()));
+    gantry_client::push_layout(
+        client,
+        &opened,
+        None,
+        &dest,
+        &gantry_client::PushOptions::default(),
+        std::sync::Arc::new(gantry_client::NoProgress),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("push {} to {reference}: {e}", layout.display()))
+}

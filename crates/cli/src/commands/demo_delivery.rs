@@ -156,16 +156,11 @@ pub fn run(workdir: &Path, v1: &Path, v2: &Path, say: &dyn Fn(String)) -> anyhow
                 ..ClientOptions::default()
             },
         )?;
-        let agent = gantry_agent::bind(&gantry_agent::AgentConfig {
-            addr: "127.0.0.1:0".parse()?,
-            root: agent_root.clone(),
-            upstreams: vec![gantry_agent::UpstreamSpec {
-                host: host.clone(),
-                url: format!("http://{host}"),
-            }],
-            max_bytes: 0,
-            fetch_jobs: 4,
-        })
+        let agent = gantry_agent::bind(&gantry_agent::AgentConfig::loopback(
+            &agent_root,
+            &host,
+            &format!("http://{host}"),
+        ))
         .await
         .context("starting gantry agent")?;
         let agent_metrics = format!("{}/metrics", agent.url());

@@ -10,29 +10,19 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use gantry_agent::{AgentConfig, RunningAgent, UpstreamSpec};
-use gantry_client::{push_layout, NoProgress, OciLayout, PushOptions};
-use gantry_oci::{Digest, Reference};
+use gantry_agent::{AgentConfig, RunningAgent};
+use gantry_oci::Digest;
 use gantry_snapshotter::fastpath::{FastPath, FastPathOutcome, RemoteLayer};
 use gantry_snapshotter::store::{Kind, Store};
 use gantry_snapshotter::GantryFastPath;
-use gantry_test_support::{registry_client, sample_images, tempdir, GantryServe};
+use gantry_test_support::{push_layout_to, registry_client, sample_images, tempdir, GantryServe};
 
 const SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
 
 async fn agent(root: &Path, host: &str, upstream: &str) -> RunningAgent {
-    gantry_agent::bind(&AgentConfig {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        root: root.to_path_buf(),
-        upstreams: vec![UpstreamSpec {
-            host: host.to_string(),
-            url: upstream.to_string(),
-        }],
-        max_bytes: 0,
-        fetch_jobs: 4,
-    })
-    .await
-    .unwrap()
+    gantry_agent::bind(&AgentConfig::loopback(root, host, upstream))
+        .await
+        .unwrap()
 }
 
 /// The manifest of `repo:tag` on `host`: its digest, layer digests and the config's diff ids.
@@ -237,17 +227,7 @@ async fn library_case(fs: Fs) {
     let host = serve.host();
     let client = registry_client(&host, None);
     for (layout, tag) in [(&images.v1, "v1"), (&images.v2, "v2")] {
-        let dest: Reference = format!("{host}/studio/game:{tag}").parse().unwrap();
-        push_layout(
-            &client,
-            &OciLayout::open(layout).unwrap(),
-            None,
-            &dest,
-            &PushOptions::default(),
-            Arc::new(NoProgress),
-        )
-        .await
-        .unwrap();
+        push_layout_to(&client, layout, &format!("{host}/studio/game:{tag}")).await;
     }
     let agent_dir = tempdir();
     let agent = agent(agent_dir.path(), &host, &format!("http://{host}")).await;
@@ -346,17 +326,7 @@ async fn a_wrong_chain_or_a_corrupt_chunk_leaves_nothing_and_takes_the_normal_pa
     let serve = GantryServe::open().await;
     let host = serve.host();
     let client = registry_client(&host, None);
-    let dest: Reference = format!("{host}/studio/game:v1").parse().unwrap();
-    push_layout(
-        &client,
-        &OciLayout::open(&images.v1).unwrap(),
-        None,
-        &dest,
-        &PushOptions::default(),
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap();
+    push_layout_to(&client, &images.v1, &format!("{host}/studio/game:v1")).await;
     let agent_dir = tempdir();
     let agent = agent(agent_dir.path(), &host, &format!("http://{host}")).await;
     let root = tempdir();
@@ -433,11 +403,6 @@ async fn a_wrong_chain_or_a_corrupt_chunk_leaves_nothing_and_takes_the_normal_pa
     }
 }
 
-fn sha256_hex(path: &Path) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
-}
-
 /// Kubelet's way, end to end: containerd 1.6's CRI pulls v1 and then v2 through
 /// `gantry agent` with this snapshotter's fast path; a pod runs v2 and reads a changed pak;
 /// the root filesystem equals what containerd's stock overlayfs snapshotter gives for v2.
@@ -466,16 +431,11 @@ fn cri_case(fs: Fs) {
     let host = serve.host();
     let client = registry_client(&host, None);
     for (layout, tag) in [(&images.v1, "v1"), (&images.v2, "v2")] {
-        let dest: Reference = format!("{host}/studio/game:{tag}").parse().unwrap();
-        rt.block_on(push_layout(
+        rt.block_on(push_layout_to(
             &client,
-            &OciLayout::open(layout).unwrap(),
-            None,
-            &dest,
-            &PushOptions::default(),
-            Arc::new(NoProgress),
-        ))
-        .unwrap();
+            layout,
+            &format!("{host}/studio/game:{tag}"),
+        ));
     }
     let agent_dir = tempdir();
     let agent = rt.block_on(agent(agent_dir.path(), &host, &format!("http://{host}")));
@@ -534,16 +494,7 @@ fn cri_case(fs: Fs) {
     );
 
     // A pod of v2 reads a pak the update changed.
-    let changed = images
-        .files_changed
-        .iter()
-        .find(|f| f.starts_with("paks/") && f.ends_with(".pak"))
-        .expect("the update changed a pak")
-        .clone();
-    let inside = format!(
-        "/BinLinux64.Dedicated/{}",
-        changed.trim_start_matches("paks/")
-    );
+    let (inside, want) = images.changed_pak();
     let logs = tempdir();
     let (code, out) = cri.run_to_completion(
         "game-v2",
@@ -553,24 +504,16 @@ fn cri_case(fs: Fs) {
         std::time::Duration::from_secs(120),
     );
     assert_eq!(code, 0, "{out}");
-    assert!(
-        out.starts_with(&sha256_hex(&images.game.join(&changed))),
-        "the pod's {changed} is v2's: {out}"
-    );
+    assert!(out.starts_with(&want), "the pod's {inside} is v2's: {out}");
 
     // An image whose bottom layer has a chunk index too (no base): containerd looks the
     // fast-path snapshot up with `parent==""`.
     let scratch = sample_images(4_000_000, 500_000, None);
-    let dest: Reference = format!("{host}/studio/scratch:v1").parse().unwrap();
-    rt.block_on(push_layout(
+    rt.block_on(push_layout_to(
         &client,
-        &OciLayout::open(&scratch.v1).unwrap(),
-        None,
-        &dest,
-        &PushOptions::default(),
-        Arc::new(NoProgress),
-    ))
-    .unwrap();
+        &scratch.v1,
+        &format!("{host}/studio/scratch:v1"),
+    ));
     let before = fast.current();
     cri.pull_image(&format!("{host}/studio/scratch:v1"), None);
     let after = fast.current();
@@ -611,17 +554,7 @@ async fn a_full_disk_leaves_nothing_behind() {
     let serve = GantryServe::open().await;
     let host = serve.host();
     let client = registry_client(&host, None);
-    let dest: Reference = format!("{host}/studio/game:v1").parse().unwrap();
-    push_layout(
-        &client,
-        &OciLayout::open(&images.v1).unwrap(),
-        None,
-        &dest,
-        &PushOptions::default(),
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap();
+    push_layout_to(&client, &images.v1, &format!("{host}/studio/game:v1")).await;
     let agent_dir = tempdir();
     let agent = agent(agent_dir.path(), &host, &format!("http://{host}")).await;
     let xfs = gantry_test_support::LoopXfs::mount(320);
