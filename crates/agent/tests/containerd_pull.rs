@@ -10,13 +10,14 @@ use std::sync::Arc;
 use gantry_agent::{AgentConfig, RunningAgent};
 use gantry_client::OciLayout;
 use gantry_test_support::{
-    assert_success, metric, push_layout_to as push, registry_client as client, sample_images,
-    tempdir, write_busybox_oci_layout, Containerd, GantryServe,
+    assert_success, log_to_test_output, metric, push_layout_to as push, registry_client as client,
+    sample_images, tempdir, write_busybox_oci_layout, Containerd, GantryServe,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 async fn agent(root: &Path, registry_host: &str, upstream_url: &str) -> RunningAgent {
+    log_to_test_output();
     gantry_agent::bind(&AgentConfig::loopback(root, registry_host, upstream_url))
         .await
         .unwrap()

@@ -107,6 +107,18 @@ pub fn child_path() -> std::ffi::OsString {
     std::env::join_paths(dirs).expect("PATH entries contain no ':'")
 }
 
+/// Sends the tracing output of the code under test (warnings and errors, or what `RUST_LOG` asks for) to
+/// the test's captured output, so a failing test shows what the component logged. Safe to
+/// call from every test: only the first call in a process installs the subscriber.
+pub fn log_to_test_output() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// Creates a fresh temporary directory, removed when the returned guard drops.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
