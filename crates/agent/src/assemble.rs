@@ -260,7 +260,7 @@ impl Fetcher<'_> {
         known: &KnownIndex,
         head_size: Option<u64>,
         requests: &mut u64,
-    ) -> Result<(ChunkIndex, u64), DeltaError> {
+    ) -> Result<(Arc<ChunkIndex>, u64), DeltaError> {
         let index_digest = known.index;
         let what = format!("chunk index {index_digest} of layer {layer}");
         let invalid = |message: String| {
@@ -418,7 +418,6 @@ impl Fetcher<'_> {
         requests: &mut u64,
     ) -> Result<(u64, u64), DeltaError> {
         let (index, mut fetched) = self.index(layer, known, head_size, requests).await?;
-        let index = Arc::new(index);
         let store = self.store.clone();
         let (d, size) = (*layer, index.layer_size);
         let (tmp, file) = AgentError::blocking("temporary file", move || {

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -74,6 +75,40 @@ pub struct AgentState {
     pub metrics: Metrics,
     jobs: usize,
     inflight: tokio::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    allowed: std::sync::Mutex<HashMap<AllowedKey, (Instant, Option<u64>)>>,
+}
+
+/// Whom upstream allowed to read which blob: (upstream, repository, blob, the client's
+/// `Authorization` header).
+type AllowedKey = (String, String, Digest, Option<HeaderValue>);
+
+/// How long upstream's yes to a blob HEAD is reused for the same credentials: a layer
+/// read by many range requests (`gantry snapshotter`) is checked once, not per range,
+/// and a revoked permission takes effect within this time.
+const ALLOWED_FOR: Duration = Duration::from_secs(30);
+
+/// Remembered answers at most (all are dropped when full).
+const ALLOWED_ENTRIES: usize = 4096;
+
+impl AgentState {
+    /// Upstream's remembered yes (and blob size) for this client and blob, if recent.
+    fn allowed(&self, key: &AllowedKey) -> Option<Option<u64>> {
+        let map = self.allowed.lock().ok()?;
+        let (at, size) = map.get(key)?;
+        (at.elapsed() < ALLOWED_FOR).then_some(*size)
+    }
+
+    fn remember_allowed(&self, key: AllowedKey, size: Option<u64>) {
+        if let Ok(mut map) = self.allowed.lock() {
+            if map.len() >= ALLOWED_ENTRIES {
+                map.retain(|_, (at, _)| at.elapsed() < ALLOWED_FOR);
+                if map.len() >= ALLOWED_ENTRIES {
+                    map.clear();
+                }
+            }
+            map.insert(key, (Instant::now(), size));
+        }
+    }
 }
 
 /// An agent listening in the background.
@@ -141,6 +176,7 @@ pub async fn bind(config: &AgentConfig) -> Result<RunningAgent, AgentError> {
         metrics: Metrics::new(),
         jobs: config.fetch_jobs.max(1),
         inflight: tokio::sync::Mutex::new(HashMap::new()),
+        allowed: std::sync::Mutex::new(HashMap::new()),
     });
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
@@ -467,40 +503,31 @@ async fn blob(
 ) -> Response {
     let auth = auth.as_ref();
     // Upstream decides whether this client may read the blob, held or not.
-    let path = format!("/v2/{name}/blobs/{digest}");
-    let check = match state
-        .upstreams
-        .send(up, Method::HEAD, &path, auth, &[])
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => return agent_error(&e),
+    let key: AllowedKey = (up.host.clone(), name.to_string(), *digest, auth.cloned());
+    let upstream_size = match state.allowed(&key) {
+        Some(size) => size,
+        None => {
+            let path = format!("/v2/{name}/blobs/{digest}");
+            let check = match state
+                .upstreams
+                .send(up, Method::HEAD, &path, auth, &[])
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => return agent_error(&e),
+            };
+            if !check.status().is_success() {
+                return refused(&check, &method);
+            }
+            let size = check
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            state.remember_allowed(key, size);
+            size
+        }
     };
-    if !check.status().is_success() {
-        let status =
-            StatusCode::from_u16(check.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let (code, message) = match status {
-            StatusCode::UNAUTHORIZED => ("UNAUTHORIZED", "authentication required"),
-            StatusCode::FORBIDDEN => ("DENIED", "requested access to the resource is denied"),
-            StatusCode::NOT_FOUND => ("BLOB_UNKNOWN", "blob unknown to registry"),
-            _ => ("UNKNOWN", "upstream refused the blob"),
-        };
-        let body = serde_json::json!({"errors": [{"code": code, "message": message}]}).to_string();
-        return respond(
-            relay_headers(check.headers(), Response::builder().status(status))
-                .header("content-type", "application/json"),
-            if method == Method::HEAD {
-                Body::empty()
-            } else {
-                Body::from(body)
-            },
-        );
-    }
-    let upstream_size = check
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
 
     let (store, d) = (state.store.clone(), *digest);
     let held = match AgentError::blocking("store", move || Ok(store.has(&d))).await {
@@ -530,6 +557,27 @@ async fn blob(
         return agent_error(&e);
     }
     serve_file(state, name, digest, &method, &headers).await
+}
+
+/// Upstream's refusal of a blob HEAD, relayed with a registry error body.
+fn refused(check: &reqwest::Response, method: &Method) -> Response {
+    let status = StatusCode::from_u16(check.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let (code, message) = match status {
+        StatusCode::UNAUTHORIZED => ("UNAUTHORIZED", "authentication required"),
+        StatusCode::FORBIDDEN => ("DENIED", "requested access to the resource is denied"),
+        StatusCode::NOT_FOUND => ("BLOB_UNKNOWN", "blob unknown to registry"),
+        _ => ("UNKNOWN", "upstream refused the blob"),
+    };
+    let body = serde_json::json!({"errors": [{"code": code, "message": message}]}).to_string();
+    respond(
+        relay_headers(check.headers(), Response::builder().status(status))
+            .header("content-type", "application/json"),
+        if *method == Method::HEAD {
+            Body::empty()
+        } else {
+            Body::from(body)
+        },
+    )
 }
 
 /// Longest range answered from chunks without assembling the blob (longer ones, and

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use gantry_layer::ChunkIndex;
@@ -55,7 +55,15 @@ pub struct Store {
     root: PathBuf,
     max_bytes: u64,
     chunks: Arc<RwLock<HashMap<Digest, ChunkLocation>>>,
+    /// Parsed chunk indexes by digest: a range request of `gantry snapshotter` needs the
+    /// layer's index each time, and parsing a large one costs milliseconds. Content
+    /// addressed, so an entry can only be stale in being unused; at most
+    /// [`PARSED_INDEXES`] are kept.
+    parsed: Arc<Mutex<HashMap<Digest, Arc<ChunkIndex>>>>,
 }
+
+/// Parsed chunk indexes kept in memory.
+const PARSED_INDEXES: usize = 32;
 
 impl Store {
     /// Opens (creating) the store at `root`, empties `tmp/` and rebuilds the chunk map.
@@ -87,6 +95,7 @@ impl Store {
             root: root.to_path_buf(),
             max_bytes,
             chunks: Arc::new(RwLock::new(HashMap::new())),
+            parsed: Arc::new(Mutex::new(HashMap::new())),
         };
         let layers = root.join("layers");
         for entry in std::fs::read_dir(&layers)
@@ -195,14 +204,25 @@ impl Store {
         self.commit(&path, digest, Some(bytes.len() as u64))
     }
 
-    /// Reads and parses a held chunk index blob.
-    pub fn read_index(&self, digest: &Digest) -> Result<ChunkIndex, AgentError> {
+    /// Reads and parses a held chunk index blob (parsed once, then kept in memory).
+    pub fn read_index(&self, digest: &Digest) -> Result<Arc<ChunkIndex>, AgentError> {
+        if let Some(index) = self.parsed.lock().ok().and_then(|m| m.get(digest).cloned()) {
+            return Ok(index);
+        }
         let path = self.blob_path(digest);
         let bytes = std::fs::read(&path).map_err(AgentError::io(&path))?;
-        ChunkIndex::from_blob(&bytes).map_err(|e| AgentError::Invalid {
+        let index = ChunkIndex::from_blob(&bytes).map_err(|e| AgentError::Invalid {
             what: format!("chunk index {digest}"),
             message: e.to_string(),
-        })
+        })?;
+        let index = Arc::new(index);
+        if let Ok(mut m) = self.parsed.lock() {
+            if m.len() >= PARSED_INDEXES {
+                m.clear();
+            }
+            m.insert(*digest, index.clone());
+        }
+        Ok(index)
     }
 
     /// Records that held layer `index.layer_digest` has chunk index `index_digest`, and
