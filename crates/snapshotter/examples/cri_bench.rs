@@ -95,7 +95,11 @@ fn main() {
         options.snapshotter = Some("overlayfs".into());
     }
     let ctd = Containerd::start_cri(&options);
-    if way != "layer" {
+    if way == "layer" {
+        // Plain HTTP to the registry, also when it is not on loopback (--rate runs).
+        let url = format!("http://{registry}");
+        gantry_test_support::write_mirror_hosts_toml(&ctd.hosts_dir(), &registry, &url, &url);
+    } else {
         let agent = arg(&args, "agent");
         gantry_agent::hosts::install(
             &ctd.hosts_dir(),

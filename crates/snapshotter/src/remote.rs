@@ -27,7 +27,7 @@ use crate::fastpath::{
     TARGET_SNAPSHOT_REF_LABEL,
 };
 use crate::store::{Kind, Store};
-use crate::unpack::{Assembler, LayerMap, Piece, Stats};
+use crate::unpack::{Assembler, Keep, LayerMap, Piece, Stats, StreamHasher};
 
 /// CRI's label on a layer's prepare: the digest of the (platform) manifest being pulled.
 pub const CRI_MANIFEST_DIGEST_LABEL: &str = "containerd.io/snapshot/cri.manifest-digest";
@@ -46,6 +46,10 @@ const IN_FLIGHT: usize = 8;
 /// Compressed bytes fetched ahead of the writer at most (bounds memory on a cold pull:
 /// with the writer's queue of 4 steps, the snapshotter stays near 100 MiB).
 const LOOKAHEAD: u64 = 16 << 20;
+
+/// Inflated bytes (KiB) waiting for the writer or the hasher at most: what lets the hasher
+/// run ahead of the writer without holding a large update in memory.
+const QUEUED_KIB: u64 = 48 << 10;
 
 /// What the fast path did, summed over the layers it built.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -317,8 +321,10 @@ impl GantryFastPath {
             Ok(stats) => {
                 let store2 = store.clone();
                 let (n, k) = (name.clone(), tmp_key.clone());
+                let t0 = Instant::now();
                 let committed =
                     tokio::task::spawn_blocking(move || store2.commit(&n, &k, labels)).await?;
+                tracing::debug!(seconds = t0.elapsed().as_secs_f64(), "snapshot committed");
                 committed.map(|_| stats)
             }
             Err(e) => Err(e),
@@ -412,7 +418,12 @@ impl GantryFastPath {
             "{}/v2/{}/blobs/{}?ns={}",
             self.agent, src.repository, src.layer, src.registry
         );
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Piece>>>(4);
+        // The writer and the diff_id hasher each take every step in order, on threads of
+        // their own, so hashing held data runs ahead of the writer's copies. Inflated bytes
+        // queued for either count against QUEUED_KIB until both are done with them.
+        let hasher = StreamHasher::start()?;
+        let budget = Arc::new(tokio::sync::Semaphore::new(QUEUED_KIB as usize));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<Piece>, Keep)>(4096);
         let dest = fs.clone();
         let reflink = self.reflink;
         let writer = tokio::task::spawn_blocking(move || -> Result<_> {
@@ -420,14 +431,15 @@ impl GantryFastPath {
             let (mut waiting, mut feeding) = (0f64, 0f64);
             loop {
                 let t = Instant::now();
-                let Some(item) = rx.blocking_recv() else {
+                let Some((pieces, keep)) = rx.blocking_recv() else {
                     break;
                 };
                 waiting += t.elapsed().as_secs_f64();
                 let t = Instant::now();
-                for piece in item? {
+                for piece in pieces {
                     a.feed(piece)?;
                 }
+                drop(keep);
                 feeding += t.elapsed().as_secs_f64();
             }
             let t = Instant::now();
@@ -440,8 +452,8 @@ impl GantryFastPath {
             );
             Ok(done)
         });
-        // Fetches start as far ahead of the writer as LOOKAHEAD compressed bytes allow,
-        // IN_FLIGHT at a time; the writer takes the steps in order.
+        // Fetches start as far ahead as LOOKAHEAD compressed bytes allow, IN_FLIGHT at a
+        // time; the writer and the hasher take the steps in order.
         let permits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         let mut steps: Vec<Option<Step>> = plan.into_iter().map(Some).collect();
         let mut pending: std::collections::VecDeque<Pending> = Default::default();
@@ -483,16 +495,39 @@ impl GantryFastPath {
                 }
                 None => Ok(Vec::new()),
             };
-            match pieces {
-                Ok(p) => {
-                    if tx.send(Ok(p)).await.is_err() {
-                        break;
-                    }
-                }
+            let pieces = match pieces {
+                Ok(p) => p,
                 Err(e) => {
                     failure = Some(e);
                     break;
                 }
+            };
+            let kib: u64 = pieces
+                .iter()
+                .filter_map(|p| match p {
+                    Piece::Bytes(b) => Some(b.len() as u64),
+                    Piece::File { .. } => None,
+                })
+                .sum::<u64>()
+                .div_ceil(1024)
+                .min(QUEUED_KIB);
+            let keep: Keep = if kib > 0 {
+                match budget.clone().acquire_many_owned(kib as u32).await {
+                    Ok(permit) => Some(Arc::new(permit)),
+                    Err(e) => {
+                        failure = Some(Error::FastPath(format!("memory budget: {e}")));
+                        break;
+                    }
+                }
+            } else {
+                None
+            };
+            if let Err(e) = hasher.feed(pieces.clone(), keep.clone()).await {
+                failure = Some(e.into());
+                break;
+            }
+            if tx.send((pieces, keep)).await.is_err() {
+                break;
             }
         }
         for p in pending {
@@ -507,12 +542,14 @@ impl GantryFastPath {
             "all steps sent"
         );
         let written = writer.await?;
+        let hash = tokio::task::spawn_blocking(move || hasher.finish()).await?;
         tracing::debug!(seconds = t0.elapsed().as_secs_f64(), "assembled and hashed");
         self.add(|t| t.fetched_bytes += fetched);
         if let Some(e) = failure {
             return Err(e);
         }
-        let (map, stats, hash) = written?;
+        let hash = hash?;
+        let (map, stats) = written?;
         let got = Digest::from_hex(&hex::encode(hash))
             .map_err(|e| Error::FastPath(format!("diff_id: {e}")))?;
         if got != *diff_id {
@@ -538,6 +575,7 @@ impl GantryFastPath {
             .parent()
             .map(Path::to_path_buf)
             .ok_or_else(|| Error::FastPath(format!("{} has no parent", fs.display())))?;
+        let t0 = Instant::now();
         tokio::task::spawn_blocking(move || -> Result<()> {
             map.save(&dir.join("layer-map.json"), &dir.join("layer-map.meta"))?;
             let bytes = serde_json::to_vec(&list).map_err(|source| Error::Metadata {
@@ -548,6 +586,7 @@ impl GantryFastPath {
                 .map_err(|e| Error::io(format!("writing {}", dir.join("chunks.json").display()), e))
         })
         .await??;
+        tracing::debug!(seconds = t0.elapsed().as_secs_f64(), "layer map saved");
         Ok(stats)
     }
 }

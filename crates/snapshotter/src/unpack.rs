@@ -2,7 +2,7 @@
 //! run of [`Piece`]s, written into an empty snapshot directory with the on-disk semantics of
 //! containerd's overlayfs applier (whiteouts as 0:0 character devices, opaque directories as
 //! `trusted.overlay.opaque`, xattrs, hard links, symlinks, devices, ownership, modes, times),
-//! while the stream's sha256 (the layer's diff_id) is computed on another core.
+//! while [`StreamHasher`] computes the stream's sha256 (the layer's diff_id) on another core.
 //!
 //! A piece is either bytes (a chunk inflated from the agent) or a byte range of a file that
 //! an earlier snapshot on this node holds (a chunk the node already has). File data taken
@@ -20,7 +20,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -130,13 +129,16 @@ impl LayerMap {
     }
 
     /// Writes the map as two files: `<stem>.json` (segments) and `<stem>.meta` (bytes).
+    /// Not synced, like the snapshot's own files: after a power loss a map may be cut
+    /// short, and then [`LayerMap::load`] refuses it; a map that loads but points at lost
+    /// data only ever feeds a build whose diff_id check then fails.
     pub fn save(&self, json: &Path, meta: &Path) -> Result<()> {
         let text = serde_json::to_vec(self).map_err(|e| UnpackError::Io {
             context: format!("encoding {}", json.display()),
             source: std::io::Error::other(e),
         })?;
-        write_synced(meta, &self.meta)?;
-        write_synced(json, &text)
+        write_file(meta, &self.meta)?;
+        write_file(json, &text)
     }
 
     /// Reads a map written by [`LayerMap::save`], checking that its segments cover the
@@ -206,11 +208,8 @@ impl LayerMap {
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(path).map_err(io_err(format!("creating {}", path.display())))?;
-    std::io::Write::write_all(&mut f, bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(io_err(format!("writing {}", path.display())))
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(io_err(format!("writing {}", path.display())))
 }
 
 /// A run of a layer's tar stream.
@@ -280,35 +279,51 @@ struct Source {
     size: u64,
 }
 
-/// The hashing thread: sha256 over the stream, fed in order.
-struct Hasher {
-    tx: Option<SyncSender<Piece>>,
+/// Something kept alive until the hasher is done with a batch of pieces (a share of a
+/// memory budget, say), dropped right after.
+pub type Keep = Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>;
+
+/// The sha256 of a tar stream (a layer's diff_id) given as ordered batches of [`Piece`]s,
+/// computed on a thread of its own. It is fed apart from the [`Assembler`], so hashing
+/// unchanged data (from the files of earlier snapshots) runs ahead of the writer instead of
+/// waiting for its copies.
+pub struct StreamHasher {
+    tx: Option<tokio::sync::mpsc::Sender<(Vec<Piece>, Keep)>>,
     handle: Option<JoinHandle<Result<[u8; 32]>>>,
 }
 
-impl Hasher {
-    fn start() -> Hasher {
-        let (tx, rx) = sync_channel::<Piece>(256);
+impl StreamHasher {
+    /// Starts the hashing thread.
+    pub fn start() -> Result<StreamHasher> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<(Vec<Piece>, Keep)>(4096);
         let handle = std::thread::Builder::new()
             .name("gantry-diffid".into())
             .spawn(move || hash_pieces(rx))
-            .ok();
-        Hasher {
+            .map_err(io_err("starting the diff_id hasher"))?;
+        Ok(StreamHasher {
             tx: Some(tx),
-            handle,
+            handle: Some(handle),
+        })
+    }
+
+    /// The next pieces of the stream (from async code).
+    pub async fn feed(&self, pieces: Vec<Piece>, keep: Keep) -> Result<()> {
+        match &self.tx {
+            Some(tx) if tx.send((pieces, keep)).await.is_ok() => Ok(()),
+            _ => Err(UnpackError::Tar("the diff_id hasher stopped".into())),
         }
     }
 
-    fn feed(&self, piece: Piece) -> Result<()> {
-        let sent = self.tx.as_ref().map(|tx| tx.send(piece).is_ok());
-        if sent == Some(true) {
-            Ok(())
-        } else {
-            Err(UnpackError::Tar("the diff_id hasher stopped".into()))
+    /// The next pieces of the stream (from a thread that may block).
+    pub fn blocking_feed(&self, pieces: Vec<Piece>) -> Result<()> {
+        match &self.tx {
+            Some(tx) if tx.blocking_send((pieces, None)).is_ok() => Ok(()),
+            _ => Err(UnpackError::Tar("the diff_id hasher stopped".into())),
         }
     }
 
-    fn finish(mut self) -> Result<[u8; 32]> {
+    /// Ends the stream and returns its sha256 (waits for the thread: blocking).
+    pub fn finish(mut self) -> Result<[u8; 32]> {
         drop(self.tx.take());
         match self.handle.take().map(|h| h.join()) {
             Some(Ok(r)) => r,
@@ -317,32 +332,35 @@ impl Hasher {
     }
 }
 
-fn hash_pieces(rx: Receiver<Piece>) -> Result<[u8; 32]> {
+fn hash_pieces(mut rx: tokio::sync::mpsc::Receiver<(Vec<Piece>, Keep)>) -> Result<[u8; 32]> {
     let mut sha = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut open: Option<(PathBuf, File)> = None;
-    for piece in rx {
-        match piece {
-            Piece::Bytes(b) => sha.update(&b),
-            Piece::File { path, offset, len } => {
-                if open.as_ref().is_none_or(|(p, _)| *p != path) {
-                    let f =
-                        File::open(&path).map_err(io_err(format!("opening {}", path.display())))?;
-                    open = Some((path.clone(), f));
-                }
-                let Some((_, f)) = open.as_ref() else {
-                    continue;
-                };
-                let mut done = 0u64;
-                while done < len {
-                    let n = (len - done).min(buf.len() as u64) as usize;
-                    f.read_exact_at(&mut buf[..n], offset + done)
-                        .map_err(io_err(format!("reading {}", path.display())))?;
-                    sha.update(&buf[..n]);
-                    done += n as u64;
+    while let Some((pieces, keep)) = rx.blocking_recv() {
+        for piece in pieces {
+            match piece {
+                Piece::Bytes(b) => sha.update(&b),
+                Piece::File { path, offset, len } => {
+                    if open.as_ref().is_none_or(|(p, _)| *p != path) {
+                        let f = File::open(&path)
+                            .map_err(io_err(format!("opening {}", path.display())))?;
+                        open = Some((path.clone(), f));
+                    }
+                    let Some((_, f)) = open.as_ref() else {
+                        continue;
+                    };
+                    let mut done = 0u64;
+                    while done < len {
+                        let n = (len - done).min(buf.len() as u64) as usize;
+                        f.read_exact_at(&mut buf[..n], offset + done)
+                            .map_err(io_err(format!("reading {}", path.display())))?;
+                        sha.update(&buf[..n]);
+                        done += n as u64;
+                    }
                 }
             }
         }
+        drop(keep);
     }
     Ok(sha.finalize().into())
 }
@@ -416,7 +434,6 @@ pub struct Assembler {
     /// Segment indexes of each regular file's data, to mark them gone if it is replaced.
     file_segments: HashMap<String, Vec<usize>>,
     dirs: Vec<(PathBuf, (i64, i64))>,
-    hasher: Hasher,
     source: Option<Source>,
     stats: Stats,
     ended: bool,
@@ -438,7 +455,6 @@ impl Assembler {
             map: LayerMap::default(),
             file_segments: HashMap::new(),
             dirs: Vec::new(),
-            hasher: Hasher::start(),
             source: None,
             stats: Stats::default(),
             ended: false,
@@ -499,7 +515,6 @@ impl Assembler {
         let len = piece.len();
         if let State::Data { .. } = self.state {
             self.write_data(&piece)?;
-            self.hasher.feed(piece)?;
             self.pos += len;
             let done = matches!(self.state, State::Data { remaining: 0, .. });
             if done {
@@ -509,7 +524,6 @@ impl Assembler {
         }
         let bytes = self.meta_bytes(&piece)?;
         self.record_meta(&bytes);
-        self.hasher.feed(Piece::Bytes(bytes.clone()))?;
         self.pos += len;
         match &mut self.state {
             State::Header(buf) => {
@@ -1005,21 +1019,13 @@ impl Assembler {
         Ok(())
     }
 
-    /// Ends the stream: directory times, the map, the stats and the stream's sha256.
-    pub fn finish(mut self) -> Result<(LayerMap, Stats, [u8; 32])> {
+    /// Ends the stream: directory times, the map and the stats.
+    pub fn finish(mut self) -> Result<(LayerMap, Stats)> {
         let complete = match &self.state {
             State::Header(buf) => buf.is_empty(),
             State::Skip { then_header, .. } => !*then_header && self.ended,
             _ => false,
         };
-        let hash = std::mem::replace(
-            &mut self.hasher,
-            Hasher {
-                tx: None,
-                handle: None,
-            },
-        )
-        .finish()?;
         if !complete && !self.ended {
             return Err(UnpackError::Tar(format!(
                 "the tar stream ends in the middle of an entry at {}",
@@ -1030,7 +1036,7 @@ impl Assembler {
             set_times(dir, *t)?;
         }
         self.map.size = self.pos;
-        Ok((self.map, self.stats, hash))
+        Ok((self.map, self.stats))
     }
 }
 
@@ -1359,15 +1365,19 @@ mod tests {
     /// Feeds `tar` in pieces of the given sizes, as bytes.
     fn assemble(tar: &[u8], dest: &Path, sizes: &[usize]) -> (LayerMap, Stats, [u8; 32]) {
         let mut a = Assembler::new(dest, true).unwrap();
+        let h = StreamHasher::start().unwrap();
         let bytes = Bytes::from(tar.to_vec());
         let (mut at, mut k) = (0, 0);
         while at < tar.len() {
             let n = sizes[k % sizes.len()].min(tar.len() - at);
-            a.feed(Piece::Bytes(bytes.slice(at..at + n))).unwrap();
+            let piece = Piece::Bytes(bytes.slice(at..at + n));
+            h.blocking_feed(vec![piece.clone()]).unwrap();
+            a.feed(piece).unwrap();
             at += n;
             k += 1;
         }
-        a.finish().unwrap()
+        let (map, stats) = a.finish().unwrap();
+        (map, stats, h.finish().unwrap())
     }
 
     #[test]
@@ -1445,6 +1455,7 @@ mod tests {
         assert_eq!(v1.len(), v2.len());
         // "Chunks" of 64 KiB: those equal to v1's at the same offset come from v1's files.
         let mut a = Assembler::new(&v2_dir, true).unwrap();
+        let h = StreamHasher::start().unwrap();
         let chunk = 65_536;
         let mut from_v1 = 0;
         for start in (0..v2.len()).step_by(chunk) {
@@ -1454,15 +1465,18 @@ mod tests {
                     .pieces(&v1_dir, start as u64, (end - start) as u64)
                     .unwrap()
                 {
+                    h.blocking_feed(vec![p.clone()]).unwrap();
                     a.feed(p).unwrap();
                 }
                 from_v1 += end - start;
             } else {
-                a.feed(Piece::Bytes(Bytes::copy_from_slice(&v2[start..end])))
-                    .unwrap();
+                let p = Piece::Bytes(Bytes::copy_from_slice(&v2[start..end]));
+                h.blocking_feed(vec![p.clone()]).unwrap();
+                a.feed(p).unwrap();
             }
         }
-        let (map2, stats, hash) = a.finish().unwrap();
+        let (map2, stats) = a.finish().unwrap();
+        let hash = h.finish().unwrap();
         assert_eq!(hash, <[u8; 32]>::from(Sha256::digest(&v2)));
         assert_eq!(std::fs::read(v2_dir.join("game/big.pak")).unwrap(), data);
         assert_eq!(
