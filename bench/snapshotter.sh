@@ -14,22 +14,24 @@
 # `sha256sum`), pushed by `gantry push` to gantry serve and by skopeo to docker-registry. The
 # container checks the sha256 of a pak the update changed.
 #
-# Not measured here yet: podman zstd:chunked (WORKLOAD row 5's fourth column), a tc tbf
-# limited link, the single-pak shape.
+# With --rate (e.g. 200mbit) the registries run in a network namespace of their own, reached
+# over a veth pair whose both ends are shaped by `tc tbf` to that rate (after the pushes):
+# every byte a node takes from a registry crosses that link.
 #
 # Usage (as root): bash bench/snapshotter.sh [--scale 500MB] [--seed 9] [--update-mb 20]
-#                                            [--out FILE.json] [--keep]
+#                                            [--rate 200mbit] [--out FILE.json] [--keep]
 # Prints a Markdown table; writes the JSON (default bench/results/snapshotter-<scale>.json).
 # Needs: containerd, runc, docker-registry, skopeo, xfsprogs, jq, curl, busybox-static, cargo.
 set -euo pipefail
 
-SCALE=500MB; SEED=9; UPDATE_MB=20; OUT=""; KEEP=0
+SCALE=500MB; SEED=9; UPDATE_MB=20; OUT=""; KEEP=0; RATE=""
 ARGS=("$@")
 while (($#)); do
   case "$1" in
     --scale) SCALE="$2"; shift 2 ;;
     --seed) SEED="$2"; shift 2 ;;
     --update-mb) UPDATE_MB="$2"; shift 2 ;;
+    --rate) RATE="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -37,7 +39,7 @@ while (($#)); do
   esac
 done
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="${OUT:-$REPO/bench/results/snapshotter-$SCALE.json}"
+OUT="${OUT:-$REPO/bench/results/snapshotter-$SCALE${RATE:+-$RATE}.json}"
 export PATH="${HOME:-/root}/.cargo/bin:${PATH}:/usr/local/sbin:/usr/sbin:/sbin"
 log() { printf '[snapshotter-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[snapshotter-bench] FAILED: %s\n' "$*" >&2; exit 1; }
@@ -71,6 +73,7 @@ cleanup() {
   set +e
   for p in "${PIDS[@]}"; do stop_pid "$p"; done
   { findmnt -rn -o TARGET | grep -F "$WORK/" || true; } | sort -r | while read -r m; do umount -l "$m"; done
+  if [[ -n "$RATE" ]]; then ip netns del "$NS" 2>/dev/null; ip link del "$VETH" 2>/dev/null; fi
   if ((KEEP)); then log "kept $WORK"; else rm -rf "$WORK"; fi
   exit "$rc"
 }
@@ -107,15 +110,27 @@ CHANGED="$(jq -r '[.files_changed[] | select(startswith("paks/") and endswith(".
 CHECK_PATH="/BinLinux64.Dedicated/${CHANGED#paks/}"
 CHECK_SHA="$(sha256sum "$GAME/$CHANGED" | cut -d' ' -f1)"
 
-# Registries (on the host's disk, not the node's): gantry serve and docker-registry.
-SP="$(free_port)"; SERVE="127.0.0.1:$SP"
-"$G" serve --addr "$SERVE" --root "$WORK/serve" > "$WORK/logs/serve.log" 2>&1 & PIDS+=($!)
+# Registries (on the host's disk, not the node's): gantry serve and docker-registry; with
+# --rate in a namespace of their own behind a veth pair.
+REG_IP=127.0.0.1; IN_NS=()
+NS="gsnap$$"; VETH="gsn$$h"
+if [[ -n "$RATE" ]]; then
+  command -v tc > /dev/null || die "tc missing (iproute2)"
+  ip netns add "$NS"
+  ip link add "$VETH" type veth peer name "gsn$$r" netns "$NS"
+  ip addr add 10.231.0.1/24 dev "$VETH"; ip link set "$VETH" up
+  ip -n "$NS" addr add 10.231.0.2/24 dev "gsn$$r"
+  ip -n "$NS" link set "gsn$$r" up; ip -n "$NS" link set lo up
+  REG_IP=10.231.0.2; IN_NS=(ip netns exec "$NS")
+fi
+SP="$(free_port)"; SERVE="$REG_IP:$SP"
+"${IN_NS[@]}" "$G" serve --addr "$SERVE" --root "$WORK/serve" > "$WORK/logs/serve.log" 2>&1 & PIDS+=($!)
 wait_http "http://$SERVE/v2/" || die "gantry serve did not start"
-DP="$(free_port)"; DIST="127.0.0.1:$DP"
+DP="$(free_port)"; DIST="$REG_IP:$DP"
 mkdir -p "$WORK/dist"
 printf 'version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n' \
   "$WORK/dist" "$DIST" > "$WORK/dist.yml"
-docker-registry serve "$WORK/dist.yml" > "$WORK/logs/dist.log" 2>&1 & PIDS+=($!)
+"${IN_NS[@]}" docker-registry serve "$WORK/dist.yml" > "$WORK/logs/dist.log" 2>&1 & PIDS+=($!)
 wait_http "http://$DIST/v2/" || die "docker-registry did not start"
 for v in 1 2; do
   "$G" push "$WORK/l$v" "$SERVE/bench/game:v$v" --insecure > /dev/null 2>> "$WORK/logs/push.log" || die "gantry push v$v"
@@ -126,6 +141,12 @@ LAYER_BYTES="$(jq -s '(.[0].layers | map(.digest)) as $old | [.[1].layers[] | se
   <(skopeo inspect --raw --tls-verify=false "docker://$DIST/bench/game:v1") \
   <(skopeo inspect --raw --tls-verify=false "docker://$DIST/bench/game:v2"))"
 IMAGE_BYTES="$(jq '[.layers[].size] | add' <(skopeo inspect --raw --tls-verify=false "docker://$DIST/bench/game:v2"))"
+if [[ -n "$RATE" ]]; then
+  # Shape both directions of the link, now that the images are pushed.
+  tc qdisc add dev "$VETH" root tbf rate "$RATE" burst 256kb latency 50ms
+  ip netns exec "$NS" tc qdisc add dev "gsn$$r" root tbf rate "$RATE" burst 256kb latency 50ms
+  log "registries at $REG_IP behind a $RATE link (tc tbf)"
+fi
 
 # The node's disk: a loop-mounted XFS with reflink.
 truncate -s 40G "$WORK/node.img"
@@ -202,7 +223,8 @@ printf '%s\n' "${RESULTS[@]}" | jq -s \
   --arg cpu "$(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" \
   --arg kernel "$(uname -r)" --arg ctd "$(containerd --version | awk '{ print $3 }')" \
   --arg cmd "bash bench/snapshotter.sh${ARGS[*]:+ ${ARGS[*]}}" --arg date "$(date -u +%FT%TZ)" \
-  '{params: {scale: $scale, seed: $seed, update_mb: $mb}, update_bytes: $upd,
+  --arg link "${RATE:+registries behind a $RATE link (tc tbf)}" \
+  '{params: {scale: $scale, seed: $seed, update_mb: $mb, link: (if $link == "" then "loopback" else $link end)}, update_bytes: $upd,
     layer_level_bytes: $layer_bytes, image_bytes: $image, git: $rev, machine: $cpu,
     kernel: $kernel, containerd: $ctd, command: $cmd, date: $date, ways: .}' > "$OUT"
 log "results in $OUT"
@@ -211,7 +233,7 @@ jq -r '
   def mb: if . == null then "–" else (. / 1e6 * 10 | round / 10 | tostring) + " MB" end;
   .ways as $w | ($w[] | select(.way == "layer") | .v2_started_seconds) as $base |
   .layer_level_bytes as $lb | .update_bytes as $u |
-  "### Node update: CRI PullImage of v2 to a started container (\(.params.scale), seed \(.params.seed), \(.params.update_mb) MB update; loopback)",
+  "### Node update: CRI PullImage of v2 to a started container (\(.params.scale), seed \(.params.seed), \(.params.update_mb) MB update; \(.params.link))",
   "",
   "Update'"'"'s own size \(.update_bytes | mb); layer-level download \(.layer_level_bytes | mb); image \(.image_bytes | mb). Node disk: loop-mounted XFS with reflink. \(.machine), kernel \(.kernel), containerd \(.containerd), gantry \(.git), \(.date).",
   "",
