@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, Deploymen
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HostPathVolumeSource, ObjectFieldSelector, PodSpec, PodTemplateSpec, ResourceRequirements,
-    SecretKeySelector, Toleration, Volume, VolumeMount,
+    SecretKeySelector, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -159,6 +159,12 @@ pub struct AgentSpec {
     pub upstreams: Vec<UpstreamSpec>,
     /// `nodeSelector` (empty: every node).
     pub node_selector: BTreeMap<String, String>,
+    /// Also run `gantry snapshotter` (privileged, its root and socket on the node's paths).
+    pub snapshotter: bool,
+    /// `runtimeClassName` of the pod: with the snapshotter as CRI's snapshotter, a runtime
+    /// handler that keeps containerd's own snapshotter (containerd 1.7+) lets this pod start
+    /// while the snapshotter is not running yet.
+    pub runtime_class: Option<String>,
 }
 
 /// One rendered object.
@@ -742,6 +748,67 @@ pub fn agent(spec: &AgentSpec) -> DeployResult<Vec<Manifest>> {
         }),
         ..Default::default()
     };
+    let mut containers = vec![agent_container];
+    let mut volumes = vec![
+        host_path("store", AGENT_ROOT, "DirectoryOrCreate"),
+        host_path(
+            "containerd-hosts",
+            CONTAINERD_HOSTS_DIR,
+            "DirectoryOrCreate",
+        ),
+        Volume {
+            name: "hosts-config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_name.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    if spec.snapshotter {
+        // containerd reads the snapshot directories and dials the socket at the paths the
+        // snapshotter names, so both are the node's own paths, mounted at the same place.
+        let root = gantry_snapshotter::DEFAULT_ROOT;
+        let run_dir = std::path::Path::new(gantry_snapshotter::DEFAULT_ADDRESS)
+            .parent()
+            .and_then(|p| p.to_str())
+            .unwrap_or("/run/gantry");
+        containers.push(Container {
+            name: "snapshotter".into(),
+            image: Some(spec.image.clone()),
+            image_pull_policy: Some(spec.pull_policy.clone()),
+            command: Some(vec![
+                "gantry".into(),
+                "snapshotter".into(),
+                "--agent".into(),
+                agent_url.clone(),
+                "--root".into(),
+                root.into(),
+                "--address".into(),
+                gantry_snapshotter::DEFAULT_ADDRESS.into(),
+            ]),
+            // Whiteouts are device nodes and opaque directories trusted.* xattrs: both need
+            // CAP_SYS_ADMIN/CAP_MKNOD on the node's filesystem, as containerd itself has.
+            security_context: Some(SecurityContext {
+                privileged: Some(true),
+                ..Default::default()
+            }),
+            volume_mounts: Some(vec![
+                mount("snapshotter-root", root),
+                mount("snapshotter-run", run_dir),
+            ]),
+            resources: Some(ResourceRequirements {
+                requests: Some(BTreeMap::from([
+                    ("cpu".to_string(), Quantity("100m".into())),
+                    ("memory".to_string(), Quantity("256Mi".into())),
+                ])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        volumes.push(host_path("snapshotter-root", root, "DirectoryOrCreate"));
+        volumes.push(host_path("snapshotter-run", run_dir, "DirectoryOrCreate"));
+    }
     let init = Container {
         name: "containerd-hosts".into(),
         image: Some(spec.image.clone()),
@@ -779,23 +846,9 @@ pub fn agent(spec: &AgentSpec) -> DeployResult<Vec<Manifest>> {
                         ..Default::default()
                     }]),
                     init_containers: Some(vec![init]),
-                    containers: vec![agent_container],
-                    volumes: Some(vec![
-                        host_path("store", AGENT_ROOT, "DirectoryOrCreate"),
-                        host_path(
-                            "containerd-hosts",
-                            CONTAINERD_HOSTS_DIR,
-                            "DirectoryOrCreate",
-                        ),
-                        Volume {
-                            name: "hosts-config".into(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: config_name,
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
-                    ]),
+                    containers,
+                    volumes: Some(volumes),
+                    runtime_class_name: spec.runtime_class.clone(),
                     ..Default::default()
                 }),
             },

@@ -56,6 +56,8 @@ fn agent_spec() -> AgentSpec {
             "10.1.2.3:5000=http://10.1.2.3:5000".parse().unwrap(),
         ],
         node_selector: BTreeMap::new(),
+        snapshotter: false,
+        runtime_class: None,
     }
 }
 
@@ -325,6 +327,69 @@ fn init_script_installs_hosts_toml() {
     assert!(text.contains("server = \"http://10.1.2.3:5000\""), "{text}");
     assert!(text.contains("[host.\"http://127.0.0.1:5050\"]"), "{text}");
     assert!(hosts.join("registry.example.com/hosts.toml").exists());
+}
+
+/// With the snapshotter: a second, privileged container whose root and socket are the
+/// node's own paths (containerd reads and dials them there), and the runtime class asked for.
+#[test]
+fn agent_daemon_set_with_the_snapshotter() {
+    let mut spec = agent_spec();
+    spec.snapshotter = true;
+    spec.runtime_class = Some("runc-overlayfs".into());
+    let objects = render::agent(&spec).unwrap();
+    let yaml = render::to_yaml(&objects).unwrap();
+    round_trip(&yaml);
+    golden("agent-snapshotter", &yaml);
+    let Manifest::DaemonSet(ds) = &objects[1] else {
+        panic!("second object is not the DaemonSet")
+    };
+    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.runtime_class_name.as_deref(), Some("runc-overlayfs"));
+    let snap = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "snapshotter")
+        .expect("a snapshotter container");
+    assert_eq!(
+        snap.command.as_ref().unwrap().join(" "),
+        format!(
+            "gantry snapshotter --agent http://127.0.0.1:5050 --root {} --address {}",
+            gantry_snapshotter::DEFAULT_ROOT,
+            gantry_snapshotter::DEFAULT_ADDRESS
+        )
+    );
+    assert_eq!(
+        snap.security_context.as_ref().unwrap().privileged,
+        Some(true)
+    );
+    let volumes = pod.volumes.as_ref().unwrap();
+    for m in snap.volume_mounts.as_ref().unwrap() {
+        let v = volumes.iter().find(|v| v.name == m.name).unwrap();
+        assert_eq!(
+            v.host_path.as_ref().map(|h| h.path.as_str()),
+            Some(m.mount_path.as_str()),
+            "{} is the node's own path",
+            m.name
+        );
+    }
+    assert!(gantry_snapshotter::DEFAULT_ADDRESS.starts_with(
+        &snap
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "snapshotter-run")
+            .unwrap()
+            .mount_path
+    ));
+    // Without --snapshotter: the agent alone, as before.
+    let plain = render::agent(&agent_spec()).unwrap();
+    let Manifest::DaemonSet(ds) = &plain[1] else {
+        panic!()
+    };
+    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.containers.len(), 1);
+    assert_eq!(pod.runtime_class_name, None);
 }
 
 #[test]

@@ -121,6 +121,13 @@ pub struct ObjectArgs {
     /// Agent: an image containing the gantry binary (and /bin/sh).
     #[arg(long, value_name = "REF")]
     pub agent_image: Option<String>,
+    /// Agent: also run `gantry snapshotter` in the DaemonSet (privileged).
+    #[arg(long)]
+    pub snapshotter: bool,
+    /// Agent: the pod's runtimeClassName (a handler keeping containerd's own snapshotter,
+    /// so the DaemonSet starts while the snapshotter is down; containerd 1.7+).
+    #[arg(long, value_name = "NAME")]
+    pub runtime_class: Option<String>,
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// The container command, after `--` (e.g. `-- gantry supervise -- ./Launcher_Server`);
@@ -247,6 +254,8 @@ fn build_objects(a: &ObjectArgs) -> anyhow::Result<Vec<Manifest>> {
             pull_policy: a.pull_policy.clone(),
             upstreams,
             node_selector,
+            snapshotter: a.snapshotter,
+            runtime_class: a.runtime_class.clone(),
         };
         return Ok(render::agent(&spec)?);
     }
