@@ -43,8 +43,8 @@ const MAX_DOCUMENT: usize = 4 << 20;
 const MAX_RUN: u64 = 4 << 20;
 /// Range requests through the agent at once.
 const IN_FLIGHT: usize = 8;
-/// Compressed bytes fetched ahead of the writer at most (bounds memory on a cold pull:
-/// with the writer's queue of 4 steps, the snapshotter stays near 100 MiB).
+/// Compressed bytes fetched ahead of the writer at most (with [`QUEUED_KIB`], what bounds
+/// memory on a cold pull).
 const LOOKAHEAD: u64 = 16 << 20;
 
 /// Inflated bytes (KiB) waiting for the writer or the hasher at most: what lets the hasher
@@ -394,7 +394,12 @@ impl GantryFastPath {
             match hit {
                 Some(pieces) => plan.push(Step::Held(pieces)),
                 None => {
-                    let chunk = (c.compressed_offset, c.record.compressed_len, c.record.id);
+                    let chunk = (
+                        c.compressed_offset,
+                        c.record.compressed_len,
+                        c.record.id,
+                        c.record.uncompressed_len,
+                    );
                     match plan.last_mut() {
                         Some(Step::Fetch(run))
                             if run.last().is_some_and(|l| l.0 + l.1 == chunk.0)
@@ -676,12 +681,15 @@ enum Pending {
     Fetching(u64, tokio::task::JoinHandle<Result<(Vec<Piece>, u64)>>),
 }
 
+/// A chunk to fetch: (offset in the blob, compressed length, id, uncompressed length).
+type FetchChunk = (u64, u64, Digest, u64);
+
 /// One step of a layer's plan.
 enum Step {
     /// Pieces of held files.
     Held(Vec<Piece>),
-    /// A run of adjacent missing chunks: (offset in the blob, compressed length, id).
-    Fetch(Vec<(u64, u64, Digest)>),
+    /// A run of adjacent missing chunks.
+    Fetch(Vec<FetchChunk>),
 }
 
 /// Fetches a run of chunks with one range request, checks each against its id and
@@ -689,7 +697,7 @@ enum Step {
 async fn fetch_run(
     http: &reqwest::Client,
     url: &str,
-    run: Vec<(u64, u64, Digest)>,
+    run: Vec<FetchChunk>,
 ) -> Result<(Vec<Piece>, u64)> {
     let (Some(first), Some(last)) = (run.first(), run.last()) else {
         return Ok((Vec::new(), 0));
@@ -712,7 +720,7 @@ async fn fetch_run(
     let n = body.len() as u64;
     let pieces = tokio::task::spawn_blocking(move || -> Result<Vec<Piece>> {
         let mut out = Vec::with_capacity(run.len());
-        for (offset, len, id) in run {
+        for (offset, len, id, raw_len) in run {
             let a = (offset - start) as usize;
             let member = body.slice(a..a + len as usize);
             if Digest::of(&member) != id {
@@ -720,11 +728,18 @@ async fn fetch_run(
                     "chunk {id} at {offset} does not match its id"
                 )));
             }
-            let mut raw = Vec::new();
+            // Sized up front: a Vec grown by doubling would hold up to twice the chunk.
+            let mut raw = Vec::with_capacity(usize::try_from(raw_len).unwrap_or(0).min(64 << 20));
             flate2::read::GzDecoder::new(&member[..])
                 .take(64 << 20)
                 .read_to_end(&mut raw)
                 .map_err(|e| Error::FastPath(format!("chunk {id}: {e}")))?;
+            if raw.len() as u64 != raw_len {
+                return Err(Error::FastPath(format!(
+                    "chunk {id} at {offset} inflates to {} bytes; its index says {raw_len}",
+                    raw.len()
+                )));
+            }
             out.push(Piece::Bytes(Bytes::from(raw)));
         }
         Ok(out)
