@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Node-side update benchmark (WORKLOAD row 5): the time from CRI PullImage of v2 to a started
-# container of v2 on a node that holds v1, three ways in one run:
+# container of v2 on a node that holds v1, four ways in one run:
 #   layer   containerd 1.6 (CRI, its overlayfs snapshotter) pulling straight from CNCF
 #           distribution (docker-registry): the layer-level way;
 #   agent   the same containerd with `gantry agent` as its mirror (hosts.toml), upstream
 #           `gantry serve`: chunk-level download, containerd still ingests and unpacks;
 #   snapshotter  containerd with `gantry snapshotter` as CRI's snapshotter (proxy plugin) and
-#           the agent: the fast path builds the changed layers from v1's files + new chunks.
+#           the agent: the fast path builds the changed layers from v1's files + new chunks;
+#   podman  podman with zstd:chunked partial pulls (bench/podman-chunked.sh): the same game
+#           files built by `buildah bud`, pushed with `podman push --compression-format
+#           zstd:chunked` to the same docker-registry, pulled with enable_partial_images on the
+#           same XFS (skip with --no-podman).
 # Each way gets a fresh containerd (and agent, and snapshotter) whose state sits on one
 # loop-mounted XFS with reflink (the node's disk); the bytes written to it during the v2 step
 # come from the loop device's counters (after sync). The image is the same for every way:
@@ -19,12 +23,12 @@
 # every byte a node takes from a registry crosses that link.
 #
 # Usage (as root): bash bench/snapshotter.sh [--scale 500MB] [--seed 9] [--update-mb 20]
-#                                            [--rate 200mbit] [--out FILE.json] [--keep]
+#                                            [--rate 200mbit] [--no-podman] [--out FILE.json] [--keep]
 # Prints a Markdown table; writes the JSON (default bench/results/snapshotter-<scale>.json).
 # Needs: containerd, runc, docker-registry, skopeo, xfsprogs, jq, curl, busybox-static, cargo.
 set -euo pipefail
 
-SCALE=500MB; SEED=9; UPDATE_MB=20; OUT=""; KEEP=0; RATE=""
+SCALE=500MB; SEED=9; UPDATE_MB=20; OUT=""; KEEP=0; RATE=""; PODMAN=1
 ARGS=("$@")
 while (($#)); do
   case "$1" in
@@ -32,6 +36,7 @@ while (($#)); do
     --seed) SEED="$2"; shift 2 ;;
     --update-mb) UPDATE_MB="$2"; shift 2 ;;
     --rate) RATE="$2"; shift 2 ;;
+    --no-podman) PODMAN=0; shift ;;
     --out) OUT="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -48,6 +53,11 @@ for t in containerd ctr runc docker-registry skopeo mkfs.xfs jq curl losetup; do
   command -v "$t" > /dev/null || die "$t missing"
 done
 [[ -x /bin/busybox ]] || die "/bin/busybox missing (busybox-static)"
+if ((PODMAN)); then
+  for t in podman buildah; do
+    command -v "$t" > /dev/null || die "$t missing (apt-get install podman buildah), or pass --no-podman"
+  done
+fi
 
 log "building gantry and the CRI bench client (release)"
 (cd "$REPO" && cargo build --release --quiet -p gantry-cli \
@@ -101,6 +111,7 @@ GAME="$WORK/game"
 add_base() { sed -i "s|^# no \[base\] table = scratch base|[base]\nrootfs = \"$WORK/base.tar\"|" "$GAME/gantry.toml"; }
 add_base
 "$G" build "$GAME" --output "$WORK/l1" --cache-dir "$WORK/cache" --json > "$WORK/build-v1.json"
+cp -a "$GAME" "$WORK/game-v1"   # podman's build of v1
 "$G" sample-game --update "$GAME" --mb "$UPDATE_MB" --json > "$WORK/update.json"
 add_base
 "$G" build "$GAME" --output "$WORK/l2" --cache-dir "$WORK/cache" --json > "$WORK/build-v2.json"
@@ -216,6 +227,19 @@ for way in layer agent snapshotter; do
   rm -rf "$NODE"
 done
 
+if ((PODMAN)); then
+  log "way: podman (zstd:chunked)"
+  NODE="$WORK/node/podman"; mkdir -p "$NODE"
+  pj="$(bash "$REPO/bench/podman-chunked.sh" --game-v1 "$WORK/game-v1" --game-v2 "$GAME" \
+    --base-tar "$WORK/base.tar" --registry "$DIST" --node "$NODE" --disk-stat "$DISK_STAT" \
+    --check "$CHECK_PATH=$CHECK_SHA" --work "$WORK/podman" 2> "$WORK/logs/podman.log")" \
+    || { tail -n 30 "$WORK/logs/podman.log" >&2; die "podman way"; }
+  RESULTS+=("$(jq -c '{way: "podman", v1_pull_seconds: .v1_seconds, v2_pull_seconds,
+    v2_started_seconds: .v2_seconds, v2_disk_written_bytes: .written_bytes_v2,
+    registry_bytes_v2, reflinked_bytes_v2, podman: .}' <<< "$pj")")
+  rm -rf "$NODE" "$WORK/podman"
+fi
+
 mkdir -p "$(dirname "$OUT")"
 printf '%s\n' "${RESULTS[@]}" | jq -s \
   --arg scale "$SCALE" --arg seed "$SEED" --arg mb "$UPDATE_MB" --argjson upd "$UPDATE_BYTES" \
@@ -239,8 +263,18 @@ jq -r '
   "",
   "| way | PullImage v2 → container started | × faster than layer-level | PullImage v2 | registry bytes for v2 | × update | written to the node'"'"'s disk (v2 step) | reflinked (v2) | cold v1 pull |",
   "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-  ($w[] | (if .way == "layer" then $lb else .v2_metrics.gantry_agent_upstream_bytes_total end) as $rb |
-    "| \(.way) | \(.v2_started_seconds | d2) s | \($base / .v2_started_seconds | d2)× | \(.v2_pull_seconds | d2) s | \($rb | mb) | \($rb / $u | d2)× | \(.v2_disk_written_bytes | mb) | \(.v2_metrics.gantry_snapshotter_reused_bytes_total | mb) | \(.v1_pull_seconds | d2) s |"),
+  ($w[] | (if .way == "layer" then $lb elif .way == "podman" then .registry_bytes_v2
+            else .v2_metrics.gantry_agent_upstream_bytes_total end) as $rb |
+    (if .way == "podman" then .reflinked_bytes_v2
+     else .v2_metrics.gantry_snapshotter_reused_bytes_total end) as $rl |
+    "| \(.way) | \(.v2_started_seconds | d2) s | \($base / .v2_started_seconds | d2)× | \(.v2_pull_seconds | d2) s | \($rb | mb) | \($rb / $u | d2)× | \(.v2_disk_written_bytes | mb) | \($rl | mb) | \(.v1_pull_seconds | d2) s |"),
+  "",
+  ([$w[] | select(.way == "podman")] | if length == 0 then "podman zstd:chunked: not run (--no-podman)."
+   else .[0] | "podman zstd:chunked: \(.podman.partial_blobs) partial blob(s) (\"Retrieved partial blob\" in its debug log), podman \(.podman.podman_version), buildah \(.podman.buildah_version); its own image (buildah bud: base, engine, start.sh, paks) is \(.podman.image_bytes | mb)." end),
+  ([$w[] | select(.way == "podman")] as $p | [$w[] | select(.way == "snapshotter")] as $s |
+   if ($p | length) > 0 and ($s | length) > 0 then
+     "Snapshotter against podman zstd:chunked: \($p[0].v2_started_seconds / $s[0].v2_started_seconds | d2)× faster (v2 step)."
+   else empty end),
   "",
   ($w[] | select(.way == "snapshotter") | "Snapshotter: \(.fast_layers) layers by the fast path, \(.normal_layers) by the normal path, \(.fallbacks) fallbacks; chunks fetched through the agent \(.fetched_bytes | mb) (v1 and v2); file data reflinked \(.reflinked_bytes | mb), copied \(.copied_bytes | mb), written from new chunks \(.written_from_chunks_bytes | mb) (v1 and v2); peak RSS snapshotter \(.snapshotter_vmhwm_kb / 1024 | round) MiB, agent \(.agent_vmhwm_kb / 1024 | round) MiB."),
   "",
