@@ -18,6 +18,8 @@ pub struct SampleImages {
     pub update_bytes: u64,
     /// Files the update changed, relative to the game repository (`paks/…`).
     pub files_changed: Vec<String>,
+    /// The base image layout both are built on, if any.
+    base: Option<PathBuf>,
 }
 
 impl SampleImages {
@@ -36,6 +38,26 @@ impl SampleImages {
         );
         let bytes = std::fs::read(self.game.join(changed)).expect("read the changed pak");
         (inside, hex::encode(sha2::Sha256::digest(bytes)))
+    }
+
+    /// Applies an engine update (a few server binaries rebuilt, paks untouched) to the game
+    /// at v2 and builds it with the same cache into a layout (its path is returned): v3.
+    pub fn engine_update(&self) -> PathBuf {
+        gantry_sample_game::update(
+            &self.game,
+            &gantry_sample_game::UpdateSpec {
+                bytes: 1_000_000,
+                seed: 12,
+                kind: gantry_sample_game::UpdateKind::Engine,
+            },
+        )
+        .expect("engine update of the sample game");
+        set_base(&self.game, self.base.as_deref());
+        build(
+            &self.game,
+            &self.dir.path().join("v3"),
+            &self.dir.path().join("cache"),
+        )
     }
 }
 
@@ -75,6 +97,7 @@ pub fn sample_images(scale: u64, update: u64, base: Option<&Path>) -> SampleImag
         v2,
         update_bytes: report.update_bytes,
         files_changed: report.files_changed,
+        base: base.map(Path::to_path_buf),
     }
 }
 

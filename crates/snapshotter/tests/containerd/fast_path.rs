@@ -536,6 +536,27 @@ fn cri_case(fs: Fs) {
     let got = walk_view(&ctd, "gantry", &top, &views.path().join("gantry"));
     assert!(want.len() > 10, "{want:?}");
     assert!(want == got, "trees differ:\n{}", diff(&want, &got));
+
+    // An engine update on top of v2 (server binaries rebuilt, paks untouched), pulled by
+    // CRI as v3: fast path again, and the same tree as stock overlayfs gives.
+    let v3 = images.engine_update();
+    let r3 = format!("{host}/studio/game:v3");
+    rt.block_on(push_layout_to(&client, &v3, &r3));
+    let before = fast.current();
+    cri.pull_image(&r3, None);
+    let after = fast.current();
+    assert_eq!(after.fallbacks, 0, "{after:?}");
+    assert!(
+        after.layers > before.layers,
+        "v3's engine layer took the fast path: {after:?}"
+    );
+    let out = stock.pull(&r3, None, true, None);
+    gantry_test_support::assert_success("ctr pull v3 (stock overlayfs)", &out);
+    let (_, _, diff_ids) = rt.block_on(image(&host, "studio/game", "v3"));
+    let top = chain_ids(&diff_ids).pop().unwrap();
+    let want = walk_view(&stock, "overlayfs", &top, &views.path().join("stock-v3"));
+    let got = walk_view(&ctd, "gantry", &top, &views.path().join("gantry-v3"));
+    assert!(want == got, "v3 trees differ:\n{}", diff(&want, &got));
     drop(cri);
     drop(ctd);
     drop(stock);
