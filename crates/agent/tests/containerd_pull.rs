@@ -806,7 +806,7 @@ mod hostile {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_agent_answers_while_a_large_layer_is_assembled() {
         const CHUNK: usize = 1 << 20;
-        const CHUNKS: usize = 640;
+        const CHUNKS: usize = 448;
         const BOUND: Duration = Duration::from_millis(750);
         let serve = GantryServe::open().await;
         let host = serve.host();
