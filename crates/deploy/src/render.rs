@@ -667,6 +667,17 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// Resource requests (no limits) of a node daemon's container.
+fn requests(cpu: &str, memory: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(cpu.into())),
+            ("memory".to_string(), Quantity(memory.into())),
+        ])),
+        ..Default::default()
+    }
+}
+
 /// The agent DaemonSet and the ConfigMap of containerd `hosts.toml` files (the same text
 /// as `gantry agent install-containerd-config`), which an init container copies into
 /// `/etc/containerd/certs.d/<host>/` on each node.
@@ -739,13 +750,7 @@ pub fn agent(spec: &AgentSpec) -> DeployResult<Vec<Manifest>> {
         image_pull_policy: Some(spec.pull_policy.clone()),
         command: Some(command),
         volume_mounts: Some(vec![mount("store", AGENT_ROOT)]),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_string(), Quantity("100m".into())),
-                ("memory".to_string(), Quantity("128Mi".into())),
-            ])),
-            ..Default::default()
-        }),
+        resources: Some(requests("100m", "128Mi")),
         ..Default::default()
     };
     let mut containers = vec![agent_container];
@@ -797,13 +802,7 @@ pub fn agent(spec: &AgentSpec) -> DeployResult<Vec<Manifest>> {
                 mount("snapshotter-root", root),
                 mount("snapshotter-run", run_dir),
             ]),
-            resources: Some(ResourceRequirements {
-                requests: Some(BTreeMap::from([
-                    ("cpu".to_string(), Quantity("100m".into())),
-                    ("memory".to_string(), Quantity("256Mi".into())),
-                ])),
-                ..Default::default()
-            }),
+            resources: Some(requests("100m", "256Mi")),
             ..Default::default()
         });
         volumes.push(host_path("snapshotter-root", root, "DirectoryOrCreate"));
