@@ -583,7 +583,12 @@ fn containerd_unpacks_and_runs_on_gantry_like_on_overlayfs() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let out = loop {
         let out = ctd.run(name, &["cat", "/data/keep/z"]);
-        let unavailable = String::from_utf8_lossy(&out.stderr).contains("connection refused");
+        // containerd's gRPC connection to the proxy reports the restart as "connection
+        // refused" while the socket is gone, or "connection closed: unavailable" when
+        // the old connection broke under it; both clear once it reconnects.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let unavailable =
+            stderr.contains("connection refused") || stderr.contains("unavailable");
         if out.status.success() || !unavailable || Instant::now() > deadline {
             break out;
         }
