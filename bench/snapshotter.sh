@@ -23,18 +23,22 @@
 # every byte a node takes from a registry crosses that link.
 #
 # Usage (as root): bash bench/snapshotter.sh [--scale 500MB] [--seed 9] [--update-mb 20]
-#                                            [--rate 200mbit] [--no-podman] [--out FILE.json] [--keep]
+#                                            [--paks split|single] [--rate 200mbit] [--no-podman]
+#                                            [--out FILE.json] [--keep]
+# --paks single: the sample game's assets in one large pak (tens of thousands of small
+# entries); its update edits that pak throughout, shifting later entries.
 # Prints a Markdown table; writes the JSON (default bench/results/snapshotter-<scale>.json).
 # Needs: containerd, runc, docker-registry, skopeo, xfsprogs, jq, curl, busybox-static, cargo.
 set -euo pipefail
 
-SCALE=500MB; SEED=9; UPDATE_MB=20; OUT=""; KEEP=0; RATE=""; PODMAN=1
+SCALE=500MB; SEED=9; UPDATE_MB=20; OUT=""; KEEP=0; RATE=""; PODMAN=1; PAKS=split
 ARGS=("$@")
 while (($#)); do
   case "$1" in
     --scale) SCALE="$2"; shift 2 ;;
     --seed) SEED="$2"; shift 2 ;;
     --update-mb) UPDATE_MB="$2"; shift 2 ;;
+    --paks) PAKS="$2"; shift 2 ;;
     --rate) RATE="$2"; shift 2 ;;
     --no-podman) PODMAN=0; shift ;;
     --out) OUT="$2"; shift 2 ;;
@@ -43,8 +47,10 @@ while (($#)); do
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+[[ "$PAKS" == split || "$PAKS" == single ]] || { echo "--paks is split or single, not $PAKS" >&2; exit 2; }
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="${OUT:-$REPO/bench/results/snapshotter-$SCALE${RATE:+-$RATE}.json}"
+SHAPE_SUFFIX=""; [[ "$PAKS" == split ]] || SHAPE_SUFFIX="-$PAKS"
+OUT="${OUT:-$REPO/bench/results/snapshotter-$SCALE$SHAPE_SUFFIX${RATE:+-$RATE}.json}"
 export PATH="${HOME:-/root}/.cargo/bin:${PATH}:/usr/local/sbin:/usr/sbin:/sbin"
 log() { printf '[snapshotter-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[snapshotter-bench] FAILED: %s\n' "$*" >&2; exit 1; }
@@ -100,14 +106,14 @@ metric_sum() {
 vmhwm() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
 
 # The sample game on a busybox base (a root filesystem tar as gantry.toml's [base]).
-log "sample game --scale $SCALE --seed $SEED, busybox base"
+log "sample game --scale $SCALE --seed $SEED --paks $PAKS, busybox base"
 BASE="$WORK/base"; mkdir -p "$BASE/bin" "$BASE/tmp" "$BASE/etc"
 cp /bin/busybox "$BASE/bin/busybox"
 for a in sh cat sha256sum ls sleep true; do ln -s busybox "$BASE/bin/$a"; done
 chmod 1777 "$BASE/tmp"
 tar -C "$BASE" --sort=name --mtime=@0 --owner=0 --group=0 -cf "$WORK/base.tar" .
 GAME="$WORK/game"
-"$G" sample-game "$GAME" --scale "$SCALE" --seed "$SEED" --json > "$WORK/sample.json"
+"$G" sample-game "$GAME" --scale "$SCALE" --seed "$SEED" --paks "$PAKS" --json > "$WORK/sample.json"
 add_base() { sed -i "s|^# no \[base\] table = scratch base|[base]\nrootfs = \"$WORK/base.tar\"|" "$GAME/gantry.toml"; }
 add_base
 "$G" build "$GAME" --output "$WORK/l1" --cache-dir "$WORK/cache" --json > "$WORK/build-v1.json"
@@ -248,7 +254,8 @@ printf '%s\n' "${RESULTS[@]}" | jq -s \
   --arg kernel "$(uname -r)" --arg ctd "$(containerd --version | awk '{ print $3 }')" \
   --arg cmd "bash bench/snapshotter.sh${ARGS[*]:+ ${ARGS[*]}}" --arg date "$(date -u +%FT%TZ)" \
   --arg link "${RATE:+registries behind a $RATE link (tc tbf)}" \
-  '{params: {scale: $scale, seed: $seed, update_mb: $mb, link: (if $link == "" then "loopback" else $link end)}, update_bytes: $upd,
+  --arg paks "$PAKS" \
+  '{params: {scale: $scale, seed: $seed, update_mb: $mb, paks: $paks, link: (if $link == "" then "loopback" else $link end)}, update_bytes: $upd,
     layer_level_bytes: $layer_bytes, image_bytes: $image, git: $rev, machine: $cpu,
     kernel: $kernel, containerd: $ctd, command: $cmd, date: $date, ways: .}' > "$OUT"
 log "results in $OUT"
@@ -257,7 +264,7 @@ jq -r '
   def mb: if . == null then "–" else (. / 1e6 * 10 | round / 10 | tostring) + " MB" end;
   .ways as $w | ($w[] | select(.way == "layer") | .v2_started_seconds) as $base |
   .layer_level_bytes as $lb | .update_bytes as $u |
-  "### Node update: CRI PullImage of v2 to a started container (\(.params.scale), seed \(.params.seed), \(.params.update_mb) MB update; \(.params.link))",
+  "### Node update: CRI PullImage of v2 to a started container (\(.params.scale), seed \(.params.seed), \(.params.paks // "split") paks, \(.params.update_mb) MB update; \(.params.link))",
   "",
   "Update'"'"'s own size \(.update_bytes | mb); layer-level download \(.layer_level_bytes | mb); image \(.image_bytes | mb). Node disk: loop-mounted XFS with reflink. \(.machine), kernel \(.kernel), containerd \(.containerd), gantry \(.git), \(.date).",
   "",

@@ -171,6 +171,7 @@ fn chunk_ids_of_unchanged_regions_survive_an_update() {
         &gantry_sample_game::SampleSpec {
             scale_bytes: 12_000_000,
             seed: 7,
+            ..Default::default()
         },
     )
     .unwrap();

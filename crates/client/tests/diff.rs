@@ -50,6 +50,7 @@ fn versions(scale: u64, bytes: u64, kind: UpdateKind) -> Versions {
         &SampleSpec {
             scale_bytes: scale,
             seed: 5,
+            ..Default::default()
         },
     )
     .unwrap();

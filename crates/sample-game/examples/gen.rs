@@ -65,6 +65,7 @@ fn run() -> Result<(), String> {
         let spec = SampleSpec {
             scale_bytes: parse_size(&scale).map_err(err)?,
             seed,
+            ..Default::default()
         };
         let r = generate(&dir, &spec).map_err(err)?;
         let secs = start.elapsed().as_secs_f64();

@@ -14,7 +14,7 @@ use crate::paks::{self, PakTpl};
 use crate::repo;
 use crate::rng::Rng;
 use crate::zipfmt::{self, DosTime, EntryMeta, PakWriter};
-use crate::{EntryChange, SampleError, State, UpdateReport, UpdateSizer};
+use crate::{EntryChange, PakShape, SampleError, State, UpdateReport, UpdateSizer};
 
 /// SHA-256 of each file.
 pub(crate) fn digest_files(paths: &[PathBuf]) -> Result<Vec<(PathBuf, [u8; 32])>, SampleError> {
@@ -110,6 +110,8 @@ enum Action {
     Replace(u64),
     /// Some lines edited, a few added and removed.
     EditText,
+    /// One line rewritten and one added: a small edit that shifts every later entry.
+    TouchText,
 }
 
 /// All changes to one pak.
@@ -165,6 +167,44 @@ fn edit_text(old: &[u8], style: TextStyle, rng: &mut Rng, vocab: &Vocab) -> Vec<
     out
 }
 
+/// A small text edit: one line rewritten, one line added (a tweaked value, a new comment).
+fn touch_text(old: &[u8], style: TextStyle, rng: &mut Rng, vocab: &Vocab) -> Vec<u8> {
+    let lines: Vec<&[u8]> = old.split_inclusive(|&b| b == b'\n').collect();
+    let fresh = content::text(style, 512, rng, vocab);
+    let pool: Vec<&[u8]> = fresh
+        .split_inclusive(|&b| b == b'\n')
+        .skip(2)
+        .filter(|l| l.len() > 1)
+        .collect();
+    let n = lines.len().max(1);
+    let (replaced, inserted) = (rng.index(n), rng.index(n));
+    let mut out = Vec::with_capacity(old.len() + 256);
+    let mut next = 0usize;
+    let mut take = |out: &mut Vec<u8>| {
+        if !pool.is_empty() {
+            out.extend_from_slice(pool[next % pool.len()]);
+            next += 1;
+        }
+    };
+    for (i, line) in lines.iter().enumerate() {
+        if i == inserted {
+            take(&mut out);
+        }
+        if i == replaced {
+            take(&mut out);
+        } else {
+            out.extend_from_slice(line);
+        }
+    }
+    if out == old {
+        out.extend_from_slice(b"\n");
+    }
+    out
+}
+
+/// Small text edits of the single-pak shape at the reference scale (3.1 GB), scaled with it.
+const TEXT_TOUCHES_AT_REFERENCE: f64 = 200.0;
+
 /// Applies an assets update to `repo/paks`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn update_assets(
@@ -178,7 +218,7 @@ pub(crate) fn update_assets(
     report: &mut UpdateReport,
 ) -> Result<(), SampleError> {
     let paks_dir = repo.join("paks");
-    let templates = paks::pak_templates();
+    let templates = paks::pak_templates(state.paks);
     let mut rng = Rng::derived(update_seed, &[b"assets-update", &version.to_le_bytes()]);
     let generation = format!("v{version}");
     let mtime = DosTime::from_unix(mtime_for_version(version));
@@ -193,11 +233,14 @@ pub(crate) fn update_assets(
 
     // 1. One small pak replaced whole (a new export of, say, a localization).
     let small_limit = (bytes / 8).max(64 * 1024);
+    // (The single-pak shape has no small pak to replace: its one pak is edited in place.)
+    let single = state.paks == PakShape::Single;
     let mut small: Vec<usize> = (0..paks.len())
+        .filter(|_| !single)
         .filter(|&i| paks[i].size <= small_limit)
         .filter(|&i| templates.iter().any(|t| t.path == paks[i].rel))
         .collect();
-    if small.is_empty() {
+    if small.is_empty() && !single {
         if let Some(i) = (0..paks.len())
             .filter(|&i| templates.iter().any(|t| t.path == paks[i].rel))
             .min_by_key(|&i| (paks[i].size, i))
@@ -414,6 +457,24 @@ pub(crate) fn update_assets(
         }
     }
 
+    // 3b. The single pak: besides the re-exports, many small text edits spread through it,
+    // each shifting every later entry by a few bytes.
+    if single {
+        let touches = (TEXT_TOUCHES_AT_REFERENCE * state.scale_bytes as f64 / 3.1e9)
+            .clamp(10.0, TEXT_TOUCHES_AT_REFERENCE) as usize;
+        for (pi, pak) in paks.iter().enumerate() {
+            let plan = plans.entry(pi).or_default();
+            let mut texts: Vec<usize> = (0..pak.entries.len())
+                .filter(|&ei| matches!(Kind::for_name(&pak.entries[ei].name), Kind::Text(_)))
+                .filter(|ei| !plan.actions.contains_key(ei))
+                .collect();
+            rng.shuffle(&mut texts);
+            for ei in texts.into_iter().take(touches) {
+                plan.actions.insert(ei, Action::TouchText);
+            }
+        }
+    }
+
     // 4. Rewrite every pak with changes.
     for (pi, mut plan) in plans {
         if plan.actions.values().all(|a| *a == Action::Keep) && plan.inserts.is_empty() {
@@ -492,7 +553,7 @@ fn rewrite_pak(
                 old_size: Some(e.size),
                 new_size: None,
             }),
-            Action::Replace(_) | Action::EditText => {
+            Action::Replace(_) | Action::EditText | Action::TouchText => {
                 let data = match action {
                     Action::Replace(n) => paks::entry_content(
                         &e.name,
@@ -508,7 +569,11 @@ fn rewrite_pak(
                             Kind::Text(s) => s,
                             _ => TextStyle::Lua,
                         };
-                        edit_text(&old, style, rng, vocab)
+                        if action == Action::TouchText {
+                            touch_text(&old, style, rng, vocab)
+                        } else {
+                            edit_text(&old, style, rng, vocab)
+                        }
                     }
                 };
                 w.add(&e.name, &data, mtime).at(&tmp)?;
@@ -555,8 +620,23 @@ mod tests {
     }
 
     #[test]
+    fn a_touch_changes_a_line_or_two() {
+        let v = Vocab::new(3);
+        let mut r = Rng::new(5);
+        let old = content::text(TextStyle::Xml, 8_000, &mut r, &v);
+        let new = touch_text(&old, TextStyle::Xml, &mut r, &v);
+        assert_ne!(old, new);
+        let old_lines: Vec<&[u8]> = old.split(|&b| b == b'\n').collect();
+        let new_lines: Vec<&[u8]> = new.split(|&b| b == b'\n').collect();
+        let kept = new_lines.iter().filter(|l| old_lines.contains(l)).count();
+        assert!(kept + 3 >= old_lines.len(), "{kept} of {}", old_lines.len());
+        assert!((old.len() as i64 - new.len() as i64).abs() < 600);
+        let _ = touch_text(b"", TextStyle::Cfg, &mut r, &v);
+    }
+
+    #[test]
     fn continuation_paks_map_to_templates() {
-        let t = paks::pak_templates();
+        let t = paks::pak_templates(PakShape::Split);
         assert_eq!(
             template_for(&t, "textures_1.pak").map(|t| t.path.as_str()),
             Some("textures.pak")

@@ -27,7 +27,7 @@
 //! use gantry_sample_game::{generate, parse_size, update, SampleSpec, UpdateKind, UpdateSpec};
 //! # fn main() -> Result<(), gantry_sample_game::SampleError> {
 //! let dir = std::path::Path::new("/tmp/mps");
-//! generate(dir, &SampleSpec { scale_bytes: parse_size("3.1GB")?, seed: 1 })?;
+//! generate(dir, &SampleSpec { scale_bytes: parse_size("3.1GB")?, seed: 1, ..Default::default() })?;
 //! let report = update(dir, &UpdateSpec { bytes: parse_size("50MB")?, seed: 1, kind: UpdateKind::Assets })?;
 //! println!("update's own size: {} bytes", report.update_bytes);
 //! # Ok(()) }
@@ -71,8 +71,11 @@ pub struct SampleSpec {
     /// Approximate total bytes of content (engine files uncompressed plus paks), e.g.
     /// `parse_size("3.1GB")`. About 25% goes to the engine and 75% to the paks.
     pub scale_bytes: u64,
-    /// Seed of every random choice; the same `(scale_bytes, seed)` gives identical bytes.
+    /// Seed of every random choice; the same `(scale_bytes, seed, paks)` gives identical
+    /// bytes.
     pub seed: u64,
+    /// How the assets are packed: many paks (default) or one very large one.
+    pub paks: PakShape,
 }
 
 impl Default for SampleSpec {
@@ -80,7 +83,44 @@ impl Default for SampleSpec {
         SampleSpec {
             scale_bytes: DEFAULT_SCALE_BYTES,
             seed: 1,
+            paks: PakShape::Split,
         }
+    }
+}
+
+/// How the game's assets are packed into `.pak` archives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PakShape {
+    /// About 25 paks by kind and level, up to 2 GiB each: an update leaves most of them
+    /// untouched.
+    #[default]
+    Split,
+    /// One pak holding every asset (tens of thousands of small stored entries, about 2.3 GB
+    /// at the 3.1 GB scale), as many shipped games pack them: every update changes it, and
+    /// its small text edits shift every later entry by a few bytes.
+    Single,
+}
+
+impl std::str::FromStr for PakShape {
+    type Err = SampleError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "split" | "many" => Ok(PakShape::Split),
+            "single" | "one" => Ok(PakShape::Single),
+            _ => Err(SampleError::InvalidSpec(format!(
+                "unknown pak shape {s:?} (expected split or single)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for PakShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PakShape::Split => "split",
+            PakShape::Single => "single",
+        })
     }
 }
 
@@ -171,6 +211,8 @@ pub struct GenerateReport {
     pub engine_uncompressed_bytes: u64,
     /// Number of files inside the engine tarball.
     pub engine_files: u64,
+    /// How the assets are packed.
+    pub shape: PakShape,
     /// Number of `.pak` archives.
     pub paks: u64,
     /// Number of entries in all paks.
@@ -240,6 +282,9 @@ pub(crate) struct State {
     format: u32,
     seed: u64,
     scale_bytes: u64,
+    /// Absent in states written before the single-pak shape existed.
+    #[serde(default)]
+    paks: PakShape,
     version: u32,
     /// Edit count of each config file edited by an update.
     #[serde(default)]
@@ -413,7 +458,7 @@ fn generate_paks(repo: &Path, spec: &SampleSpec, vocab: &Vocab) -> Result<Stats,
     let paks_dir = repo.join("paks");
     fs::create_dir_all(&paks_dir).at(&paks_dir)?;
     let mtime = zipfmt::DosTime::from_unix(engine::mtime_for_version(1));
-    for t in paks::pak_templates() {
+    for t in paks::pak_templates(spec.paks) {
         let mut entries = 0u64;
         let mut content: BTreeMap<content::Kind, u64> = BTreeMap::new();
         let target = paks::pak_target(&t, spec.scale_bytes);
@@ -489,6 +534,7 @@ pub fn generate(dir: &Path, spec: &SampleSpec) -> Result<GenerateReport, SampleE
         format: 1,
         seed: spec.seed,
         scale_bytes: spec.scale_bytes,
+        paks: spec.paks,
         version: 1,
         config_revisions: BTreeMap::new(),
         history: Vec::new(),
@@ -518,6 +564,7 @@ pub fn generate(dir: &Path, spec: &SampleSpec) -> Result<GenerateReport, SampleE
         areas,
         engine_uncompressed_bytes: stats.engine_uncompressed,
         engine_files: stats.engine_files,
+        shape: spec.paks,
         paks,
         pak_entries: stats.pak_entries,
         content_bytes: stats.content,

@@ -7,15 +7,18 @@ use std::path::Path;
 use crate::content::{self, Kind, Vocab};
 use crate::error::IoContext;
 use crate::rng::{derive_seed, Rng};
-use crate::zipfmt::{DosTime, PakWriter, MAX_ENTRIES};
-use crate::SampleError;
+use crate::zipfmt::{DosTime, PakWriter, MAX_ARCHIVE, MAX_ENTRIES};
+use crate::{PakShape, SampleError};
 
 /// Scale the entry size limits below are written for (the seed's 3.1 GB image).
 const REFERENCE_SCALE: f64 = 3.1e9;
 /// Smallest pak.
 const MIN_PAK: u64 = 4096;
-/// A pak growing past this is continued in `<stem>_<n>.pak` (ZIP without ZIP64 ends at 4 GiB).
+/// A pak of the split shape growing past this is continued in `<stem>_<n>.pak`.
 const PAK_SPLIT: u64 = 2 << 30;
+/// The single pak grows up to the limit of ZIP without ZIP64 (4 GiB), less room for the
+/// central directory of 65,535 entries.
+const SINGLE_PAK_SPLIT: u64 = MAX_ARCHIVE - (64 << 20);
 
 /// A kind of entry in a pak: where it lives, its extension, how often it occurs and its size
 /// range at the reference scale.
@@ -180,6 +183,56 @@ const CONFIG_PAK: &[EntryTpl] = &[
     tpl(&["config"], "json", 2, 256, 8 * K),
 ];
 
+/// Every kind of asset in one archive, weighted towards the small entries real engines pack
+/// by the tens of thousands (about 90 KB on average at the reference scale).
+const SINGLE_PAK: &[EntryTpl] = &[
+    tpl(
+        &[
+            "textures/props",
+            "textures/characters",
+            "textures/environment",
+            "textures/ui",
+        ],
+        "dds",
+        4,
+        16 * K,
+        M,
+    ),
+    tpl(
+        &["sounds/wwise", "localization/dialog"],
+        "wem",
+        2,
+        16 * K,
+        512 * K,
+    ),
+    tpl(
+        &["objects/props", "objects/characters"],
+        "cgf",
+        2,
+        8 * K,
+        512 * K,
+    ),
+    tpl(&["animations/characters"], "caf", 2, 8 * K, 256 * K),
+    tpl(&["shadercache"], "fxcb", 1, 16 * K, 256 * K),
+    tpl(
+        &["scripts", "scripts/entities", "ui/scripts"],
+        "lua",
+        4,
+        K,
+        64 * K,
+    ),
+    tpl(
+        &["libs/entityarchetypes", "prefabs", "levels"],
+        "xml",
+        3,
+        K,
+        128 * K,
+    ),
+    tpl(&["config", "gems"], "json", 1, 512, 32 * K),
+    tpl(&["materials", "objects"], "mtl", 2, K, 32 * K),
+    tpl(&["entities"], "ent", 1, K, 64 * K),
+];
+
 /// The levels of the sample, with their share of the scale.
 pub(crate) const LEVELS: &[(&str, f64)] = &[
     ("mp_arena", 0.07),
@@ -195,16 +248,27 @@ pub(crate) struct PakTpl {
     pub(crate) path: String,
     pub(crate) share: f64,
     pub(crate) entries: &'static [EntryTpl],
+    /// Size past which the pak continues in `<stem>_<n>.pak`.
+    split: u64,
 }
 
-/// Every pak of a repository (about 75% of the scale in total).
-pub(crate) fn pak_templates() -> Vec<PakTpl> {
+/// Every pak of a repository of the given shape (about 75% of the scale in total).
+pub(crate) fn pak_templates(shape: PakShape) -> Vec<PakTpl> {
+    if shape == PakShape::Single {
+        return vec![PakTpl {
+            path: "game.pak".to_string(),
+            share: 0.75,
+            entries: SINGLE_PAK,
+            split: SINGLE_PAK_SPLIT,
+        }];
+    }
     let mut v = Vec::new();
     let mut add = |path: &str, share: f64, entries: &'static [EntryTpl]| {
         v.push(PakTpl {
             path: path.to_string(),
             share,
             entries,
+            split: PAK_SPLIT,
         })
     };
     add("textures.pak", 0.30, TEXTURES);
@@ -363,7 +427,7 @@ pub(crate) fn write_pak(
             if size >= left || left - size < 512 {
                 size = left;
             }
-            if w.offset() + size + 4096 > PAK_SPLIT && w.len() > 0 {
+            if w.offset() + size + 4096 > t.split && w.len() > 0 {
                 break;
             }
             let eseed = entry_seed(seed, &rel, &name, generation);
@@ -386,9 +450,12 @@ mod tests {
 
     #[test]
     fn templates_cover_about_three_quarters() {
-        let share: f64 = pak_templates().iter().map(|t| t.share).sum();
+        let share: f64 = pak_templates(PakShape::Split).iter().map(|t| t.share).sum();
         assert!((0.73..0.77).contains(&share), "{share}");
-        let names: Vec<String> = pak_templates().into_iter().map(|t| t.path).collect();
+        let names: Vec<String> = pak_templates(PakShape::Split)
+            .into_iter()
+            .map(|t| t.path)
+            .collect();
         for must in [
             "gamedata.pak",
             "scripts.pak",
@@ -399,6 +466,36 @@ mod tests {
             assert!(names.iter().any(|n| n == must), "{must}");
         }
         assert!(names.iter().filter(|n| n.starts_with("levels/")).count() >= 4);
+    }
+
+    #[test]
+    fn the_single_shape_is_one_pak_of_small_entries() {
+        let t = pak_templates(PakShape::Single);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].share, 0.75);
+        // 0.75 of the reference scale fits one ZIP without ZIP64.
+        assert!(pak_target(&t[0], REFERENCE_SCALE as u64) < t[0].split);
+        // Tens of thousands of entries at the reference scale: draw the mean entry size.
+        let vocab = Vocab::new(1);
+        let mut rng = Rng::new(7);
+        let target = pak_target(&t[0], REFERENCE_SCALE as u64);
+        let n = 4000u64;
+        let total: u64 = (0..n)
+            .map(|i| {
+                draw_entry(
+                    &mut rng,
+                    t[0].entries,
+                    &vocab,
+                    REFERENCE_SCALE as u64,
+                    target,
+                    i,
+                    "",
+                )
+                .1
+            })
+            .sum();
+        let entries = target / (total / n);
+        assert!((15_000..60_000).contains(&entries), "{entries} entries");
     }
 
     #[test]

@@ -11,8 +11,8 @@ use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use gantry_sample_game::{
-    generate, parse_size, update, SampleError, SampleSpec, UpdateKind, UpdateReport, UpdateSpec,
-    STATE_FILE,
+    generate, parse_size, update, PakShape, SampleError, SampleSpec, UpdateKind, UpdateReport,
+    UpdateSpec, STATE_FILE,
 };
 use sha2::{Digest, Sha256};
 
@@ -22,6 +22,7 @@ fn spec(scale: u64, seed: u64) -> SampleSpec {
     SampleSpec {
         scale_bytes: scale,
         seed,
+        ..Default::default()
     }
 }
 
@@ -666,4 +667,107 @@ fn errors_carry_context() {
         UpdateKind::Engine
     );
     assert_eq!(UpdateKind::default(), UpdateKind::Assets);
+}
+
+#[test]
+fn the_single_pak_shape_packs_every_asset_in_one_pak_and_an_update_edits_it_throughout() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("repo");
+    let shaped = SampleSpec {
+        paks: PakShape::Single,
+        ..spec(20 * MB, 13)
+    };
+    let g = generate(&dir, &shaped).expect("generate");
+    assert_eq!(g.shape, PakShape::Single);
+    assert_eq!(all_paks(&dir), vec!["game.pak".to_string()]);
+    let before = read_tree(&dir);
+    let old = read_pak(&dir.join("paks/game.pak"));
+    assert_eq!(old.len() as u64, g.pak_entries);
+    assert!(old.len() > 300, "many small entries: {}", old.len());
+    let kinds: BTreeSet<&str> = old
+        .keys()
+        .filter_map(|n| n.rsplit_once('.'))
+        .map(|(_, x)| x)
+        .collect();
+    assert!(kinds.len() >= 8, "mixed kinds: {kinds:?}");
+    // The same spec gives the same bytes; the other shape other bytes.
+    let (_t2, split) = gen(20 * MB, 13);
+    assert_ne!(all_paks(&split), all_paks(&dir));
+    let again = tmp.path().join("again");
+    generate(&again, &shaped).expect("generate again");
+    assert_eq!(digests(&read_tree(&again)), digests(&before));
+
+    let requested = MB * 3 / 2;
+    let r = update(
+        &dir,
+        &UpdateSpec {
+            bytes: requested,
+            seed: 13,
+            kind: UpdateKind::Assets,
+        },
+    )
+    .expect("update");
+    assert!(r.paks_replaced.is_empty(), "{:?}", r.paks_replaced);
+    assert!(r.files_changed.contains(&"paks/game.pak".to_string()));
+    let ratio = r.changed_bytes as f64 / requested as f64;
+    assert!(
+        (0.8..1.6).contains(&ratio),
+        "changed {ratio:.2}x of request"
+    );
+    assert!(!r.entries_added.is_empty() && !r.entries_removed.is_empty());
+    // Small text edits: at least ten entries grow or shrink by a few bytes only.
+    let touches = r
+        .entries_changed
+        .iter()
+        .filter(|e| matches!((e.old_size, e.new_size), (Some(o), Some(n)) if o != n && o.abs_diff(n) < 600))
+        .count();
+    assert!(touches >= 10, "{touches} small edits");
+    // Every entry not mentioned is byte-identical; the pak is still valid.
+    let new = read_pak(&dir.join("paks/game.pak"));
+    let mentioned: BTreeSet<&str> = r
+        .entries_changed
+        .iter()
+        .chain(&r.entries_added)
+        .chain(&r.entries_removed)
+        .map(|e| e.name.as_str())
+        .collect();
+    for (name, data) in &new {
+        assert_eq!(
+            old.get(name) == Some(data),
+            !mentioned.contains(name.as_str()),
+            "{name}"
+        );
+    }
+    for name in old.keys().filter(|n| !new.contains_key(*n)) {
+        assert!(mentioned.contains(name.as_str()), "{name} vanished");
+    }
+    // The engine is untouched.
+    for (k, v) in before.iter().filter(|(k, _)| k.starts_with("engine/")) {
+        assert!(fs::read(dir.join(k)).expect("read") == *v, "{k} changed");
+    }
+}
+
+#[test]
+fn a_state_written_before_the_single_shape_still_updates_as_split() {
+    let (_t, dir) = gen(10 * MB, 14);
+    let path = dir.join(STATE_FILE);
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&fs::read(&path).expect("state")).expect("json");
+    assert_eq!(state["paks"], "split");
+    state.as_object_mut().expect("object").remove("paks");
+    fs::write(&path, serde_json::to_vec(&state).expect("json")).expect("write");
+    let r = update(
+        &dir,
+        &UpdateSpec {
+            bytes: MB,
+            seed: 14,
+            kind: UpdateKind::Assets,
+        },
+    )
+    .expect("update");
+    assert_eq!(
+        r.paks_replaced.len(),
+        1,
+        "the split shape replaces a small pak"
+    );
 }

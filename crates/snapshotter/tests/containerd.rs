@@ -587,8 +587,7 @@ fn containerd_unpacks_and_runs_on_gantry_like_on_overlayfs() {
         // refused" while the socket is gone, or "connection closed: unavailable" when
         // the old connection broke under it; both clear once it reconnects.
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let unavailable =
-            stderr.contains("connection refused") || stderr.contains("unavailable");
+        let unavailable = stderr.contains("connection refused") || stderr.contains("unavailable");
         if out.status.success() || !unavailable || Instant::now() > deadline {
             break out;
         }

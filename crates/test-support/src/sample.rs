@@ -65,6 +65,16 @@ impl SampleImages {
 /// update of about `update` bytes, builds v2 (with the build cache, as CI would). With
 /// `base`, both images are built on that OCI layout's image tagged `latest`.
 pub fn sample_images(scale: u64, update: u64, base: Option<&Path>) -> SampleImages {
+    sample_images_shaped(scale, update, base, gantry_sample_game::PakShape::Split)
+}
+
+/// [`sample_images`] with the assets packed as `paks` says (one large pak, or many).
+pub fn sample_images_shaped(
+    scale: u64,
+    update: u64,
+    base: Option<&Path>,
+    paks: gantry_sample_game::PakShape,
+) -> SampleImages {
     let dir = crate::tempdir();
     let game = dir.path().join("game");
     gantry_sample_game::generate(
@@ -72,6 +82,7 @@ pub fn sample_images(scale: u64, update: u64, base: Option<&Path>) -> SampleImag
         &gantry_sample_game::SampleSpec {
             scale_bytes: scale,
             seed: 11,
+            paks,
         },
     )
     .expect("generate the sample game");

@@ -99,6 +99,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         &SampleSpec {
             scale_bytes,
             seed: 1,
+            ..Default::default()
         },
     )?;
     let generate_seconds = t.elapsed().as_secs_f64();

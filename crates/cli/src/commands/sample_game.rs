@@ -3,7 +3,9 @@
 use crate::commands::{human_bytes, print_json};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use gantry_sample_game::{generate, parse_size, update, SampleSpec, UpdateKind, UpdateSpec};
+use gantry_sample_game::{
+    generate, parse_size, update, PakShape, SampleSpec, UpdateKind, UpdateSpec,
+};
 use std::path::PathBuf;
 
 /// Arguments of `gantry sample-game`.
@@ -26,6 +28,10 @@ pub struct SampleGameArgs {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// How a new sample packs its assets: many paks, or one large pak of tens of thousands
+    /// of small entries (an update then edits that one pak throughout).
+    #[arg(long, value_enum, default_value_t = Paks::Split)]
+    pub paks: Paks,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -38,6 +44,15 @@ pub enum Kind {
     Assets,
     /// A few engine binaries rebuilt.
     Engine,
+}
+
+/// Pak shapes on the command line.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Paks {
+    /// About 25 paks by kind and level.
+    Split,
+    /// One pak holding every asset.
+    Single,
 }
 
 /// Runs `gantry sample-game`.
@@ -81,6 +96,10 @@ pub fn run(args: SampleGameArgs) -> anyhow::Result<()> {
         &SampleSpec {
             scale_bytes,
             seed: args.seed,
+            paks: match args.paks {
+                Paks::Split => PakShape::Split,
+                Paks::Single => PakShape::Single,
+            },
         },
     )
     .with_context(|| format!("generating sample game in {}", args.dir.display()))?;
