@@ -191,9 +191,19 @@ fn file_key(path: &std::path::Path, header: &[u8], cuts: &[u64]) -> Option<Diges
     Some(h.finish())
 }
 
-/// Offsets inside a zip archive (a game pak) that separate its large
-/// entries from their neighbours and its central directory from the data.
-/// Not a zip, or one that cannot be read: no cuts.
+/// Entries of a zip archive at least this long have chunks of their own.
+const ENTRY_CUT_MIN: u64 = 4 * 1024;
+/// Shorter entries start one when their name hashes to 0 modulo this: runs of tiny
+/// entries (configs, small scripts) share a chunk, grouped by content, so a change to
+/// one never moves the grouping of the others.
+const TINY_ENTRY_GROUP: u64 = 8;
+
+/// Offsets inside a zip archive (a game pak) where a chunk must end: around each entry of
+/// at least [`ENTRY_CUT_MIN`] bytes, before some tiny ones (by name), and before the
+/// central directory. A re-exported or edited entry then
+/// changes only its own chunks, however many small entries the archive packs and however
+/// far the edit shifts the entries after it. Not a zip, or one that cannot be read: no
+/// cuts.
 fn archive_cuts(path: &std::path::Path, size: u64, big: u64) -> Vec<u64> {
     let mut magic = [0u8; 4];
     let is_zip = File::open(path)
@@ -218,11 +228,14 @@ fn archive_cuts(path: &std::path::Path, size: u64, big: u64) -> Vec<u64> {
         let Some(data_start) = entry.data_start() else {
             return Vec::new();
         };
-        let end = data_start + entry.compressed_size();
+        let len = entry.compressed_size();
+        let end = data_start + len;
         data_end = data_end.max(end);
-        if entry.compressed_size() >= big {
+        if len >= big.min(ENTRY_CUT_MIN) {
             cuts.push(entry.header_start());
             cuts.push(end);
+        } else if xxhash_rust::xxh3::xxh3_64(entry.name_raw()).is_multiple_of(TINY_ENTRY_GROUP) {
+            cuts.push(entry.header_start());
         }
     }
     cuts.push(data_end);
@@ -405,5 +418,67 @@ mod tests {
         std::fs::write(dir.path().join("game.pak"), &zip_bytes).unwrap();
         let later = SegmentPlan::new(vec![entry], TarOptions::default(), 10_000).unwrap();
         assert_ne!(later.segments[0].reuse_key, Some(key));
+    }
+
+    /// The bytes between the cuts of a one-file segment.
+    fn regions(plan: &SegmentPlan) -> Vec<Vec<u8>> {
+        let seg = &plan.segments[0];
+        let mut bytes = Vec::new();
+        PieceReader::new(seg.pieces.clone())
+            .read_to_end(&mut bytes)
+            .unwrap();
+        let mut out = Vec::new();
+        let mut start = 0usize;
+        for &c in seg.cuts.iter().chain(std::iter::once(&seg.len)) {
+            out.push(bytes[start..c as usize].to_vec());
+            start = c as usize;
+        }
+        out
+    }
+
+    #[test]
+    fn small_zip_entries_get_cuts_of_their_own_so_an_edit_changes_only_its_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let zip_of = |edited: bool| {
+            let mut zip_bytes = Vec::new();
+            let mut w = zip::ZipWriter::new(io::Cursor::new(&mut zip_bytes));
+            let opts = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored)
+                .last_modified_time(zip::DateTime::default());
+            for i in 0..60u32 {
+                // Small entries of 6 KB, and tiny ones of 300 bytes in between.
+                let len = if i % 3 == 2 { 300 } else { 6000 };
+                let mut data: Vec<u8> = (0..len).map(|b| (b as u32 * 7 + i) as u8).collect();
+                if edited && i == 10 {
+                    data.extend_from_slice(b"a small edit");
+                }
+                w.start_file(format!("scripts/e{i:03}.lua"), opts).unwrap();
+                w.write_all(&data).unwrap();
+            }
+            w.finish().unwrap();
+            zip_bytes
+        };
+        let entry = disk_file(dir.path(), "v1.pak", &zip_of(false));
+        let v1 = SegmentPlan::new(vec![entry], TarOptions::default(), 64 * 1024).unwrap();
+        assert!(
+            v1.segments[0].cuts.len() >= 40,
+            "a cut before each 6 KB entry: {:?}",
+            v1.segments[0].cuts
+        );
+        let entry = disk_file(dir.path(), "v2.pak", &zip_of(true));
+        let v2 = SegmentPlan::new(vec![entry], TarOptions::default(), 64 * 1024).unwrap();
+        let (r1, r2) = (regions(&v1), regions(&v2));
+        // Every region of v2's entries but the edited one's is a region of v1; the tar
+        // header (the file's name) with the first entry, and the central directory (the
+        // offsets), differ too.
+        let new: Vec<&Vec<u8>> = r2.iter().filter(|r| !r1.contains(r)).collect();
+        let new_bytes: usize = new.iter().map(|r| r.len()).sum();
+        let whole: usize = r2.iter().map(|r| r.len()).sum();
+        assert!(
+            new.len() <= 3 && new_bytes < 2 * (6_000 + 300 + 200) + 60 * 100 + 1024,
+            "{} of {} regions ({new_bytes} of {whole} bytes) changed by one edit",
+            new.len(),
+            r2.len()
+        );
     }
 }
