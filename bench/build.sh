@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build benchmark: `gantry build` against `buildah bud` of the seed-style Dockerfile, on the
+# Build benchmark: `gantry build` against `buildah bud` of the two-stage Dockerfile, on the
 # generated sample game (WORKLOAD.md rows 3 and 4).
 #
 # Usage (as root):

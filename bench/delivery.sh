@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# Delivery benchmark: push and pull of the next day's update, Gantry against the seed's way
+# Delivery benchmark: push and pull of the next day's update, Gantry against the layer-level way
 # (WORKLOAD.md rows 1, 2, 5 and 7; issue 4 "Measure", issue 5 "Measure").
 #
 # Usage (as root):
 #   bash bench/delivery.sh [--scale 3.1GB] [--update-mb 50] [--rate 200mbit] [--out FILE.json]
-#                          [--gantry BIN] [--keep] [--workload DIR] [--first seed|gantry]
+#                          [--gantry BIN] [--keep] [--workload DIR] [--first layer-level|gantry]
 #   bash bench/delivery.sh --quick          (60MB sample, 15 MB update: a few minutes, for CI)
 #   bash bench/delivery.sh --report FILE.json     (print the Markdown of an earlier result again)
 #
 # One generated sample game (seed 1), v1 and then v2 after `gantry sample-game --update --mb
-# N`, built by `buildah bud --layers` of the sample's seed-style Dockerfile (busybox base made
+# N`, built by `buildah bud --layers` of the sample's two-stage Dockerfile (busybox base made
 # as bench/build.sh makes it; v2 built warm on v1's storage) and by `gantry build` (OCI
-# layouts, the same base blob). To keep the disk peak down the seed's side is built and
+# layouts, the same base blob). To keep the disk peak down the layer-level side is built and
 # pushed first and its storage removed; the sample is then generated again for Gantry's
-# builds (deterministic from the seed: the two generation and update reports must be equal).
+# builds (deterministic from --seed: the two generation and update reports must be equal).
 # Build times are recorded but are not the point here (bench/build.sh measures builds).
 #
 # The "node" (and the CI host that pushes) is a network namespace joined to the host by a
@@ -40,7 +40,7 @@
 #   B1 `gantry agent` on the node (in the namespace, 127.0.0.1), upstream `gantry serve` across
 #      the link; hosts.toml from `gantry agent install-containerd-config`; `ctr images pull
 #      --hosts-dir` v1, then v2. Payload = increase of gantry_agent_upstream_bytes_total.
-#   B2 the seed's way: a second containerd pulls the buildah images directly from the
+#   B2 the layer-level way: a second containerd pulls the buildah images directly from the
 #      docker-registry of A3 (`ctr images pull --plain-http`) v1, then v2. Payload = the
 #      sizes of v2's blobs (layers, config) that v1 does not have, plus v2's manifest.
 #   B2 runs first (then its registry is removed), B1 second (the other way round with --first gantry).
@@ -52,7 +52,8 @@
 # The B1 node is torn down before B2 starts (disk: each node holds v1 and v2 unpacked).
 #
 # --first gantry runs Gantry's side first at each stage (builds and pushes A1/A2 before A3,
-# the pull B1 before B2; the seed's registry then stays up through B1); the default is seed.
+# the pull B1 before B2; the buildah images' registry then stays up through B1); the default is
+# layer-level.
 # bench/run.sh alternates it between repetitions. --workload DIR takes the sample from DIR
 # (DIR/v1, DIR/v2, DIR/sample.json, DIR/update.json, made by bench/run.sh) instead of
 # generating it: v1 is copied and the update applied file by file from DIR/v2 (as
@@ -80,7 +81,7 @@ KEEP=0
 REPORT=""
 GANTRY_BIN=""
 WORKLOAD=""
-FIRST=seed
+FIRST=layer-level
 ARGS=("$@")
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
@@ -117,7 +118,7 @@ print_report() {
   "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
   (.pull[] | "| \(.label) | \(.v2.link_down_bytes | mb) | \(.v2.payload_bytes | mb) | \(.v2.link_down_bytes / $u | x) | \(.v2.payload_bytes / $u | x) | \(.v2.link_down_bytes / .image_bytes | pct) | \(.v2.seconds | s) | \(.v2.new_layers_committed_s | s) | \(.v1.seconds | s) |"),
   "",
-  "Payload: \(.pull[0].payload_kind); \(.pull[1].payload_kind). Pull wall time, seed'"'"'s way ÷ Gantry: **\(.pull[1].v2.seconds / .pull[0].v2.seconds | x)**; until the new layers are in containerd'"'"'s content store (the download part; the rest is mostly containerd unpacking the changed layers, which both sides do alike): \(if .pull[0].v2.new_layers_committed_s and .pull[1].v2.new_layers_committed_s then (.pull[1].v2.new_layers_committed_s / .pull[0].v2.new_layers_committed_s | x) else "–" end); bytes on the link: \(.pull[1].v2.link_down_bytes / .pull[0].v2.link_down_bytes | x). The seed'"'"'s v2 pull averaged \(.pull[1].v2.link_down_bytes / .pull[1].v2.seconds | mb)/s on the link (the limit is \(.params.rate)), fetch and unpack together. For v2 the agent obtained \(.pull[0].agent_v2_blobs | length) blob(s) (\([.pull[0].agent_v2_blobs[] | .size] | add // 0 | mb)) in \([.pull[0].agent_v2_blobs[] | .seconds] | add // 0 | s) of assembly (its /status), fetching \(.pull[0].v2.payload_bytes | mb) upstream and reusing \(.pull[0].v2.reused_bytes | mb) from blobs the node held; it served \(.pull[0].v2.served_bytes | mb) to containerd, which then unpacked the layers.",
+  "Payload: \(.pull[0].payload_kind); \(.pull[1].payload_kind). Pull wall time, layer-level ÷ Gantry: **\(.pull[1].v2.seconds / .pull[0].v2.seconds | x)**; until the new layers are in containerd'"'"'s content store (the download part; the rest is mostly containerd unpacking the changed layers, which both sides do alike): \(if .pull[0].v2.new_layers_committed_s and .pull[1].v2.new_layers_committed_s then (.pull[1].v2.new_layers_committed_s / .pull[0].v2.new_layers_committed_s | x) else "–" end); bytes on the link: \(.pull[1].v2.link_down_bytes / .pull[0].v2.link_down_bytes | x). The layer-level v2 pull averaged \(.pull[1].v2.link_down_bytes / .pull[1].v2.seconds | mb)/s on the link (the limit is \(.params.rate)), fetch and unpack together. For v2 the agent obtained \(.pull[0].agent_v2_blobs | length) blob(s) (\([.pull[0].agent_v2_blobs[] | .size] | add // 0 | mb)) in \([.pull[0].agent_v2_blobs[] | .seconds] | add // 0 | s) of assembly (its /status), fetching \(.pull[0].v2.payload_bytes | mb) upstream and reusing \(.pull[0].v2.reused_bytes | mb) from blobs the node held; it served \(.pull[0].v2.served_bytes | mb) to containerd, which then unpacked the layers.",
   "",
   "#### Memory (VmHWM, peak resident set) — WORKLOAD row 7",
   "",
@@ -170,7 +171,7 @@ if ((QUICK)); then
   [[ " ${ARGS[*]} " == *" --update-mb"* ]] || UPDATE_MB=15
 fi
 [[ "$UPDATE_MB" =~ ^[0-9]+$ ]] || { echo "--update-mb wants a whole number of MB" >&2; exit 2; }
-[[ "$FIRST" == seed || "$FIRST" == gantry ]] || { echo "--first wants seed or gantry" >&2; exit 2; }
+[[ "$FIRST" == layer-level || "$FIRST" == gantry ]] || { echo "--first wants layer-level or gantry" >&2; exit 2; }
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 INVOCATION="${BENCH_DIR:+BENCH_DIR=$BENCH_DIR }bash bench/delivery.sh${ARGS[*]:+ ${ARGS[*]}}"
@@ -473,9 +474,9 @@ BASE_LAYOUT="$WORK/base-layout"
 bah push --quiet --compression-format gzip "$BASE_NAME" "oci:$BASE_LAYOUT:latest" > /dev/null
 
 # ---------------------------------------------------------------------------------------------
-# The seed's side first: build v1, the update, v2 with buildah, push both (A3); then its storage
-# goes (disk), the sample is generated again — deterministic from the seed, checked below — and
-# Gantry's side builds and pushes the same two versions (A1, A2).
+# The layer-level side first: build v1, the update, v2 with buildah, push both (A3); then its
+# storage goes (disk), the sample is generated again — deterministic from --seed, checked below —
+# and Gantry's side builds and pushes the same two versions (A1, A2).
 GAME="$WORK/game"; SPEC="$WORK/gantry.bench.toml"; CACHE="$WORK/gantry-cache"
 L1="$WORK/layout-v1"; L2="$WORK/layout-v2"
 write_spec() {
@@ -537,8 +538,8 @@ push_step() {
     '{seconds: $s, link_up_bytes: $up, link_down_bytes: $down, link_bytes: ($up + $down)}' > "$out"
 }
 
-# The seed's side: build v1 and v2 with buildah, then A3.
-stage_seed_push() {
+# The layer-level side: build v1 and v2 with buildah, then A3.
+stage_layer_push() {
 new_sample buildah
 log "buildah bud v1"; BB1="$(buildah_build v1)"
 update_sample buildah
@@ -632,15 +633,15 @@ stop_pid "$DIST_PID"
 ((KEEP)) || rm -rf "$WORK/dist-gantry" "$L1" "$L2"
 }
 
-if [[ "$FIRST" == seed ]]; then
-  stage_seed_push; stage_gantry_push; stage_compare_samples; stage_gantry_push_a12
+if [[ "$FIRST" == layer-level ]]; then
+  stage_layer_push; stage_gantry_push; stage_compare_samples; stage_gantry_push_a12
 else
-  stage_gantry_push; stage_gantry_push_a12; stage_seed_push; stage_compare_samples
+  stage_gantry_push; stage_gantry_push_a12; stage_layer_push; stage_compare_samples
 fi
 
 # ---------------------------------------------------------------------------------------------
 # B. Pull. gantry serve restarted on the same storage: its VmHWM then covers the pulls only.
-# The seed's node first (then its registry goes, for disk), then Gantry's.
+# The layer-level node first (then its registry goes, for disk), then Gantry's.
 stop_pid "$SERVE_PID"
 start_serve "$SERVE_ROOT" "$SERVE_PORT"
 
@@ -678,9 +679,9 @@ pull_step() {
       new_layers_committed_s: $fetched, new_layers: $watched}' > "$out"
 }
 
-# B2: the seed's way — containerd directly from docker-registry (buildah images)
-stage_seed_pull() {
-start_containerd ctd-seed
+# B2: the layer-level way — containerd directly from docker-registry (buildah images)
+stage_layer_pull() {
+start_containerd ctd-layer
 SNAPSHOTTER="$CTD_SNAP"
 for v in v1 v2; do
   if [[ $v == v2 ]]; then log "B2: limiting the link to $RATE"; limit_link; fi
@@ -753,10 +754,10 @@ stop_containerd
 stop_pid "$AGENT_PID"; ((KEEP)) || rm -rf "$AGENT_ROOT"
 }
 
-if [[ "$FIRST" == seed ]]; then
-  stage_seed_pull; stage_gantry_pull
+if [[ "$FIRST" == layer-level ]]; then
+  stage_layer_pull; stage_gantry_pull
 else
-  stage_gantry_pull; stage_seed_pull
+  stage_gantry_pull; stage_layer_pull
 fi
 SERVE_HWM_END="$(vmhwm "$SERVE_PID")"
 TOOK="$(since "$T_START")"
@@ -777,7 +778,7 @@ COMMANDS=(
   "gantry agent --addr 127.0.0.1:PORT --root AGENT --upstream REG=http://REG                             # in the node namespace"
   "gantry agent install-containerd-config --hosts-dir HOSTS --registry REG --agent http://127.0.0.1:PORT --plain-http"
   "ctr --address SOCK --namespace bench images pull --hosts-dir HOSTS REG/game:v1, then :v2          # Gantry"
-  "ctr --address SOCK --namespace bench images pull --plain-http REG/game:v1, then :v2               # seed's way"
+  "ctr --address SOCK --namespace bench images pull --plain-http REG/game:v1, then :v2               # layer-level"
   "tc qdisc replace dev VETH root tbf rate $RATE burst $TBF_BURST latency $TBF_LATENCY   # both ends, before the v2 pulls"
 )
 printf '%s\n' "${COMMANDS[@]}" | jq -R . | jq -s . > "$RES/commands.json"
@@ -830,16 +831,16 @@ jq -n \
        payload_kind: "gantry serve: increase of gantry_registry_bytes_received_total (upload and manifest bodies)"},
       {label: "gantry push → docker-registry (layer-level)", v1: $a2v1[0], v2: $a2v2[0],
        payload_kind: "docker-registry: growth of docker/registry/v2/blobs (du -sb: blobs, manifests and link files as stored)"},
-      {label: "buildah push → docker-registry (seed)", v1: $a3v1[0], v2: $a3v2[0],
+      {label: "buildah push → docker-registry (layer-level: buildah image)", v1: $a3v1[0], v2: $a3v2[0],
        payload_kind: "same"}],
     pull: [
       {label: "gantry agent on the node ← gantry serve", v1: $b1v1[0], v2: $b1v2[0],
        image_bytes: $g_image, expected_v2_digest: $g_v2_digest,
        payload_kind: "Gantry: increase of gantry_agent_upstream_bytes_total (chunk and whole-blob bodies and chunk indexes the agent fetched; not manifests)",
        hosts_toml: $hosts_toml, agent_v2_blobs: $agent_v2_blobs[0]},
-      {label: "docker-registry directly (seed: buildah image)", v1: $b2v1[0], v2: $b2v2[0],
+      {label: "docker-registry directly (layer-level: buildah image)", v1: $b2v1[0], v2: $b2v2[0],
        image_bytes: $b2p[0].image_bytes, expected_v2_digest: $b_v2_digest, new_layers: $b2p[0].new_layers,
-       payload_kind: "seed: sizes of the blobs of v2 (layers + config) that v1 lacks, plus the v2 manifest"}],
+       payload_kind: "layer-level: sizes of the blobs of v2 (layers + config) that v1 lacks, plus the v2 manifest"}],
     rss: [
       {process: "gantry serve", during: "gantry push v1, delta push v2", vmhwm_kb: $serve_push_hwm},
       {process: "gantry serve (restarted)", during: "the v1 pull through the agent", vmhwm_kb: $serve_v1pull_hwm},
@@ -850,7 +851,7 @@ jq -n \
       {process: "docker-registry", during: "buildah pushes v1 + v2, containerd pulls v1 + v2", vmhwm_kb: $d2_hwm}],
     checks: {
       gantry_containerd_v2_digest_matches_push: ($b1v2[0].containerd_digest == $g_v2_digest),
-      seed_containerd_v2_digest_matches_push: ($b2v2[0].containerd_digest == $b_v2_digest),
+      buildah_containerd_v2_digest_matches_push: ($b2v2[0].containerd_digest == $b_v2_digest),
       rss_under_200MB: ([$serve_pull_hwm, $agent_hwm, $serve_push_hwm] | max < 200 * 1024)},
     commands: $commands[0]}' > "$OUT.tmp"
 mv "$OUT.tmp" "$OUT"

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# Benchmark harness: every figure of ../shared/WORKLOAD.md for the seed's pipeline and Gantry's,
+# Benchmark harness: every figure of ../shared/WORKLOAD.md for the layer-level pipeline and Gantry's,
 # on one generated workload, on this machine, in one command (issue 7).
 #
 # Usage (as root):
 #   bash bench/run.sh [--quick] [--scale SIZE] [--update-mb N] [--runs N] [--gantry BIN] [--out FILE]
 #
-#   (default)  the seed's scale: --scale 3.1GB --update-mb 50 --runs 1, writes BENCHMARKS.md's
+#   (default)  full scale: --scale 3.1GB --update-mb 50 --runs 1, writes BENCHMARKS.md's
 #              harness section (between its BEGIN/END markers; the rest of the file stays),
 #              the charts in benchmarks/*.svg next to it and the per-script results in
 #              bench/results/harness-SCALE/. About an hour on 2 cores; needs ~20 GB of disk.
 #   --quick    test scale for CI: --scale 60MB --update-mb 15, short registry runs; writes
 #              $BENCH_DIR/gantry-bench-quick/BENCHMARKS.md (or --out) with its charts and
 #              results next to it, and fails unless every figure was produced and Gantry's
-#              bytes (figures 1 and 2) are below the seed's. A few minutes once built.
-#   --runs N   delivery repetitions (the side that goes first alternates: seed, gantry, ...;
+#              bytes (figures 1 and 2) are below the layer-level ones. A few minutes once built.
+#   --runs N   delivery repetitions (the side that goes first alternates: layer-level, gantry, ...;
 #              the report takes medians) and bench/build.sh runs (it alternates inside).
 #   --gantry BIN  use this gantry binary (e.g. the debug one `cargo test` built) instead of
 #              `cargo build --release -p gantry-cli`.
@@ -22,12 +22,12 @@
 # generates the sample game once (`gantry sample-game --scale SIZE --seed 1` and a copy turned
 # into v2 by `gantry sample-game --update --mb N`); then runs, each on that workload:
 #   bench/registry.sh   figure 6 (docker-registry against gantry serve, loopback);
-#   bench/build.sh      figures 3 and 4 (buildah bud of the seed-style Dockerfile against
+#   bench/build.sh      figures 3 and 4 (buildah bud of the two-stage Dockerfile against
 #                       gantry build), --workload;
 #   bench/delivery.sh   figures 1, 2, 5 and 7 (buildah push to docker-registry and containerd
 #                       pulling directly, against gantry push to gantry serve and containerd
 #                       pulling through gantry agent; the node in its own network namespace,
-#                       tc tbf on its link for the v2 pulls), --workload, --first seed|gantry;
+#                       tc tbf on its link for the v2 pulls), --workload, --first layer-level|gantry;
 # and bench/report turns their JSON into the table, the charts and the checks. The load
 # average is sampled every 30 s during the run and reported (the machine is shared).
 #
@@ -167,7 +167,7 @@ BENCH_DIR="$BENCH_DIR" bash "$REPO/bench/build.sh" --scale "$SCALE" --update-mb 
 # --- figures 1, 2, 5 and 7: delivery, alternating which side goes first ------------------------
 DELIVERY=()
 for ((r = 1; r <= RUNS; r++)); do
-  first=seed; ((r % 2)) || first=gantry
+  first=layer-level; ((r % 2)) || first=gantry
   log "bench/delivery.sh repetition $r/$RUNS, $first first (figures 1, 2, 5 and 7)"
   BENCH_DIR="$BENCH_DIR" bash "$REPO/bench/delivery.sh" "${QFLAG[@]}" --scale "$SCALE" \
     --update-mb "$UPDATE_MB" --gantry "$G" --workload "$WL" --first "$first" \

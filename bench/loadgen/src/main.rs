@@ -15,7 +15,7 @@
 //! included, is checked: status 200 and a body of exactly `--expect-size` bytes, else it is an
 //! error (a transport error reconnects). Prints one JSON object.
 //!
-//! `push`: makes a deterministic incompressible blob of BYTES (from the seed), hashes it (not
+//! `push`: makes a deterministic incompressible blob of BYTES (from `--seed`), hashes it (not
 //! timed), then times a monolithic upload: `POST /v2/REPO/blobs/uploads/` then
 //! `PUT <Location>&digest=sha256:…` with the whole body, expecting 202 then 201; then checks
 //! `HEAD /v2/REPO/blobs/<digest>` answers 200 with the right Content-Length. Prints one JSON

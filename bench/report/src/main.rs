@@ -14,7 +14,7 @@
 //!   markers; a new file otherwise), so hand-written sections around it stay;
 //! - writes the charts as SVG files (hand-made, no fonts fetched) into the charts directory;
 //! - with `--check`, exits 1 unless every figure was produced (a number on both sides where
-//!   the figure has two) and Gantry's bytes for figures 1 and 2 are below the seed's.
+//!   the figure has two) and Gantry's bytes for figures 1 and 2 are below the layer-level ones.
 
 use std::fmt::Write as _;
 use std::path::{Component, Path, PathBuf};
@@ -140,7 +140,7 @@ fn mib_kb(kb: Option<f64>) -> String {
 struct Row {
     num: String,
     what: String,
-    seed: String,
+    layer_level: String,
     gantry: String,
     advantage: String,
     target: String,
@@ -329,7 +329,7 @@ fn run() -> Result<bool, String> {
     // 1. bytes a node holding v1 downloads for v2 (link, registry -> node)
     let s1 = need(
         &mut problems,
-        "1 seed pull bytes",
+        "1 layer-level pull bytes",
         dmed(&delivery, "pull.1.v2.link_down_bytes"),
     );
     let g1 = need(
@@ -344,7 +344,7 @@ fn run() -> Result<bool, String> {
     rows.push(Row {
         num: "1".into(),
         what: "bytes a node holding v1 downloads to run v2 (on the link)".into(),
-        seed: format!(
+        layer_level: format!(
             "{} ({} the update, {:.1} % of the image)",
             mb(s1),
             times(div(s1, update)),
@@ -367,7 +367,7 @@ fn run() -> Result<bool, String> {
     // 2. bytes CI uploads to push v2 (link, both directions)
     let s2 = need(
         &mut problems,
-        "2 seed push bytes",
+        "2 layer-level push bytes",
         dmed(&delivery, "push.2.v2.link_bytes"),
     );
     let g2 = need(
@@ -379,7 +379,7 @@ fn run() -> Result<bool, String> {
     rows.push(Row {
         num: "2".into(),
         what: "bytes CI sends to push v2 (on the link, up + down)".into(),
-        seed: format!(
+        layer_level: format!(
             "{} ({} the update; `buildah push` → docker-registry)",
             mb(s2),
             times(div(s2, update))
@@ -416,7 +416,7 @@ fn run() -> Result<bool, String> {
     rows.push(Row {
         num: "3".into(),
         what: "rebuild after the update (warm cache)".into(),
-        seed: format!(
+        layer_level: format!(
             "{} `buildah bud` ({} with push)",
             secs(s3),
             secs(step("update", "buildah_bud_push_s"))
@@ -443,7 +443,7 @@ fn run() -> Result<bool, String> {
     rows.push(Row {
         num: "3".into(),
         what: "no-op rebuild (nothing changed)".into(),
-        seed: secs(s3n),
+        layer_level: secs(s3n),
         gantry: secs(g3n),
         advantage: times(div(s3n, g3n)),
         target: "under 3 s".into(),
@@ -475,7 +475,7 @@ fn run() -> Result<bool, String> {
     rows.push(Row {
         num: "4".into(),
         what: format!("cold build ({})", text(&m, "scale")),
-        seed: format!(
+        layer_level: format!(
             "{} `buildah bud` + push ({} bud), image {}",
             secs(s4),
             secs(step("cold", "buildah_bud_s")),
@@ -494,7 +494,7 @@ fn run() -> Result<bool, String> {
     // 5. update pull wall time on the limited link
     let s5 = need(
         &mut problems,
-        "5 seed pull time",
+        "5 layer-level pull time",
         dmed(&delivery, "pull.1.v2.seconds"),
     );
     let g5 = need(
@@ -508,7 +508,7 @@ fn run() -> Result<bool, String> {
         what: format!(
             "`ctr images pull` of v2 on a node holding v1, link at {rate} (tc tbf, own netns)"
         ),
-        seed: format!(
+        layer_level: format!(
             "{} (new layers in the content store after {})",
             secs(s5),
             secs(dmed(&delivery, "pull.1.v2.new_layers_committed_s"))
@@ -574,7 +574,7 @@ fn run() -> Result<bool, String> {
         rows.push(Row {
             num: "6".into(),
             what: format!("{label} at 1 / 16 / 64 clients ({unit})"),
-            seed: sv.join(" / "),
+            layer_level: sv.join(" / "),
             gantry: gv.join(" / "),
             advantage: rv.iter().map(|x| times(*x)).collect::<Vec<_>>().join(" / "),
             target: "≥ 2×".into(),
@@ -597,7 +597,7 @@ fn run() -> Result<bool, String> {
     rows.push(Row {
         num: "6".into(),
         what: "p99 latency of those GETs (9 measures)".into(),
-        seed: "–".into(),
+        layer_level: "–".into(),
         gantry: format!(
             "lower in {p99_lower} of {} measured{}",
             p99_measured.len(),
@@ -636,7 +636,7 @@ fn run() -> Result<bool, String> {
     rows.push(Row {
         num: "6".into(),
         what: "push of a 256 MiB blob (MB/s)".into(),
-        seed: plain(sp),
+        layer_level: plain(sp),
         gantry: plain(gp),
         advantage: times(div(gp, sp)),
         target: "≥ 2×".into(),
@@ -684,7 +684,7 @@ fn run() -> Result<bool, String> {
             "peak RSS while moving the {} image (push, v1 and v2 pulls)",
             text(&m, "scale")
         ),
-        seed: format!("docker-registry {}", mib_kb(s7)),
+        layer_level: format!("docker-registry {}", mib_kb(s7)),
         gantry: format!("gantry serve {}, gantry agent {}", mib_kb(g7s), mib_kb(g7a)),
         advantage: times(div(s7, g7s)),
         target: "agent and registry under 200 MB".into(),
@@ -695,20 +695,20 @@ fn run() -> Result<bool, String> {
     if let (Some(s), Some(g)) = (s1, g1) {
         if g >= s {
             problems.push(format!(
-                "1: Gantry's pull bytes {g} are not below the seed's {s}"
+                "1: Gantry's pull bytes {g} are not below the layer-level ones, {s}"
             ));
         }
     }
     if let (Some(s), Some(g)) = (s2, g2) {
         if g >= s {
             problems.push(format!(
-                "2: Gantry's push bytes {g} are not below the seed's {s}"
+                "2: Gantry's push bytes {g} are not below the layer-level ones, {s}"
             ));
         }
     }
 
     // ---- charts
-    let seed_gantry = vec![("seed's way", "#c0504d"), ("Gantry", "#4f81bd")];
+    let layer_gantry = vec![("layer-level", "#c0504d"), ("Gantry", "#4f81bd")];
     let charts = vec![
         Chart {
             file: "bytes.svg",
@@ -718,7 +718,7 @@ fn run() -> Result<bool, String> {
                 mb(update)
             ),
             series: vec![
-                ("seed's way", "#c0504d"),
+                ("layer-level", "#c0504d"),
                 ("Gantry", "#4f81bd"),
                 ("update's own size", "#9bbb59"),
             ],
@@ -736,10 +736,10 @@ fn run() -> Result<bool, String> {
         },
         Chart {
             file: "times.svg",
-            title: "Wall times, seed's way and Gantry".into(),
+            title: "Wall times, layer-level and Gantry".into(),
             note: "one run on a shared 2-core machine (noisy: read the ratios); bars scaled per row"
                 .into(),
-            series: seed_gantry.clone(),
+            series: layer_gantry.clone(),
             groups: vec![
                 Group {
                     label: "cold build v1 (bud + push / build)".into(),
@@ -782,7 +782,7 @@ fn run() -> Result<bool, String> {
             series: vec![("peak RSS", "#4f81bd")],
             groups: vec![
                 Group {
-                    label: "docker-registry (seed)".into(),
+                    label: "docker-registry (layer-level)".into(),
                     values: vec![s7.map(|k| k / 1024.0)],
                 },
                 Group {
@@ -813,7 +813,7 @@ fn run() -> Result<bool, String> {
         if quick { ", quick: test scale" } else { "" }
     );
     if quick {
-        let _ = writeln!(md, "A quick run at test scale: it shows that the harness works, not how Gantry performs at the seed's scale.\n");
+        let _ = writeln!(md, "A quick run at test scale: it shows that the harness works, not how Gantry performs at full scale.\n");
     }
     let _ = writeln!(md, "Command: `{}`  ", text(&m, "command"));
     let _ = writeln!(
@@ -839,7 +839,7 @@ fn run() -> Result<bool, String> {
     );
     let _ = writeln!(
         md,
-        "Workload, generated once and used by every script below: `gantry sample-game --scale {} --seed {}` ({} in {} files), then `gantry sample-game --update --mb {}`: {} changed in {} files, **update's own size {}** (gzip -6 of what is new or changed). Seed's way: the sample's two-stage Dockerfile built by `buildah bud --layers`, pushed by `buildah push` to `docker-registry`, pulled by containerd directly. Gantry: `gantry build`, `gantry push` to `gantry serve`, pulled by containerd through `gantry agent`. Delivery repetitions: {} (medians; the side that goes first alternates); build runs: {} (alternating inside bench/build.sh).\n",
+        "Workload, generated once and used by every script below: `gantry sample-game --scale {} --seed {}` ({} in {} files), then `gantry sample-game --update --mb {}`: {} changed in {} files, **update's own size {}** (gzip -6 of what is new or changed). Layer-level: the sample's two-stage Dockerfile built by `buildah bud --layers`, pushed by `buildah push` to `docker-registry`, pulled by containerd directly. Gantry: `gantry build`, `gantry push` to `gantry serve`, pulled by containerd through `gantry agent`. Delivery repetitions: {} (medians; the side that goes first alternates); build runs: {} (alternating inside bench/build.sh).\n",
         text(&m, "scale"),
         text(&m, "seed"),
         mb(num(&m, "workload.sample.total_bytes")),
@@ -855,7 +855,7 @@ fn run() -> Result<bool, String> {
     );
     let _ = writeln!(
         md,
-        "| # | figure | seed's way | Gantry | Gantry's advantage | target | met |"
+        "| # | figure | layer-level | Gantry | Gantry's advantage | target | met |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     for r in &rows {
@@ -864,7 +864,7 @@ fn run() -> Result<bool, String> {
             "| {} | {} | {} | {} | {} | {} | {} |",
             r.num,
             r.what,
-            r.seed,
+            r.layer_level,
             r.gantry,
             r.advantage,
             r.target,
@@ -875,7 +875,7 @@ fn run() -> Result<bool, String> {
             }
         );
     }
-    let _ = writeln!(md, "\nGantry's advantage: seed ÷ Gantry for bytes, times and memory; Gantry ÷ seed for throughput (above 1× favours Gantry). Bytes are whole Ethernet frames on the node's veth link; 1 MB = 10^6 bytes.\n");
+    let _ = writeln!(md, "\nGantry's advantage: layer-level ÷ Gantry for bytes, times and memory; Gantry ÷ layer-level for throughput (above 1× favours Gantry). Bytes are whole Ethernet frames on the node's veth link; 1 MB = 10^6 bytes.\n");
     for c in &charts {
         let _ = writeln!(
             md,
@@ -947,7 +947,7 @@ fn run() -> Result<bool, String> {
         return Ok(false);
     }
     if check {
-        eprintln!("report: check passed (every figure produced; Gantry's bytes below the seed's for figures 1 and 2)");
+        eprintln!("report: check passed (every figure produced; Gantry's bytes below the layer-level ones for figures 1 and 2)");
     }
     Ok(true)
 }

@@ -415,7 +415,7 @@ pub struct DiffReport {
     pub new_manifest: Digest,
     /// The whole new image: the sum of its layer blobs.
     pub image_bytes: u64,
-    /// Every new layer whose digest is not in the old image (the seed's method).
+    /// Every new layer whose digest is not in the old image (the layer-level way, as Docker and containerd pull).
     pub layer_level_bytes: u64,
     /// Chunks no old layer holds plus the chunk indexes of changed layers (Gantry's).
     pub chunk_level_bytes: u64,

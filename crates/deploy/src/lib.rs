@@ -1,8 +1,8 @@
-//! `gantry deploy`: the Kubernetes side of delivery. Renders the seed's game-server
-//! Deployment (or an Agones Fleet) pinned to a manifest digest, with the environment
-//! `gantry supervise` reads, and the node agent as a DaemonSet with containerd's
-//! `hosts.toml`; applies them server-side through `kube` and follows the rollout until
-//! every pod runs the new digest.
+//! `gantry deploy`: the Kubernetes side of delivery. Renders a plain game-server Deployment
+//! (host network, node selector, requests = limits, as in the original sample) or an Agones
+//! Fleet, pinned to a manifest digest, with the environment `gantry supervise` reads, and the
+//! node agent as a DaemonSet with containerd's `hosts.toml`; applies them server-side through
+//! `kube` and follows the rollout until every pod runs the new digest.
 
 pub mod agones;
 pub mod apply;

@@ -1,4 +1,4 @@
-//! Kubernetes objects for a game server (the seed's Deployment, or an Agones Fleet) and for
+//! Kubernetes objects for a game server (a plain Deployment, or an Agones Fleet) and for
 //! the node agent (a DaemonSet plus the containerd `hosts.toml` it needs), built with
 //! k8s-openapi's types and written as YAML documents separated by `---`.
 
@@ -44,7 +44,7 @@ pub const AGENT_ROOT: &str = "/var/lib/gantry-agent";
 /// containerd's registry host configuration directory on each node.
 pub const CONTAINERD_HOSTS_DIR: &str = "/etc/containerd/certs.d";
 
-/// A game-server workload: what the seed's Deployment said, made configurable.
+/// A game-server workload: what the original sample's Deployment said, made configurable.
 #[derive(Clone, Debug)]
 pub struct GameSpec {
     /// Object name (DNS label).
@@ -55,7 +55,7 @@ pub struct GameSpec {
     pub image: DeployImage,
     /// Pods (Deployment) or GameServers (Fleet).
     pub replicas: i32,
-    /// `nodeSelector` (the seed picked spot capacity this way).
+    /// `nodeSelector` (the original sample's Deployment picked spot capacity this way).
     pub node_selector: BTreeMap<String, String>,
     /// CPU request (`500m`).
     pub cpu: String,
@@ -85,7 +85,8 @@ pub struct GameSpec {
 }
 
 impl GameSpec {
-    /// The seed's values for `image` named `name`: 1 replica, 500m CPU, 512Mi, 30 s grace.
+    /// The original sample's values for `image` named `name`: 1 replica, 500m CPU, 512Mi, 30 s
+    /// grace.
     pub fn new(name: &str, image: DeployImage) -> GameSpec {
         GameSpec {
             name: name.to_string(),
@@ -530,7 +531,7 @@ fn object_meta(name: &str, namespace: &str, annotations: BTreeMap<String, String
     }
 }
 
-/// The seed's Deployment: host network, node selector, requests and limits, grace period,
+/// A plain Deployment: host network, node selector, requests and limits, grace period,
 /// environment — with the image pinned by digest when known, and the supervisor's env.
 pub fn deployment(spec: &GameSpec) -> DeployResult<Manifest> {
     check_name("--name", &spec.name)?;

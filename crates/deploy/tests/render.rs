@@ -14,9 +14,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 
 const DIGEST: &str = "sha256:4f1c2a3b4c5d6e7f808192a3b4c5d6e7f808192a3b4c5d6e7f808192a3b4c5d6";
 
-/// The seed's Deployment (1 replica, host network, spot node selector, 500m/512Mi, 30 s,
-/// CONSOLE_ADDR/GROUP/QUEUENAME) with the image pinned and the supervisor as command.
-fn seed_spec() -> GameSpec {
+/// The original sample's Deployment (1 replica, host network, spot node selector, 500m/512Mi,
+/// 30 s, CONSOLE_ADDR/GROUP/QUEUENAME) with the image pinned and the supervisor as command.
+fn sample_spec() -> GameSpec {
     let image = DeployImage::parse("registry.example.com/studio/multiplayersample:v2")
         .unwrap()
         .pinned(DIGEST.parse().unwrap());
@@ -102,8 +102,8 @@ fn round_trip(yaml: &str) {
 }
 
 #[test]
-fn deployment_matches_the_seed_and_round_trips() {
-    let objects = vec![render::deployment(&seed_spec()).unwrap()];
+fn deployment_matches_the_original_sample_and_round_trips() {
+    let objects = vec![render::deployment(&sample_spec()).unwrap()];
     let yaml = render::to_yaml(&objects).unwrap();
     round_trip(&yaml);
     golden("deployment", &yaml);
@@ -168,7 +168,7 @@ fn deployment_matches_the_seed_and_round_trips() {
 
 #[test]
 fn fleet_round_trips_with_agones_health() {
-    let mut spec = seed_spec();
+    let mut spec = sample_spec();
     spec.replicas = 3;
     let objects = vec![render::fleet(&spec, &FleetOptions::default()).unwrap()];
     let yaml = render::to_yaml(&objects).unwrap();
@@ -210,7 +210,7 @@ fn fleet_round_trips_with_agones_health() {
 /// supervisor is told a container port only where Agones maps one.
 #[test]
 fn fleet_port_policies_follow_agones_rules() {
-    let spec = seed_spec();
+    let spec = sample_spec();
     let game_env = |f: &Fleet| {
         f.spec
             .template
@@ -394,15 +394,15 @@ fn agent_daemon_set_with_the_snapshotter() {
 
 #[test]
 fn bad_values_are_refused_by_name() {
-    let mut spec = seed_spec();
+    let mut spec = sample_spec();
     spec.name = "Game_1".into();
     let err = render::deployment(&spec).unwrap_err().to_string();
     assert!(err.contains("--name"), "{err}");
-    let mut spec = seed_spec();
+    let mut spec = sample_spec();
     spec.pull_policy = "Sometimes".into();
     let err = render::deployment(&spec).unwrap_err().to_string();
     assert!(err.contains("--pull-policy"), "{err}");
-    let mut spec = seed_spec();
+    let mut spec = sample_spec();
     spec.cpu = "lots".into();
     let err = render::deployment(&spec).unwrap_err().to_string();
     assert!(err.contains("--cpu"), "{err}");
@@ -418,7 +418,7 @@ fn bad_values_are_refused_by_name() {
 
 #[test]
 fn pull_policy_always_is_allowed() {
-    let mut spec = seed_spec();
+    let mut spec = sample_spec();
     spec.pull_policy = "Always".into();
     let Manifest::Deployment(d) = render::deployment(&spec).unwrap() else {
         panic!()

@@ -1,5 +1,5 @@
-//! The engine: a gzip tar of `BinLinux64.Dedicated/` split into seven parts, as the seed kept
-//! it in git (`split -n 7`, parts `BinLinux64.Dedicated.tar.gz.xaa` … `.xag`).
+//! The engine: a gzip tar of `BinLinux64.Dedicated/` split into seven parts, as the original
+//! sample kept it in git (`split -n 7`, parts `BinLinux64.Dedicated.tar.gz.xaa` … `.xag`).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};

@@ -3,7 +3,7 @@
 //! [`generate`] writes a repository shaped like the one of the original containerized game
 //! server sample: a split gzip tarball of the engine (`engine/`), game assets as `.pak` zip
 //! archives with stored entries plus config files (`paks/`), runtime scripts (`runtime/`), a
-//! `gantry.toml` build spec and the seed's two-stage `Dockerfile`. [`update`] then makes "the
+//! `gantry.toml` build spec and the sample's two-stage `Dockerfile`. [`update`] then makes "the
 //! next day's build" in place: re-exported pak entries (assets) or rebuilt binaries (engine).
 //!
 //! Everything is a pure function of `(scale, seed)` and, for updates, of the version: the same
@@ -62,10 +62,10 @@ use error::IoContext;
 /// Name of the generator state file at the root of a generated repository.
 pub const STATE_FILE: &str = ".sample-game.json";
 
-/// The scale of the seed's image (3.1 GB), the benchmark's default.
+/// The scale of the original sample's image (3.1 GB), the benchmark's default.
 pub const DEFAULT_SCALE_BYTES: u64 = 3_100_000_000;
 
-/// What to generate: the total uncompressed content size and the seed.
+/// What to generate: the total uncompressed content size and the random seed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SampleSpec {
     /// Approximate total bytes of content (engine files uncompressed plus paks), e.g.
@@ -193,7 +193,7 @@ pub struct FileRecord {
 pub struct GenerateReport {
     /// The repository directory.
     pub dir: PathBuf,
-    /// The seed.
+    /// The random seed.
     pub seed: u64,
     /// The requested scale in bytes.
     pub scale_bytes: u64,

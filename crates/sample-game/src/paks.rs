@@ -10,7 +10,7 @@ use crate::rng::{derive_seed, Rng};
 use crate::zipfmt::{DosTime, PakWriter, MAX_ARCHIVE, MAX_ENTRIES};
 use crate::{PakShape, SampleError};
 
-/// Scale the entry size limits below are written for (the seed's 3.1 GB image).
+/// Scale the entry size limits below are written for (the original sample's 3.1 GB image).
 const REFERENCE_SCALE: f64 = 3.1e9;
 /// Smallest pak.
 const MIN_PAK: u64 = 4096;

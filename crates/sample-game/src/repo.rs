@@ -32,7 +32,7 @@ fn set_mode(_path: &Path, _mode: u32) -> Result<(), SampleError> {
     Ok(())
 }
 
-/// `engine/unpack.sh`: what the seed's repository did with the parts.
+/// `engine/unpack.sh`: what the original sample's repository did with the parts.
 pub(crate) const UNPACK_SH: &str = r#"#!/bin/sh
 # Reassembles the engine from its split parts (kept under a git host's file size limit),
 # unpacks it into DEST (default: the current directory) and deletes the parts, as the
@@ -88,7 +88,7 @@ if __name__ == "__main__":
     main()
 "#;
 
-/// The seed's two-stage Dockerfile, for buildah (`--build-arg BASE=...` picks the base).
+/// The original sample's two-stage Dockerfile, for buildah (`--build-arg BASE=...` picks the base).
 pub(crate) const DOCKERFILE: &str = r#"# MultiplayerSample dedicated server, built the way the original sample did: stage 0
 # reassembles and unpacks the split engine, stage 1 copies it (qtlibs in a second step), adds
 # the runtime wrapper and finally the game assets as the last layer.

@@ -80,7 +80,7 @@ pub struct Config {
     pub image_env: String,
     /// Node name; `None` reads `NODE_NAME`.
     pub node_name: Option<String>,
-    /// The `type` field of events (the seed used `gs`).
+    /// The `type` field of events (the original sample's wrapper used `gs`).
     pub server_type: String,
 }
 

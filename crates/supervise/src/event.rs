@@ -1,5 +1,5 @@
-//! Status events: one JSON object per event, the seed's fields plus image digest, node name
-//! and a sequence number.
+//! Status events: one JSON object per event, the original sample wrapper's fields plus image
+//! digest, node name and a sequence number.
 
 use crate::metadata::Metadata;
 use serde::{Deserialize, Serialize};
@@ -39,7 +39,7 @@ impl fmt::Display for Status {
 pub struct Event {
     /// The state entered.
     pub status: Status,
-    /// Kind of server (`gs`, as in the seed).
+    /// Kind of server (`gs`, as in the original sample's wrapper).
     #[serde(rename = "type")]
     pub kind: String,
     /// Name players connect to.
@@ -112,7 +112,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn event_json_has_the_seed_fields() {
+    fn event_json_has_the_original_sample_fields() {
         let md = Metadata {
             instance_type: Some("c5.large".into()),
             public_hostname: Some("ec2-203-0-113-7.compute.amazonaws.com".into()),

@@ -1,6 +1,6 @@
 //! `gantry supervise`: the PID 1 wrapper of a dedicated game server in its container.
 //!
-//! It replaces the seed's `start.py` → `start.sh` and fixes that wrapper's flaws:
+//! It replaces the original sample's `start.py` → `start.sh` and fixes that wrapper's flaws:
 //! - [`port`]: picks the game port (fixed, free by binding port 0, or the one Agones
 //!   assigned, told apart from the container port it maps to), exports it and substitutes
 //!   `${SERVER_PORT}` into the command's arguments;

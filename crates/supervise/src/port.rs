@@ -5,9 +5,9 @@ use crate::error::Error;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 
 /// Returns a port that was free a moment ago on all interfaces for `protocol`: binds
-/// `0.0.0.0:0`, reads the port the kernel chose, releases it. As in the seed, another process
-/// could take it before the game binds it; the kernel hands out ephemeral ports in turn, so
-/// this is rare, and a fixed or Agones port avoids it entirely.
+/// `0.0.0.0:0`, reads the port the kernel chose, releases it. As with the original sample's
+/// wrapper, another process could take it before the game binds it; the kernel hands out
+/// ephemeral ports in turn, so this is rare, and a fixed or Agones port avoids it entirely.
 pub fn free_port(protocol: Protocol) -> Result<u16, Error> {
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
     let bound = match protocol {

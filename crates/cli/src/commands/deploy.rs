@@ -31,7 +31,7 @@ pub enum DeployCommand {
 /// What to deploy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum Kind {
-    /// The seed's Deployment (host network, node selector, resources, grace period).
+    /// A plain Deployment (host network, node selector, resources, grace period).
     #[default]
     Deployment,
     /// An Agones Fleet of GameServers with the same pod.
@@ -63,7 +63,7 @@ pub struct ObjectArgs {
     /// Pods (Deployment) or GameServers (Fleet).
     #[arg(long, default_value_t = 1)]
     pub replicas: i32,
-    /// Node selector `KEY=VALUE` (repeatable), e.g. the seed's spot-capacity label.
+    /// Node selector `KEY=VALUE` (repeatable), e.g. a spot-capacity label.
     #[arg(long = "node-selector", value_name = "KEY=VALUE")]
     pub node_selector: Vec<String>,
     /// CPU request (and limit unless --cpu-limit).

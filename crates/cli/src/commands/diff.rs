@@ -1,6 +1,6 @@
 //! `gantry diff OLD NEW`: what a node holding OLD must download to run NEW — whole image,
-//! changed layers (the seed's way) and missing chunks (Gantry's) — per layer and in total,
-//! next to the update's own size.
+//! changed layers (layer-level, as Docker and containerd pull) and missing chunks (Gantry's) —
+//! per layer and in total, next to the update's own size.
 
 use std::path::PathBuf;
 
@@ -160,7 +160,7 @@ pub fn table(r: &DiffReport) -> String {
             r.image_ratio,
         ),
         (
-            "changed layers (the seed's way)",
+            "changed layers (layer-level)",
             Some(r.layer_level_bytes),
             Some(r.layer_level_percent),
             r.layer_level_ratio,
