@@ -106,6 +106,26 @@ fn demo_end_to_end_with_containerd_reports_both_methods_and_stops_everything() {
         let g = n(&gantry[step]["bytes"]);
         assert!(g > 0 && g < changed_layers / 2, "{step}: {context}");
     }
+    // The snapshotter node: containerd with gantry snapshotter, pulling through CRI and an
+    // agent of its own; v2's changed layer built by the fast path, about Gantry's bytes.
+    assert!(
+        delivery["snapshotter_node"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("containerd") && n.contains("gantry snapshotter")),
+        "{context}"
+    );
+    let snap = &delivery["snapshotter"];
+    assert!(
+        n(&snap["pull_v1"]["bytes"]) >= image * 9 / 10,
+        "a cold node fetches the image: {context}"
+    );
+    let s2 = n(&snap["pull_v2"]["bytes"]);
+    assert!(s2 > 0 && s2 < changed_layers / 2, "{context}");
+    assert!(secs(&snap["pull_v2"]["seconds"]) > 0.0, "{context}");
+    assert!(
+        n(&delivery["snapshotter_fast_layers_v2"]) >= 1,
+        "v2's changed layer by the fast path: {context}"
+    );
     assert_eq!(
         report["v1"]["manifest_digest"], report["noop_rebuild"]["manifest_digest"],
         "{context}"
@@ -115,7 +135,8 @@ fn demo_end_to_end_with_containerd_reports_both_methods_and_stops_everything() {
     assert!(html.contains("<svg") && html.contains("pull v2"), "{html}");
     assert!(!html.to_lowercase().contains("seed"), "{html}");
     // The same figures as the printed report: both ways' seconds beside their bytes.
-    for way in ["gantry", "layer_level"] {
+    assert!(html.contains("Gantry + snapshotter"), "{html}");
+    for way in ["gantry", "layer_level", "snapshotter"] {
         let s = format!("{:.2}", secs(&delivery[way]["pull_v2"]["seconds"]));
         assert!(
             html.contains(&format!("<td>{s}</td>")),
@@ -128,8 +149,8 @@ fn demo_end_to_end_with_containerd_reports_both_methods_and_stops_everything() {
     let check = gantry_test_support::check_page_layout(&page, 1280, &shot);
     assert_eq!(check.width, 1280, "{check:?}");
     assert!(
-        check.texts >= 16,
-        "two charts of 4 steps × 2 bars + names: {check:?}"
+        check.texts >= 32,
+        "two charts of 4 steps × 3 bars + names: {check:?}"
     );
     assert!(
         check.problems.is_empty(),

@@ -170,6 +170,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 update_bytes: report.update_bytes,
                 node: &report.delivery.node,
                 layer_level_node: &report.delivery.layer_level_node,
+                snapshotter_node: report.delivery.snapshotter_node.as_deref(),
             },
         ),
     )
@@ -223,17 +224,43 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     println!();
-    println!("Delivery, measured both ways (gantry serve on loopback):");
+    println!("Delivery, measured each way (gantry serve on loopback):");
     println!("  layer-level node: {}", report.delivery.layer_level_node);
     println!("  Gantry's node:    {}", report.delivery.node);
+    if let Some(node) = &report.delivery.snapshotter_node {
+        println!("  snapshotter node: {node}");
+    }
+    let snap = report.delivery.snapshotter.is_some();
     println!(
-        "  {:<8} {:>12} {:>9} {:>12} {:>9} {:>8} {:>8}",
-        "step", "layer bytes", "seconds", "Gantry bytes", "seconds", "fewer", "faster"
+        "  {:<8} {:>12} {:>9} {:>12} {:>9} {:>8} {:>8}{}",
+        "step",
+        "layer bytes",
+        "seconds",
+        "Gantry bytes",
+        "seconds",
+        "fewer",
+        "faster",
+        if snap {
+            format!(" {:>12} {:>9} {:>8}", "+snap bytes", "seconds", "faster")
+        } else {
+            String::new()
+        }
     );
     for row in report.delivery.rows() {
         let (l, g) = (row.layer_level, row.gantry);
+        let s = row
+            .snapshotter
+            .map(|s| {
+                format!(
+                    " {:>12} {:>9.2} {:>7.1}×",
+                    human_bytes(s.bytes),
+                    s.seconds,
+                    l.seconds / s.seconds.max(1e-6)
+                )
+            })
+            .unwrap_or_default();
         println!(
-            "  {:<8} {:>12} {:>9.2} {:>12} {:>9.2} {:>7.1}× {:>7.1}×",
+            "  {:<8} {:>12} {:>9.2} {:>12} {:>9.2} {:>7.1}× {:>7.1}×{s}",
             row.step,
             human_bytes(l.bytes),
             l.seconds,

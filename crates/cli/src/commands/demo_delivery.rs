@@ -5,7 +5,9 @@
 //!   and a second node pulling it straight from the registry.
 //!
 //! Each node is a private containerd (its own root) when containerd is installed and we are
-//! root, else an HTTP client asking for what containerd would ask. Plus the HTML report.
+//! root, else an HTTP client asking for what containerd would ask. With containerd, a third
+//! node runs `gantry snapshotter` as CRI's snapshotter and pulls through CRI, as kubelet
+//! does, via an agent of its own. Plus the HTML report.
 
 use std::collections::HashSet;
 use std::os::unix::process::CommandExt;
@@ -61,6 +63,14 @@ pub struct Delivery {
     pub layer_level: Steps,
     /// Bytes of v2's layers the agent took from what the node held.
     pub pull_v2_reused: u64,
+    /// The snapshotter node, when containerd runs here: `containerd <version> with gantry
+    /// snapshotter, pulling through CRI and gantry agent`.
+    pub snapshotter_node: Option<String>,
+    /// Gantry with the snapshotter: the same pushes as [`Delivery::gantry`]; pulls by CRI
+    /// into `gantry snapshotter` (v2 by its fast path) through an agent of its own.
+    pub snapshotter: Option<Steps>,
+    /// Layers of v2 the snapshotter built by its fast path (v1's files plus new chunks).
+    pub snapshotter_fast_layers_v2: Option<u64>,
 }
 
 /// One step of the report, both ways.
@@ -71,32 +81,38 @@ pub struct Row {
     pub layer_level: Measure,
     /// Gantry's bytes and time.
     pub gantry: Measure,
+    /// Gantry with the snapshotter, when it ran.
+    pub snapshotter: Option<Measure>,
 }
 
 impl Delivery {
     /// The report's rows, in the order the steps ran.
     pub fn rows(&self) -> Vec<Row> {
-        let (l, g) = (&self.layer_level, &self.gantry);
+        let (l, g, s) = (&self.layer_level, &self.gantry, self.snapshotter.as_ref());
         vec![
             Row {
                 step: "push v1",
                 layer_level: l.push_v1,
                 gantry: g.push_v1,
+                snapshotter: s.map(|s| s.push_v1),
             },
             Row {
                 step: "pull v1",
                 layer_level: l.pull_v1,
                 gantry: g.pull_v1,
+                snapshotter: s.map(|s| s.pull_v1),
             },
             Row {
                 step: "push v2",
                 layer_level: l.push_v2,
                 gantry: g.push_v2,
+                snapshotter: s.map(|s| s.push_v2),
             },
             Row {
                 step: "pull v2",
                 layer_level: l.pull_v2,
                 gantry: g.pull_v2,
+                snapshotter: s.map(|s| s.pull_v2),
             },
         ]
     }
@@ -128,7 +144,8 @@ enum Source {
 pub fn run(workdir: &Path, v1: &Path, v2: &Path, say: &dyn Fn(String)) -> anyhow::Result<Delivery> {
     let registry_root = workdir.join("registry");
     let agent_root = workdir.join("agent");
-    for d in [&registry_root, &agent_root] {
+    let snap_agent_root = workdir.join("agent-snapshotter");
+    for d in [&registry_root, &agent_root, &snap_agent_root] {
         if d.exists() {
             std::fs::remove_dir_all(d).with_context(|| format!("clearing {}", d.display()))?;
         }
@@ -165,6 +182,23 @@ pub fn run(workdir: &Path, v1: &Path, v2: &Path, say: &dyn Fn(String)) -> anyhow
         .context("starting gantry agent")?;
         let agent_metrics = format!("{}/metrics", agent.url());
         node.configure(&host, &agent.url())?;
+        let snap = match &node {
+            Node::Containerd(_) => {
+                match SnapshotterNode::start(&workdir.join("node-snapshotter"), &snap_agent_root, &host)
+                    .await
+                {
+                    Ok(n) => {
+                        say(format!("snapshotter node: {}", n.describe()));
+                        Some(n)
+                    }
+                    Err(e) => {
+                        eprintln!("warning: the snapshotter node did not start ({e:#}); the demo goes on without it");
+                        None
+                    }
+                }
+            }
+            Node::Http { .. } => None,
+        };
         let via_agent = Source::Agent {
             host: host.clone(),
             agent_url: agent.url(),
@@ -228,6 +262,11 @@ pub fn run(workdir: &Path, v1: &Path, v2: &Path, say: &dyn Fn(String)) -> anyhow
         say("the nodes pull v1: through gantry agent, and straight from the registry".into());
         gantry.pull_v1 = gantry_pull("v1").await?;
         layer_level.pull_v1 = layer_pull("v1").await?;
+        let mut snap_steps = Steps::default();
+        if let Some(n) = &snap {
+            say("the snapshotter node pulls v1 through CRI".into());
+            snap_steps.pull_v1 = n.pull(&format!("{host}/demo/game:v1")).await?;
+        }
         say("push v2 both ways".into());
         gantry.push_v2 = push(v2.to_path_buf(), "demo/game", "v2", true).await?;
         layer_level.push_v2 = push(v2.to_path_buf(), "demo/layer-level", "v2", false).await?;
@@ -236,6 +275,21 @@ pub fn run(workdir: &Path, v1: &Path, v2: &Path, say: &dyn Fn(String)) -> anyhow
         gantry.pull_v2 = gantry_pull("v2").await?;
         let reused_after = metric(&agent_metrics, "gantry_agent_reused_bytes_total").await?;
         layer_level.pull_v2 = layer_pull("v2").await?;
+        let snapshotter_node = snap.as_ref().map(SnapshotterNode::describe);
+        let mut snapshotter_fast_layers_v2 = None;
+        let snapshotter = match snap {
+            Some(n) => {
+                say("the snapshotter node pulls v2 through CRI (the fast path)".into());
+                let fast_before = n.fast_layers();
+                snap_steps.pull_v2 = n.pull(&format!("{host}/demo/game:v2")).await?;
+                snapshotter_fast_layers_v2 = Some(n.fast_layers() - fast_before);
+                snap_steps.push_v1 = gantry.push_v1;
+                snap_steps.push_v2 = gantry.push_v2;
+                n.stop().await?;
+                Some(snap_steps)
+            }
+            None => None,
+        };
         agent.shutdown().await;
         serve.shutdown().await.context("stopping gantry serve")?;
         anyhow::Ok(Delivery {
@@ -244,6 +298,9 @@ pub fn run(workdir: &Path, v1: &Path, v2: &Path, say: &dyn Fn(String)) -> anyhow
             gantry,
             layer_level,
             pull_v2_reused: reused_after - reused_before,
+            snapshotter_node,
+            snapshotter,
+            snapshotter_fast_layers_v2,
         })
     })
 }
@@ -286,7 +343,7 @@ impl Node {
         let root = unsafe { libc::geteuid() } == 0;
         let tools = ["containerd", "ctr", "runc", "containerd-shim-runc-v2"];
         if root && tools.iter().all(|t| find_tool(t).is_some()) {
-            match PrivateContainerd::start(dir) {
+            match PrivateContainerd::start(dir, None) {
                 Ok(c) => return Ok(Node::Containerd(c)),
                 Err(e) => {
                     eprintln!("warning: containerd did not start ({e:#}); using an HTTP client as the node")
@@ -394,6 +451,146 @@ impl Node {
     }
 }
 
+/// The third node: containerd whose CRI uses `gantry snapshotter` (served in this process),
+/// with an agent of its own, pulling through CRI's PullImage as kubelet does.
+struct SnapshotterNode {
+    ctd: PrivateContainerd,
+    agent: gantry_agent::RunningAgent,
+    agent_metrics: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<gantry_snapshotter::Result<()>>,
+    socket: PathBuf,
+    metrics: Arc<gantry_snapshotter::Metrics>,
+}
+
+impl SnapshotterNode {
+    async fn start(dir: &Path, agent_root: &Path, host: &str) -> anyhow::Result<SnapshotterNode> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(dir)?;
+        let agent = gantry_agent::bind(&gantry_agent::AgentConfig::loopback(
+            agent_root,
+            host,
+            &format!("http://{host}"),
+        ))
+        .await
+        .context("starting the snapshotter node's gantry agent")?;
+        let agent_metrics = format!("{}/metrics", agent.url());
+        let socket = dir.join("gantry.sock");
+        let root = dir.join("snapshots");
+        let store =
+            tokio::task::spawn_blocking(move || gantry_snapshotter::Store::open(&root)).await??;
+        let snapshotter = Arc::new(gantry_snapshotter::Snapshotter::new(
+            Arc::new(store),
+            Arc::new(gantry_snapshotter::GantryFastPath::new(&agent.url())),
+        ));
+        let metrics = snapshotter.metrics();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let address = socket.clone();
+        let served = tokio::spawn(async move {
+            gantry_snapshotter::serve_snapshotter(snapshotter, &address, async {
+                let _ = stopped.await;
+            })
+            .await
+            .map(|_| ())
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::UnixStream::connect(&socket).await.is_err() {
+            if served.is_finished() || Instant::now() > deadline {
+                served.abort();
+                bail!("gantry snapshotter did not listen on {}", socket.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let ctd_dir = dir.join("containerd");
+        let sock = socket.clone();
+        let ctd =
+            tokio::task::spawn_blocking(move || PrivateContainerd::start(&ctd_dir, Some(&sock)))
+                .await??;
+        gantry_agent::hosts::install(&ctd.hosts(), host, &format!("http://{host}"), &agent.url())?;
+        Ok(SnapshotterNode {
+            ctd,
+            agent,
+            agent_metrics,
+            stop,
+            served,
+            socket,
+            metrics,
+        })
+    }
+
+    /// Layers the snapshotter has built by its fast path so far.
+    fn fast_layers(&self) -> u64 {
+        self.metrics.snapshot().layers_prepared_fast
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} with gantry snapshotter, pulling through CRI and its own gantry agent",
+            self.ctd.version
+        )
+    }
+
+    /// CRI PullImage of `image`; the bytes are what this node's agent fetched upstream.
+    async fn pull(&self, image: &str) -> anyhow::Result<Measure> {
+        let before = metric(&self.agent_metrics, "gantry_agent_upstream_bytes_total").await?;
+        let t = Instant::now();
+        cri_pull(&self.ctd.dir.join("c.sock"), image).await?;
+        let seconds = t.elapsed().as_secs_f64();
+        let after = metric(&self.agent_metrics, "gantry_agent_upstream_bytes_total").await?;
+        Ok(Measure {
+            bytes: after - before,
+            seconds,
+        })
+    }
+
+    /// Stops containerd, then the snapshotter (its snapshots stay in the work directory),
+    /// then the agent.
+    async fn stop(self) -> anyhow::Result<()> {
+        let SnapshotterNode {
+            ctd,
+            agent,
+            stop,
+            served,
+            socket,
+            ..
+        } = self;
+        tokio::task::spawn_blocking(move || drop(ctd)).await?;
+        let _ = stop.send(());
+        served
+            .await?
+            .with_context(|| format!("gantry snapshotter on {}", socket.display()))?;
+        agent.shutdown().await;
+        Ok(())
+    }
+}
+
+/// CRI `ImageService.PullImage` of `image` on the containerd socket `socket`.
+async fn cri_pull(socket: &Path, image: &str) -> anyhow::Result<()> {
+    use k8s_cri::v1::image_service_client::ImageServiceClient;
+    use k8s_cri::v1::{ImageSpec, PullImageRequest};
+    let path = socket.to_path_buf();
+    // tonic needs a URI; the connector dials the unix socket whatever it says.
+    let channel = tonic::transport::Endpoint::from_static("http://[::]:0")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            tokio::net::UnixStream::connect(path.clone())
+        }))
+        .await
+        .with_context(|| format!("connecting to CRI on {}", socket.display()))?;
+    ImageServiceClient::new(channel)
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("CRI PullImage {image}: {}", status.message()))?;
+    Ok(())
+}
+
 fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -402,7 +599,8 @@ fn find_tool(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// containerd with its own root, state and socket under a directory; CRI disabled.
+/// containerd with its own root, state and socket under a directory; CRI disabled, or
+/// enabled with `gantry snapshotter` as its snapshotter.
 struct PrivateContainerd {
     child: Child,
     dir: PathBuf,
@@ -411,24 +609,50 @@ struct PrivateContainerd {
 }
 
 impl PrivateContainerd {
-    fn start(dir: &Path) -> anyhow::Result<PrivateContainerd> {
+    /// Starts containerd under `dir`; with `snapshotter` (the unix socket of `gantry
+    /// snapshotter`), CRI is on and uses it through `proxy_plugins`, with snapshot labels.
+    fn start(dir: &Path, snapshotter: Option<&Path>) -> anyhow::Result<PrivateContainerd> {
         if dir.exists() {
             std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
-        for sub in ["root", "state", "opt", "hosts"] {
+        for sub in ["root", "state", "opt", "hosts", "cni/bin", "cni/net.d"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
         let q = |p: PathBuf| format!("{:?}", p.display().to_string());
-        let config = format!(
-            "version = 2\nroot = {}\nstate = {}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+        let mut config = format!(
+            "version = 2\nroot = {}\nstate = {}\n{}\
              [grpc]\n  address = {}\n[ttrpc]\n  address = {}\n\
              [plugins.\"io.containerd.internal.v1.opt\"]\n  path = {}\n",
             q(dir.join("root")),
             q(dir.join("state")),
+            if snapshotter.is_some() {
+                ""
+            } else {
+                "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
+            },
             q(dir.join("c.sock")),
             q(dir.join("c.sock.ttrpc")),
             q(dir.join("opt")),
         );
+        if let Some(socket) = snapshotter {
+            // CRI's streaming server on an ephemeral port, CNI and registry hosts under `dir`
+            // (pulls only: no pod runs), then the settings `gantry agent
+            // install-containerd-config --snapshotter` writes on a node.
+            config.push_str(&format!(
+                "[plugins.\"io.containerd.grpc.v1.cri\"]\n  stream_server_address = \"127.0.0.1\"\n  \
+                 stream_server_port = \"0\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = {}\n  conf_dir = {}\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = {}\n",
+                q(dir.join("cni/bin")),
+                q(dir.join("cni/net.d")),
+                q(dir.join("hosts")),
+            ));
+            config = gantry_snapshotter::containerd_config::enable(
+                &config,
+                gantry_snapshotter::DEFAULT_PLUGIN_NAME,
+                socket,
+            )?;
+        }
         std::fs::write(dir.join("config.toml"), config)?;
         let log = std::fs::File::create(dir.join("containerd.log"))?;
         let containerd = find_tool("containerd").context("containerd not found")?;
@@ -524,15 +748,28 @@ pub struct ReportText<'a> {
     pub node: &'a str,
     /// The layer-level node, as [`Delivery::layer_level_node`].
     pub layer_level_node: &'a str,
+    /// The snapshotter node, as [`Delivery::snapshotter_node`].
+    pub snapshotter_node: Option<&'a str>,
 }
 
 const LAYER_COLOR: &str = "#9aa3b2";
 const GANTRY_COLOR: &str = "#2a7de1";
+const SNAPSHOTTER_COLOR: &str = "#0b3d91";
 
-/// One SVG bar chart: a pair of bars per row (layer-level, Gantry), each labelled with its
-/// value above it. Geometry leaves room for every label: bars wider than the longest label,
-/// a top margin above the tallest bar, the step names below the baseline, no legend inside
-/// (the page draws it above the charts in HTML).
+/// The measures of a row in bar order (layer-level, Gantry, then the snapshotter's if any),
+/// each with its colour.
+fn bars(r: &Row) -> Vec<(&Measure, &'static str)> {
+    let mut v = vec![(&r.layer_level, LAYER_COLOR), (&r.gantry, GANTRY_COLOR)];
+    if let Some(s) = &r.snapshotter {
+        v.push((s, SNAPSHOTTER_COLOR));
+    }
+    v
+}
+
+/// One SVG bar chart: a group of bars per row (layer-level, Gantry, and the snapshotter
+/// when it ran), each labelled with its value above it. Geometry leaves room for every
+/// label: bars wider than the longest label, a top margin above the tallest bar, the step
+/// names below the baseline, no legend inside (the page draws it above the charts in HTML).
 fn chart(
     id: &str,
     label: &str,
@@ -542,17 +779,15 @@ fn chart(
 ) -> String {
     let max = rows
         .iter()
-        .flat_map(|r| [value(&r.layer_level), value(&r.gantry)])
+        .flat_map(|r| bars(r).into_iter().map(|(m, _)| value(m)))
         .fold(0.0_f64, f64::max);
     let max = if max > 0.0 { max } else { 1.0 };
+    let per_row = rows.iter().map(|r| bars(r).len()).max().unwrap_or(2) as f64;
     let (bar_w, pair_gap, left, top, height) = (70.0, 36.0, 16.0, 22.0, 200.0);
     let mut svg = String::new();
     for (i, r) in rows.iter().enumerate() {
-        let x = left + i as f64 * (2.0 * bar_w + pair_gap);
-        for (j, (m, color)) in [(&r.layer_level, LAYER_COLOR), (&r.gantry, GANTRY_COLOR)]
-            .into_iter()
-            .enumerate()
-        {
+        let x = left + i as f64 * (per_row * bar_w + pair_gap);
+        for (j, (m, color)) in bars(r).into_iter().enumerate() {
             let v = value(m);
             let h = (v / max * height).max(1.0);
             let bx = x + j as f64 * bar_w;
@@ -571,12 +806,12 @@ fn chart(
         }
         svg.push_str(&format!(
             "<text class=\"step\" x=\"{:.0}\" y=\"{:.0}\" font-size=\"12\" text-anchor=\"middle\">{}</text>\n",
-            x + bar_w - 3.0,
+            x + per_row * bar_w / 2.0 - 3.0,
             top + height + 18.0,
             r.step
         ));
     }
-    let width = 2.0 * left + rows.len() as f64 * (2.0 * bar_w + pair_gap) - pair_gap;
+    let width = 2.0 * left + rows.len() as f64 * (per_row * bar_w + pair_gap) - pair_gap;
     format!(
         "<figure><figcaption>{label}</figcaption>\n\
          <svg id=\"{id}\" width=\"{width:.0}\" height=\"{:.0}\" role=\"img\" aria-label=\"{label}\">\n{svg}</svg></figure>\n",
@@ -587,11 +822,22 @@ fn chart(
 /// The HTML report: the nodes, a legend, a chart of bytes and a chart of seconds per step
 /// both ways, and the same figures as a table.
 pub fn html(rows: &[Row], t: &ReportText) -> String {
+    let snap = rows.iter().any(|r| r.snapshotter.is_some());
     let mut table = String::new();
     for r in rows {
         let (l, g) = (&r.layer_level, &r.gantry);
+        let s = match &r.snapshotter {
+            Some(s) => format!(
+                "<td>{}</td><td>{:.2}</td><td>{:.1}×</td>",
+                human_bytes(s.bytes),
+                s.seconds,
+                l.seconds / s.seconds.max(1e-6)
+            ),
+            None if snap => "<td></td><td></td><td></td>".into(),
+            None => String::new(),
+        };
         table.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{:.2}</td><td>{:.1}×</td><td>{:.1}×</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{:.2}</td><td>{:.1}×</td><td>{:.1}×</td>{s}</tr>\n",
             r.step,
             human_bytes(l.bytes),
             l.seconds,
@@ -601,6 +847,21 @@ pub fn html(rows: &[Row], t: &ReportText) -> String {
             l.seconds / g.seconds.max(1e-6),
         ));
     }
+    let (snap_item, snap_legend, snap_head) = match t.snapshotter_node {
+        Some(node) if snap => (
+            format!(
+                "<li><b>Gantry + snapshotter</b>: the same pushes; the node pulls through CRI, \
+                 and <code>gantry snapshotter</code> builds v2's changed layer from v1's files plus \
+                 the new chunks, with no unpack ({}).</li>\n",
+                escape(node)
+            ),
+            format!(
+                "<span style=\"background:{SNAPSHOTTER_COLOR}\"></span>Gantry + snapshotter"
+            ),
+            "<th>+ snapshotter bytes</th><th>+ snapshotter s</th><th>faster</th>",
+        ),
+        _ => (String::new(), String::new(), ""),
+    };
     let bytes = chart(
         "bytes",
         "Bytes moved per step",
@@ -623,12 +884,12 @@ pub fn html(rows: &[Row], t: &ReportText) -> String {
          .legend span{{display:inline-block;width:14px;height:14px;vertical-align:middle;margin:0 6px 0 16px}}</style></head><body>\n\
          <h1>Gantry demo</h1>\n\
          <p>Sample game of {}; the update's own size (gzip -6 of new and changed content) is {}.</p>\n\
-         <p>Both ways were measured in this run, on the same registry (<code>gantry serve</code> on loopback):</p>\n\
+         <p>Each way was measured in this run, on the same registry (<code>gantry serve</code> on loopback):</p>\n\
          <ul><li><b>layer-level</b>: every changed layer pushed whole; the node fetches whole layers ({});</li>\n\
-         <li><b>Gantry</b>: delta push; the node fetches only the chunks it lacks ({}).</li></ul>\n\
-         <p class=\"legend\"><span style=\"background:{LAYER_COLOR}\"></span>layer-level<span style=\"background:{GANTRY_COLOR}\"></span>Gantry</p>\n\
+         <li><b>Gantry</b>: delta push; the node fetches only the chunks it lacks ({}).</li>\n{snap_item}</ul>\n\
+         <p class=\"legend\"><span style=\"background:{LAYER_COLOR}\"></span>layer-level<span style=\"background:{GANTRY_COLOR}\"></span>Gantry{snap_legend}</p>\n\
          {bytes}{seconds}\
-         <table><tr><th>step</th><th>layer-level bytes</th><th>layer-level s</th><th>Gantry bytes</th><th>Gantry s</th><th>fewer bytes</th><th>faster</th></tr>\n{table}</table>\n\
+         <table><tr><th>step</th><th>layer-level bytes</th><th>layer-level s</th><th>Gantry bytes</th><th>Gantry s</th><th>fewer bytes</th><th>faster</th>{snap_head}</tr>\n{table}</table>\n\
          <p>Bytes are measured: what <code>gantry serve</code> received for a push; for a pull, what \
          the registry sent to the layer-level node and what <code>gantry agent</code> fetched from the registry.</p>\n\
          </body></html>\n",
