@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build benchmark: `gantry build` against `buildah bud` of the two-stage Dockerfile, on the
-# generated sample game (WORKLOAD.md rows 3 and 4).
+# generated sample game (benchmark figures 3 and 4).
 #
 # Usage (as root):
 #   bash bench/build.sh [--scale 3.1GB] [--update-mb 50] [--out FILE.json] [--runs N] [--keep]
@@ -82,7 +82,7 @@ print_report() {
   ($r0.steps[] | .step as $st | .gantry.layers[] |
     "| \($st) | \(.name) | \(.source) | \(.size | mb) | \((.reused_bytes // 0) | mb) of \((.uncompressed_size // 0) | mb) | \((.seconds // 0) | d2) |"),
   "",
-  "Targets (WORKLOAD.md): row 3 warm rebuild ≥ 10× faster than buildah warm: \(.summary[] | select(.step == "update") | .ratio_bud | x) (bud) / \(.summary[] | select(.step == "update") | .ratio_bud_push | x) (bud + push); no-op < 3 s: \(.summary[] | select(.step == "noop") | .gantry_s | s). Row 4 cold ≥ 2× faster than bud + push at no larger output: \(.summary[] | select(.step == "cold") | .ratio_bud_push | x), output \(.summary[] | select(.step == "cold") | .gantry_layers_bytes / .buildah_layers_bytes * 1000 | round / 1000) × buildah'"'"'s.",
+  "Targets: figure 3 warm rebuild ≥ 10× faster than buildah warm: \(.summary[] | select(.step == "update") | .ratio_bud | x) (bud) / \(.summary[] | select(.step == "update") | .ratio_bud_push | x) (bud + push); no-op < 3 s: \(.summary[] | select(.step == "noop") | .gantry_s | s). Row 4 cold ≥ 2× faster than bud + push at no larger output: \(.summary[] | select(.step == "cold") | .ratio_bud_push | x), output \(.summary[] | select(.step == "cold") | .gantry_layers_bytes / .buildah_layers_bytes * 1000 | round / 1000) × buildah'"'"'s.",
   "",
   "Machine: \(.machine.nproc) cores, \(.machine.cpu), kernel \(.machine.kernel); load average \(.machine.loadavg_at_start // "?") at the start, \(.machine.loadavg_at_end) at the end (shared machine: other jobs may run).",
   "```",

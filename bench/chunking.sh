@@ -2,7 +2,7 @@
 # Chunking parameters against what they cost: for each "min avg max large_file_scale"
 # given, generate the sample game, build v1, apply the asset update, build v2 (warm cache),
 # and print what a node holding v1 must download for v2 at chunk level (new chunks + index
-# blobs of changed layers), that figure over the update's own size (WORKLOAD.md), and the
+# blobs of changed layers), that figure over the update's own size (gzip -6 of what is new or changed), and the
 # image size. Usage:
 #   bash bench/chunking.sh [--scale 1GB] [--update-mb 16] "16384 65536 262144 4" ...
 # GANTRY (default: target/release/gantry, built if missing) and BENCH_DIR (default /tmp).

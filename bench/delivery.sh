@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Delivery benchmark: push and pull of the next day's update, Gantry against the layer-level way
-# (WORKLOAD.md rows 1, 2, 5 and 7; issue 4 "Measure", issue 5 "Measure").
+# (benchmark figures 1, 2, 5 and 7).
 #
 # Usage (as root):
 #   bash bench/delivery.sh [--scale 3.1GB] [--update-mb 50] [--rate 200mbit] [--out FILE.json]
@@ -23,7 +23,7 @@
 # to node): whole Ethernet frames, i.e. payload plus HTTP, TCP, IP and Ethernet headers and
 # ACKs. Nothing else uses that link. Registry-level payload figures are given next to them.
 #
-# A. Push of v2 after v1 (issue 4, WORKLOAD #2), each from the namespace (run A3, A1, A2):
+# A. Push of v2 after v1 (figure 2), each from the namespace (run A3, A1, A2):
 #   A1 `gantry push L1 REF:v1`, then `gantry push L2 REF:v2 --delta-from v1` to `gantry serve`
 #      (delta push); payload = increase of gantry_registry_bytes_received_total at /metrics.
 #   A2 the same two `gantry push` to `docker-registry` (CNCF distribution, layer-level);
@@ -33,7 +33,7 @@
 #      up for B2.
 #   Each against the update's own size (update_bytes of `gantry sample-game --update --json`:
 #   the gzip -6 size of what is new or changed in v2).
-# B. Pull on a node that holds v1 (issue 5, WORKLOAD #1, #5 and #7). containerd runs inside
+# B. Pull on a node that holds v1 (figures 1, 5 and 7). containerd runs inside
 #   the namespace, private (own root, state, sockets and config in the work dir, CRI off, as
 #   crates/test-support/src/containerd.rs does it), and so does `ctr` (the client does the
 #   fetching in containerd 1.6):
@@ -48,7 +48,7 @@
 #   pulls run unlimited. Wall time = `ctr images pull` of v2 (fetch + unpack + metadata).
 #   `gantry serve` is restarted on its storage before B, so its VmHWM (peak RSS, from
 #   /proc/PID/status) covers the pulls only; the agent's is read after the v1 pull and again
-#   at the end; docker-registry's are reported for comparison (WORKLOAD #7: < 200 MB).
+#   at the end; docker-registry's are reported for comparison (figure 7: < 200 MB).
 # The B1 node is torn down before B2 starts (disk: each node holds v1 and v2 unpacked).
 #
 # --first gantry runs Gantry's side first at each stage (builds and pushes A1/A2 before A3,
@@ -104,7 +104,7 @@ print_report() {
   "",
   "Bytes on the link: the veth counters of the node'"'"'s link (Ethernet frames: payload + HTTP/TCP/IP headers + ACKs), both directions for a push, registry → node for a pull. × update = link bytes ÷ update'"'"'s own size.",
   "",
-  "#### Push of v2 (v1 already in the registry) — WORKLOAD row 2",
+  "#### Push of v2 (v1 already in the registry) — figure 2",
   "",
   "| client → registry | v2 wall time | v2 bytes on the link (up + down) | v2 payload at the registry | × update (link) | × update (payload) | v1 wall time | v1 bytes on the link |",
   "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -112,7 +112,7 @@ print_report() {
   "",
   "Payload: \(.push[0].payload_kind); \(.push[1].payload_kind). Delta push: gantry_registry_delta_reused_bytes_total grew by \(.push[0].v2.delta_reused_bytes | mb) (bytes assembled on the registry from blobs it held, not sent). buildah push v2 / gantry delta push v2: time \(.push[2].v2.seconds / .push[0].v2.seconds | x), link bytes \(.push[2].v2.link_bytes / .push[0].v2.link_bytes | x).",
   "",
-  "#### Pull of v2 on a node that holds v1 — WORKLOAD rows 1 and 5",
+  "#### Pull of v2 on a node that holds v1 — figures 1 and 5",
   "",
   "| node pulls from | bytes on the link (registry → node) | payload | × update (link) | × update (payload) | % of the image (link) | `ctr images pull` v2 at \(.params.rate) | of which: new layers in the content store after | v1 pull, unlimited |",
   "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -120,7 +120,7 @@ print_report() {
   "",
   "Payload: \(.pull[0].payload_kind); \(.pull[1].payload_kind). Pull wall time, layer-level ÷ Gantry: **\(.pull[1].v2.seconds / .pull[0].v2.seconds | x)**; until the new layers are in containerd'"'"'s content store (the download part; the rest is mostly containerd unpacking the changed layers, which both sides do alike): \(if .pull[0].v2.new_layers_committed_s and .pull[1].v2.new_layers_committed_s then (.pull[1].v2.new_layers_committed_s / .pull[0].v2.new_layers_committed_s | x) else "–" end); bytes on the link: \(.pull[1].v2.link_down_bytes / .pull[0].v2.link_down_bytes | x). The layer-level v2 pull averaged \(.pull[1].v2.link_down_bytes / .pull[1].v2.seconds | mb)/s on the link (the limit is \(.params.rate)), fetch and unpack together. For v2 the agent obtained \(.pull[0].agent_v2_blobs | length) blob(s) (\([.pull[0].agent_v2_blobs[] | .size] | add // 0 | mb)) in \([.pull[0].agent_v2_blobs[] | .seconds] | add // 0 | s) of assembly (its /status), fetching \(.pull[0].v2.payload_bytes | mb) upstream and reusing \(.pull[0].v2.reused_bytes | mb) from blobs the node held; it served \(.pull[0].v2.served_bytes | mb) to containerd, which then unpacked the layers.",
   "",
-  "#### Memory (VmHWM, peak resident set) — WORKLOAD row 7",
+  "#### Memory (VmHWM, peak resident set) — figure 7",
   "",
   "| process | what it did | peak RSS |",
   "|---|---|---:|",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Node-side update benchmark, fourth way (WORKLOAD row 5): podman with zstd:chunked partial
+# Node-side update benchmark, fourth way (benchmark figure 5): podman with zstd:chunked partial
 # pulls. Meant to be called by bench/snapshotter.sh; runs on its own too.
 #   1. builds v1 and v2 of the sample game as a Docker user would (buildah bud --layers,
 #      FROM scratch + the busybox base tar, the engine, start.sh and the paks as separate

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Registry throughput benchmark: `gantry serve` against `docker-registry` (CNCF distribution
-# 2.8, Debian package), WORKLOAD.md row 6 / issue 3 "Benchmark".
+# 2.8, Debian package), benchmark figure 6.
 #
 # Usage:
 #   bash bench/registry.sh [--quick] [--out FILE.json] [--rev REV | --gantry BIN] [--no-build] [--keep]
@@ -92,7 +92,7 @@ print_report() {
   "",
   "Push \($p.push_size | mib) MB/s per repetition: docker-registry \(.push.distribution | map(num) | join(", ")); gantry \(.push.gantry | map(num) | join(", ")) (table: median).",
   "",
-  "Target (WORKLOAD.md row 6): ≥ 2× requests/s and MB/s, p99 latency lower. " +
+  "Target (figure 6): ≥ 2× requests/s and MB/s, p99 latency lower. " +
     ([.table[] | select(.kind == "throughput" and .concurrency != null)] as $t |
      [.table[] | select(.kind == "p99")] as $l |
      "Throughput rows at ≥ 2×: \([$t[] | select(.ratio >= 2)] | length) of \($t | length) (lowest \([$t[].ratio] | min | x)); p99 lower: \([$l[] | select(.ratio > 1)] | length) of \($l | length).") ,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark harness: every figure of ../shared/WORKLOAD.md for the layer-level pipeline and Gantry's,
+# Benchmark harness: every benchmark figure for the layer-level pipeline and Gantry's,
 # on one generated workload, on this machine, in one command (issue 7).
 #
 # Usage (as root):

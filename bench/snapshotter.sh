@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Node-side update benchmark (WORKLOAD row 5): the time from CRI PullImage of v2 to a started
+# Node-side update benchmark (benchmark figure 5): the time from CRI PullImage of v2 to a started
 # container of v2 on a node that holds v1, four ways in one run:
 #   layer   containerd 1.6 (CRI, its overlayfs snapshotter) pulling straight from CNCF
 #           distribution (docker-registry): the layer-level way;

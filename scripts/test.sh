@@ -149,7 +149,7 @@ rm -rf "$prefix"
 
 # The benchmark harness at test scale, so it cannot rot: the debug gantry binary the CLI tests
 # just built (no release build in CI; the timings are meaningless, the run checks that every
-# WORKLOAD figure is produced and that Gantry moves fewer bytes than the layer-level pipeline).
+# benchmark figure is produced and that Gantry moves fewer bytes than the layer-level pipeline).
 step "bash bench/run.sh --quick (benchmark harness at test scale)"
 bash bench/run.sh --quick --gantry "${CARGO_TARGET_DIR:-target}/debug/gantry" \
   --out "${TMPDIR:-/tmp}/gantry-bench-quick/BENCHMARKS.md" < /dev/null || fail "bench/run.sh --quick"

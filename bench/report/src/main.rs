@@ -7,7 +7,7 @@
 //! MANIFEST.json is written by `bench/run.sh`: the command, machine, workload and the paths of
 //! the per-script results (bench/build.sh, bench/delivery.sh per repetition, bench/registry.sh),
 //! the output Markdown file and the charts directory. The program
-//! - computes the seven WORKLOAD.md figures for both sides (medians over the delivery
+//! - computes the seven benchmark figures for both sides (medians over the delivery
 //!   repetitions), the ratio and whether the target is met;
 //! - writes the harness section of the Markdown file between the BEGIN/END markers (replacing
 //!   an earlier one; inserted before the first `## ` section of an existing file without
@@ -809,7 +809,7 @@ fn run() -> Result<bool, String> {
     let _ = writeln!(md, "{BEGIN}");
     let _ = writeln!(
         md,
-        "## All WORKLOAD figures in one run (`bench/run.sh`{})\n",
+        "## All benchmark figures in one run (`bench/run.sh`{})\n",
         if quick { ", quick: test scale" } else { "" }
     );
     if quick {

@@ -2,7 +2,7 @@
 //! three ways side by side — the whole image, layer-level (every layer whose digest is not
 //! in the old image, as a stock runtime pulls) and chunk-level (only the chunks no old
 //! layer holds, plus the chunk indexes, as Gantry's agent pulls) — next to the update's own
-//! size as `WORKLOAD.md` defines it: the gzip -6 size of the files and archive entries that
+//! size as the benchmarks define it: the gzip -6 size of the files and archive entries that
 //! are new or changed in the new image, concatenated.
 //!
 //! Either image may be an OCI layout or a registry image ([`ImageSource`]). The three

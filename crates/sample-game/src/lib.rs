@@ -254,7 +254,7 @@ pub struct UpdateReport {
     /// (including every entry of a replaced pak), edited config files, rebuilt binaries.
     pub changed_bytes: u64,
     /// The update's own size: gzip -6 compressed size of the concatenation of the same
-    /// entries and files (the yardstick of WORKLOAD.md).
+    /// entries and files (the benchmarks' yardstick).
     pub update_bytes: u64,
     /// Repository files whose bytes changed (paths relative to the repository).
     pub files_changed: Vec<String>,

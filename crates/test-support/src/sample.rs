@@ -14,7 +14,7 @@ pub struct SampleImages {
     pub v1: PathBuf,
     /// Layout of v2 (tag `v2`).
     pub v2: PathBuf,
-    /// The update's own size (WORKLOAD.md): gzip -6 of new and changed content.
+    /// The update's own size: gzip -6 of new and changed content.
     pub update_bytes: u64,
     /// Files the update changed, relative to the game repository (`paks/…`).
     pub files_changed: Vec<String>,

@@ -20,7 +20,7 @@ pub mod supervise;
 pub mod transfer;
 pub mod user;
 
-/// Human-readable byte counts (decimal units, as registries and WORKLOAD.md use).
+/// Human-readable byte counts (decimal units, as registries and the benchmarks use).
 pub fn human_bytes(n: u64) -> String {
     let units = ["B", "KB", "MB", "GB", "TB"];
     let mut value = n as f64;
