@@ -185,7 +185,7 @@ pub async fn bind(config: &AgentConfig) -> Result<RunningAgent, AgentError> {
     let app = router(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
+        let _ = axum::serve(no_delay(listener), app)
             .with_graceful_shutdown(async {
                 let _ = rx.await;
             })
@@ -559,6 +559,20 @@ async fn blob(
     serve_file(state, name, digest, &method, &headers).await
 }
 
+/// `listener` with Nagle's algorithm off on every connection: each small blob or range
+/// answer (headers, then body) would otherwise wait for the client's delayed ACK of its
+/// headers, about 40 ms on Linux, and the snapshotter asks for hundreds of them.
+fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
+    fn set(tcp: &mut tokio::net::TcpStream) {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+    }
+    axum::serve::ListenerExt::tap_io(listener, set as fn(&mut tokio::net::TcpStream))
+}
+
 /// Upstream's refusal of a blob HEAD, relayed with a registry error body.
 fn refused(check: &reqwest::Response, method: &Method) -> Response {
     let status = StatusCode::from_u16(check.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -784,6 +798,18 @@ async fn serve_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        use axum::serve::Listener as _;
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener = no_delay(tcp);
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(!client.nodelay().unwrap(), "a fresh socket has Nagle on");
+        let (server_side, _) = listener.accept().await;
+        assert!(server_side.nodelay().unwrap());
+    }
 
     #[test]
     fn routes() {
