@@ -122,37 +122,36 @@ struct PakPlan {
     inserts: Vec<(usize, String, u64)>,
 }
 
-/// Edits text: about a tenth of the lines replaced, a couple inserted, one removed.
-fn edit_text(old: &[u8], style: TextStyle, rng: &mut Rng, vocab: &Vocab) -> Vec<u8> {
+/// The lines of `old` with each line in `replaced` swapped for the next line of `fresh`
+/// (its two header lines skipped), the next line of `fresh` put before each line in
+/// `inserted`, and line `removed` dropped. Output equal to `old` gets one more fresh line
+/// (or, with none, a newline).
+fn splice(
+    old: &[u8],
+    fresh: &[u8],
+    replaced: &BTreeSet<usize>,
+    inserted: &BTreeSet<usize>,
+    removed: Option<usize>,
+) -> Vec<u8> {
     let lines: Vec<&[u8]> = old.split_inclusive(|&b| b == b'\n').collect();
-    let n = lines.len().max(1);
-    let edits = (n / 10).max(1);
-    let fresh = content::text(style, edits * 120 + 256, rng, vocab);
-    // Skip the style's header lines of the fresh text.
     let pool: Vec<&[u8]> = fresh
         .split_inclusive(|&b| b == b'\n')
         .skip(2)
         .filter(|l| l.len() > 1)
         .collect();
-    let mut replaced: BTreeSet<usize> = BTreeSet::new();
-    for _ in 0..edits {
-        replaced.insert(rng.index(n));
-    }
-    let inserted_at: BTreeSet<usize> = (0..rng.range(1, 3)).map(|_| rng.index(n)).collect();
-    let removed = rng.index(n);
     let mut out = Vec::with_capacity(old.len() + 512);
-    let mut next_pool = 0usize;
+    let mut next = 0usize;
     let mut take = |out: &mut Vec<u8>| {
         if !pool.is_empty() {
-            out.extend_from_slice(pool[next_pool % pool.len()]);
-            next_pool += 1;
+            out.extend_from_slice(pool[next % pool.len()]);
+            next += 1;
         }
     };
     for (i, line) in lines.iter().enumerate() {
-        if inserted_at.contains(&i) {
+        if inserted.contains(&i) {
             take(&mut out);
         }
-        if i == removed && lines.len() > 3 {
+        if Some(i) == removed {
             continue;
         }
         if replaced.contains(&i) {
@@ -164,42 +163,49 @@ fn edit_text(old: &[u8], style: TextStyle, rng: &mut Rng, vocab: &Vocab) -> Vec<
     if out == old {
         take(&mut out);
     }
+    if out == old {
+        out.push(b'\n');
+    }
     out
+}
+
+fn line_count(text: &[u8]) -> usize {
+    text.split_inclusive(|&b| b == b'\n').count()
+}
+
+/// Edits text: about a tenth of the lines replaced, a couple inserted, one removed.
+fn edit_text(old: &[u8], style: TextStyle, rng: &mut Rng, vocab: &Vocab) -> Vec<u8> {
+    let lines = line_count(old);
+    let n = lines.max(1);
+    let edits = (n / 10).max(1);
+    let fresh = content::text(style, edits * 120 + 256, rng, vocab);
+    let mut replaced: BTreeSet<usize> = BTreeSet::new();
+    for _ in 0..edits {
+        replaced.insert(rng.index(n));
+    }
+    let inserted: BTreeSet<usize> = (0..rng.range(1, 3)).map(|_| rng.index(n)).collect();
+    let removed = rng.index(n);
+    splice(
+        old,
+        &fresh,
+        &replaced,
+        &inserted,
+        (lines > 3).then_some(removed),
+    )
 }
 
 /// A small text edit: one line rewritten, one line added (a tweaked value, a new comment).
 fn touch_text(old: &[u8], style: TextStyle, rng: &mut Rng, vocab: &Vocab) -> Vec<u8> {
-    let lines: Vec<&[u8]> = old.split_inclusive(|&b| b == b'\n').collect();
     let fresh = content::text(style, 512, rng, vocab);
-    let pool: Vec<&[u8]> = fresh
-        .split_inclusive(|&b| b == b'\n')
-        .skip(2)
-        .filter(|l| l.len() > 1)
-        .collect();
-    let n = lines.len().max(1);
+    let n = line_count(old).max(1);
     let (replaced, inserted) = (rng.index(n), rng.index(n));
-    let mut out = Vec::with_capacity(old.len() + 256);
-    let mut next = 0usize;
-    let mut take = |out: &mut Vec<u8>| {
-        if !pool.is_empty() {
-            out.extend_from_slice(pool[next % pool.len()]);
-            next += 1;
-        }
-    };
-    for (i, line) in lines.iter().enumerate() {
-        if i == inserted {
-            take(&mut out);
-        }
-        if i == replaced {
-            take(&mut out);
-        } else {
-            out.extend_from_slice(line);
-        }
-    }
-    if out == old {
-        out.extend_from_slice(b"\n");
-    }
-    out
+    splice(
+        old,
+        &fresh,
+        &BTreeSet::from([replaced]),
+        &BTreeSet::from([inserted]),
+        None,
+    )
 }
 
 /// Small text edits of the single-pak shape at the reference scale (3.1 GB), scaled with it.
