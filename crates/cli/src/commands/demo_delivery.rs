@@ -566,6 +566,9 @@ impl SnapshotterNode {
     }
 }
 
+/// How long the demo waits for one CRI pull before it gives up.
+const CRI_PULL_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// CRI `ImageService.PullImage` of `image` on the containerd socket `socket`.
 async fn cri_pull(socket: &Path, image: &str) -> anyhow::Result<()> {
     use k8s_cri::v1::image_service_client::ImageServiceClient;
@@ -573,6 +576,7 @@ async fn cri_pull(socket: &Path, image: &str) -> anyhow::Result<()> {
     let path = socket.to_path_buf();
     // tonic needs a URI; the connector dials the unix socket whatever it says.
     let channel = tonic::transport::Endpoint::from_static("http://[::]:0")
+        .timeout(CRI_PULL_TIMEOUT)
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             tokio::net::UnixStream::connect(path.clone())
         }))
