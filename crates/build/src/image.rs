@@ -434,8 +434,8 @@ fn build_layer(
     let blob_tmp = tempfile::NamedTempFile::new_in(&scratch_parent)
         .map_err(BuildError::io(&scratch_parent))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, blob_tmp.as_file());
-    // Files (and pak entries) of at least one average chunk get chunk
-    // boundaries of their own; see gantry_layer::SegmentPlan.
+    // Files of at least one average chunk (and pak entries of 4 KiB or more)
+    // get chunk boundaries of their own; see gantry_layer::SegmentPlan.
     let plan = SegmentPlan::new(
         resolved.entries,
         tar_options,

@@ -64,7 +64,8 @@ pub struct SegmentPlan {
 impl SegmentPlan {
     /// Plans the tar of `entries` (already sorted). Files of at least
     /// `big_file` bytes get a segment of their own; inside a zip archive
-    /// (game paks), entries of at least `big_file` bytes get cuts around them.
+    /// (game paks), entries of at least `big_file` or 4 KiB bytes, whichever is
+    /// less, get cuts around them (see `archive_cuts`).
     pub fn new(
         entries: Vec<LayerEntry>,
         options: TarOptions,
