@@ -27,7 +27,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::AgentError;
 use crate::metrics::{BlobRecord, Method as HowObtained, Metrics};
-use crate::store::{KnownIndex, Store};
+use crate::partial::{FailUnlessFinished, Partial};
+use crate::store::{ChunkLocation, KnownIndex, Store};
 use crate::upstream::{describe, UpstreamSpec, Upstreams};
 
 /// Longest single range request (missing chunks are coalesced up to this).
@@ -51,6 +52,9 @@ pub struct Fetcher<'a> {
     pub auth: Option<&'a HeaderValue>,
     /// Range requests in flight at once.
     pub jobs: usize,
+    /// Told of each delta assembly as it starts, so requests for the blob can follow it
+    /// ([`Partial::body`]) instead of waiting for the end.
+    pub publish: Option<&'a (dyn Fn(Arc<Partial>) + Send + Sync)>,
 }
 
 /// A chunk to fetch: (offset in the layer, length, chunk id).
@@ -409,7 +413,9 @@ impl Fetcher<'_> {
         Ok(Bytes::from(out).slice(from..to))
     }
 
-    /// Assembles `layer` from its index. Returns (bytes fetched, bytes reused).
+    /// Assembles `layer` from its index, hashing it as it is written; requests for the
+    /// blob follow the assembly through the published [`Partial`]. Returns (bytes
+    /// fetched, bytes reused).
     async fn delta(
         &self,
         layer: &Digest,
@@ -427,26 +433,51 @@ impl Fetcher<'_> {
         })
         .await?;
         let file = Arc::new(file);
+        let partial = Partial::new(file.clone(), &index);
+        // Every way out of this function that does not verify the blob fails its readers.
+        let _unfinished = FailUnlessFinished(partial.clone());
+        if let Some(publish) = self.publish {
+            publish(partial.clone());
+        }
+        let hashing = tokio::spawn(partial.clone().hash());
         let result = self
-            .assemble(layer, &index, &tmp, &file, &mut fetched, requests)
+            .assemble(layer, &index, &tmp, &file, &partial, &mut fetched, requests)
             .await;
         drop(file);
         let reused = match result {
             Ok(reused) => reused,
             Err(e) => {
+                partial.finish(false);
                 let _ = tokio::fs::remove_file(&tmp).await;
                 return Err(e);
+            }
+        };
+        let hashed = match hashing.await {
+            Ok(h) => h,
+            Err(e) => Err(AgentError::Task {
+                what: format!("hashing layer {layer}"),
+                message: e.to_string(),
+            }),
+        };
+        let (actual, len) = match hashed {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e.into());
             }
         };
         let store = self.store.clone();
         let (d, index_digest, ix) = (*layer, known.index, index.clone());
         let committed = AgentError::blocking("verifying an assembled layer", move || {
-            store.commit(&tmp, &d, Some(ix.layer_size))?;
+            store.commit_hashed(&tmp, &d, Some(ix.layer_size), actual, len)?;
             store.record_layer(&index_digest, &ix)
         })
         .await;
         match committed {
-            Ok(()) => Ok((fetched, reused)),
+            Ok(()) => {
+                partial.finish(true);
+                Ok((fetched, reused))
+            }
             // Every chunk matched its id, yet the whole is not the layer: the index lies.
             Err(AgentError::Corrupt { actual, .. }) => {
                 Err(DeltaError::Index(AgentError::Invalid {
@@ -460,46 +491,83 @@ impl Fetcher<'_> {
         }
     }
 
-    /// Places every chunk of `index` into `file`: the held ones copied (each re-checked),
-    /// the missing ones fetched in coalesced runs. Returns the bytes reused.
+    /// Places every chunk of `index` into `file`, marking each in `partial` once written:
+    /// the chunks held in other blobs copied (each re-checked) while the missing ones are
+    /// fetched in coalesced runs; a held copy that fails its check is fetched after.
+    /// Returns the bytes reused.
+    #[allow(clippy::too_many_arguments)]
     async fn assemble(
         &self,
         layer: &Digest,
         index: &Arc<ChunkIndex>,
         tmp: &std::path::Path,
         file: &Arc<std::fs::File>,
+        partial: &Arc<Partial>,
         fetched: &mut u64,
         requests: &mut u64,
     ) -> Result<u64, DeltaError> {
         let layer_label = layer.to_string();
-
-        // Local chunks first; what is not held (or fails its check) is missing.
-        let (store, ix, f, t, d) = (
-            self.store.clone(),
-            index.clone(),
-            file.clone(),
-            tmp.to_path_buf(),
-            *layer,
-        );
-        let (reused, missing) = AgentError::blocking("copying held chunks", move || {
-            copy_local_chunks(&store, &ix, &d, &f, &t)
+        let (store, ix, d) = (self.store.clone(), index.clone(), *layer);
+        let (held, missing) = AgentError::blocking("looking up held chunks", move || {
+            Ok(held_elsewhere(&store, &ix, &d))
         })
         .await?;
+        let (store, f, t, p) = (
+            self.store.clone(),
+            file.clone(),
+            tmp.to_path_buf(),
+            partial.clone(),
+        );
+        let copying = AgentError::blocking("copying held chunks", move || {
+            copy_held_chunks(&store, held, &f, &t, &p)
+        });
+        let fetching = self.fetch_chunks(layer, missing, file, tmp, partial);
+        let (copied, got) = tokio::join!(copying, fetching);
+        let (reused, failed) = copied?;
+        let (got, runs) = got?;
         self.metrics.reused(self.repo, &layer_label, reused);
+        *fetched += got;
+        *requests += runs;
+        if !failed.is_empty() {
+            let (got, runs) = self.fetch_chunks(layer, failed, file, tmp, partial).await?;
+            *fetched += got;
+            *requests += runs;
+        }
+        let (f, t) = (file.clone(), tmp.to_path_buf());
+        AgentError::blocking("syncing an assembled layer", move || {
+            f.sync_all().map_err(AgentError::io(&t))
+        })
+        .await?;
+        Ok(reused)
+    }
 
+    /// Fetches `missing` chunks in coalesced runs (several at once), writes each run into
+    /// `file` and marks it in `partial`. Returns (bytes fetched, requests made).
+    async fn fetch_chunks(
+        &self,
+        layer: &Digest,
+        missing: Vec<MissingChunk>,
+        file: &Arc<std::fs::File>,
+        tmp: &std::path::Path,
+        partial: &Arc<Partial>,
+    ) -> Result<(u64, u64), AgentError> {
+        let layer_label = layer.to_string();
         let runs = coalesce(missing);
-        *requests += runs.len() as u64;
+        let requests = runs.len() as u64;
         let fetches: Vec<_> = runs
             .into_iter()
             .map(|run| {
                 let file = file.clone();
                 let tmp = tmp.to_path_buf();
+                let partial = partial.clone();
                 let layer_label = layer_label.clone();
                 async move {
                     let (bytes, got) = self.fetch_run(layer, &run, &layer_label).await?;
                     AgentError::blocking("writing fetched chunks", move || {
                         file.write_all_at(&bytes, run.start)
-                            .map_err(AgentError::io(&tmp))
+                            .map_err(AgentError::io(&tmp))?;
+                        partial.written(run.start, run.len);
+                        Ok(())
                     })
                     .await?;
                     Ok::<u64, AgentError>(got)
@@ -510,13 +578,7 @@ impl Fetcher<'_> {
             .buffer_unordered(self.jobs.max(1))
             .try_collect()
             .await?;
-        *fetched += results.iter().sum::<u64>();
-        let (f, t) = (file.clone(), tmp.to_path_buf());
-        AgentError::blocking("syncing an assembled layer", move || {
-            f.sync_all().map_err(AgentError::io(&t))
-        })
-        .await?;
-        Ok(reused)
+        Ok((results.iter().sum(), requests))
     }
 
     /// The bytes of `run` from upstream, every chunk checked against its id (on the
@@ -628,32 +690,59 @@ impl Fetcher<'_> {
     }
 }
 
-/// Copies every chunk of `index` held in another blob into `file` (each re-checked against
-/// its id first). Returns the bytes reused and the chunks still missing as (offset, length,
-/// id). Blocking.
-fn copy_local_chunks(
+/// A chunk of the layer that another held blob has: (offset in the layer, length, id,
+/// where it is held).
+type HeldChunk = (u64, u64, Digest, ChunkLocation);
+
+/// Splits the chunks of `index` into those another held blob has (by the store's chunk
+/// table; nothing is read) and the missing ones. Blocking (the table's lock).
+fn held_elsewhere(
     store: &Store,
     index: &ChunkIndex,
     layer: &Digest,
-    file: &std::fs::File,
-    tmp: &std::path::Path,
-) -> Result<(u64, Vec<MissingChunk>), AgentError> {
-    let mut reused = 0u64;
-    let mut missing: Vec<MissingChunk> = Vec::new();
-    let mut open = HashMap::new();
-    let mut buf = Vec::new();
+) -> (Vec<HeldChunk>, Vec<MissingChunk>) {
+    let mut held = Vec::new();
+    let mut missing = Vec::new();
     for c in index.chunks_with_offsets() {
-        let id = c.record.id;
-        let len = c.record.compressed_len;
-        if read_held_chunk(store, &mut open, layer, &id, len, &mut buf) {
-            file.write_all_at(&buf, c.compressed_offset)
-                .map_err(AgentError::io(tmp))?;
-            reused += len;
-        } else {
-            missing.push((c.compressed_offset, len, id));
+        let (id, len) = (c.record.id, c.record.compressed_len);
+        match held_copy(store, layer, &id, len) {
+            Some(loc) => held.push((c.compressed_offset, len, id, loc)),
+            None => missing.push((c.compressed_offset, len, id)),
         }
     }
-    Ok((reused, missing))
+    (held, missing)
+}
+
+/// Where another held blob than `layer` has chunk `id` of `len` bytes.
+fn held_copy(store: &Store, layer: &Digest, id: &Digest, len: u64) -> Option<ChunkLocation> {
+    store.chunk(id).filter(|l| l.blob != *layer && l.len == len)
+}
+
+/// Copies `held` chunks into `file`, each re-checked against its id first and marked in
+/// `partial` once written. Returns the bytes reused and the chunks whose copy failed its
+/// check (to be fetched). Blocking.
+fn copy_held_chunks(
+    store: &Store,
+    held: Vec<HeldChunk>,
+    file: &std::fs::File,
+    tmp: &std::path::Path,
+    partial: &Partial,
+) -> Result<(u64, Vec<MissingChunk>), AgentError> {
+    let mut reused = 0u64;
+    let mut failed: Vec<MissingChunk> = Vec::new();
+    let mut open = HashMap::new();
+    let mut buf = Vec::new();
+    for (offset, len, id, loc) in held {
+        if read_chunk_at(store, &mut open, &loc, &id, &mut buf) {
+            file.write_all_at(&buf, offset)
+                .map_err(AgentError::io(tmp))?;
+            partial.written(offset, len);
+            reused += len;
+        } else {
+            failed.push((offset, len, id));
+        }
+    }
+    Ok((reused, failed))
 }
 
 /// Reads chunk `id` (`len` compressed bytes) into `buf` from a held blob other than `layer`
@@ -667,15 +756,27 @@ fn read_held_chunk(
     len: u64,
     buf: &mut Vec<u8>,
 ) -> bool {
-    let Some(loc) = store.chunk(id).filter(|l| l.blob != *layer && l.len == len) else {
-        return false;
-    };
+    match held_copy(store, layer, id, len) {
+        Some(loc) => read_chunk_at(store, open, &loc, id, buf),
+        None => false,
+    }
+}
+
+/// Reads the chunk at `loc` into `buf` and checks it against `id`; false when the blob
+/// cannot be read or the bytes fail the check.
+fn read_chunk_at(
+    store: &Store,
+    open: &mut HashMap<Digest, std::fs::File>,
+    loc: &ChunkLocation,
+    id: &Digest,
+    buf: &mut Vec<u8>,
+) -> bool {
     if let std::collections::hash_map::Entry::Vacant(e) = open.entry(loc.blob) {
         if let Ok(f) = std::fs::File::open(store.blob_path(&loc.blob)) {
             e.insert(f);
         }
     }
-    let (Some(src), Ok(n)) = (open.get(&loc.blob), usize::try_from(len)) else {
+    let (Some(src), Ok(n)) = (open.get(&loc.blob), usize::try_from(loc.len)) else {
         return false;
     };
     // The index was validated: a chunk is at most a few tens of MiB.

@@ -9,7 +9,9 @@
 //!   so a held blob is never handed to a client the registry would refuse; a 401 and its
 //!   `WWW-Authenticate` challenge reach containerd unchanged. Then the blob is served from
 //!   the store, after being obtained (delta or whole) if needed. Concurrent requests for
-//!   one blob share one fetch.
+//!   one blob share one fetch, which runs in a task of its own (a client that hangs up does
+//!   not cancel it). A whole-blob GET of a layer assembled by delta follows the assembly
+//!   ([`crate::partial`]): its body starts as soon as the first chunks are written.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,11 +26,13 @@ use axum::Router;
 use gantry_oci::{media_types, names, Digest};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::watch;
 use tokio_util::io::ReaderStream;
 
 use crate::assemble::Fetcher;
 use crate::error::AgentError;
 use crate::metrics::{Metrics, Status};
+use crate::partial::{Partial, Progress};
 use crate::store::{KnownIndex, Store};
 use crate::upstream::{UpstreamSpec, Upstreams};
 
@@ -74,7 +78,7 @@ pub struct AgentState {
     /// Metrics.
     pub metrics: Metrics,
     jobs: usize,
-    inflight: tokio::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    inflight: std::sync::Mutex<HashMap<Digest, watch::Receiver<Phase>>>,
     allowed: std::sync::Mutex<HashMap<AllowedKey, (Instant, Option<u64>)>>,
 }
 
@@ -175,7 +179,7 @@ pub async fn bind(config: &AgentConfig) -> Result<RunningAgent, AgentError> {
         upstreams: Upstreams::new(config.upstreams.clone())?,
         metrics: Metrics::new(),
         jobs: config.fetch_jobs.max(1),
-        inflight: tokio::sync::Mutex::new(HashMap::new()),
+        inflight: std::sync::Mutex::new(HashMap::new()),
         allowed: std::sync::Mutex::new(HashMap::new()),
     });
     let listener = tokio::net::TcpListener::bind(config.addr)
@@ -542,9 +546,39 @@ async fn blob(
         }
     }
     if !held {
-        if let Err(e) = obtain(state, up, name, digest, upstream_size, auth).await {
-            tracing::warn!(%digest, repository = name, error = %e, "could not obtain blob");
-            return agent_error(&e);
+        // A GET of the whole blob may follow a delta assembly; anything else waits for it.
+        let follow = method == Method::GET && !headers.contains_key("range");
+        let mut phase = obtaining(state, up, name, digest, upstream_size, auth);
+        loop {
+            let now = phase.borrow_and_update().clone();
+            match now {
+                Phase::Done(Ok(())) => break,
+                Phase::Done(Err(e)) => {
+                    tracing::warn!(%digest, repository = name, error = %e, "could not obtain blob");
+                    return agent_error(&e);
+                }
+                Phase::Assembling(p) if follow => match p.progress() {
+                    Progress::Assembling { ready: 0 } => {
+                        // Headers go out with the first bytes: an early failure still
+                        // gets its status.
+                        tokio::select! {
+                            _ = p.started() => {}
+                            changed = phase.changed() => if changed.is_err() {
+                                return internal_error("the fetch of the blob ended unfinished");
+                            }
+                        }
+                        continue;
+                    }
+                    Progress::Failed => {}
+                    Progress::Assembling { .. } | Progress::Verified => {
+                        return follow_assembly(state, name, digest, p);
+                    }
+                },
+                Phase::Started | Phase::Assembling(_) => {}
+            }
+            if phase.changed().await.is_err() {
+                return internal_error("the fetch of the blob ended unfinished");
+            }
         }
     }
     let (store, d) = (state.store.clone(), *digest);
@@ -634,6 +668,7 @@ async fn range_from_chunks(
         repo,
         auth,
         jobs: state.jobs,
+        publish: None,
     };
     match fetcher
         .range_of(digest, &known, Some(size), start, len)
@@ -666,7 +701,61 @@ async fn range_from_chunks(
     }
 }
 
-/// Obtains a blob once however many requests ask for it at the same time.
+/// Where the fetch of a blob the node does not hold stands, as requests for it see it.
+#[derive(Clone)]
+enum Phase {
+    /// Asking upstream, fetching an index, or fetching the blob whole.
+    Started,
+    /// Being assembled by delta; a GET of the whole blob can follow it.
+    Assembling(Arc<Partial>),
+    /// Held now, or why not.
+    Done(Result<(), Arc<AgentError>>),
+}
+
+/// Joins the fetch of `digest` in progress, or starts it in a task of its own: a blob is
+/// obtained once however many requests ask for it at the same time, and a request that
+/// goes away does not cancel it.
+fn obtaining(
+    state: &Arc<AgentState>,
+    up: &UpstreamSpec,
+    repo: &str,
+    digest: &Digest,
+    size: Option<u64>,
+    auth: Option<&HeaderValue>,
+) -> watch::Receiver<Phase> {
+    let Ok(mut map) = state.inflight.lock() else {
+        let (_, rx) = watch::channel(Phase::Done(Err(Arc::new(AgentError::Task {
+            what: format!("fetch of blob {digest}"),
+            message: "the table of fetches in progress is poisoned".into(),
+        }))));
+        return rx;
+    };
+    if let Some(rx) = map.get(digest) {
+        return rx.clone();
+    }
+    let (tx, rx) = watch::channel(Phase::Started);
+    map.insert(*digest, rx.clone());
+    drop(map);
+    let (state, up, repo, digest, auth) = (
+        state.clone(),
+        up.clone(),
+        repo.to_string(),
+        *digest,
+        auth.cloned(),
+    );
+    tokio::spawn(async move {
+        let result = obtain(&state, &up, &repo, &digest, size, auth.as_ref(), &tx).await;
+        // Forget the fetch before announcing its end: a request that comes after finds the
+        // blob held, or starts again.
+        if let Ok(mut map) = state.inflight.lock() {
+            map.remove(&digest);
+        }
+        let _ = tx.send(Phase::Done(result.map_err(Arc::new)));
+    });
+    rx
+}
+
+/// Obtains a blob into the store, announcing a delta assembly on `phase` as it starts.
 async fn obtain(
     state: &Arc<AgentState>,
     up: &UpstreamSpec,
@@ -674,45 +763,59 @@ async fn obtain(
     digest: &Digest,
     size: Option<u64>,
     auth: Option<&HeaderValue>,
+    phase: &watch::Sender<Phase>,
 ) -> Result<(), AgentError> {
-    let lock = {
-        let mut map = state.inflight.lock().await;
-        map.entry(*digest)
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
-            .clone()
-    };
-    let _guard = lock.lock().await;
     let (store, d, upstream, r) = (
         state.store.clone(),
         *digest,
         up.host.clone(),
         repo.to_string(),
     );
-    let looked = AgentError::blocking("store", move || {
+    let (held, known) = AgentError::blocking("store", move || {
         Ok((store.has(&d), store.known_index(&upstream, &r, &d)))
     })
-    .await;
-    let result = match looked {
-        Err(e) => Err(e),
-        Ok((true, _)) => Ok(()),
-        Ok((false, known)) => {
-            let fetcher = Fetcher {
-                store: &state.store,
-                upstreams: &state.upstreams,
-                metrics: &state.metrics,
-                up,
-                repo,
-                auth,
-                jobs: state.jobs,
-            };
-            fetcher.obtain(digest, size, known).await
-        }
-    };
-    let mut map = state.inflight.lock().await;
-    if Arc::strong_count(&lock) <= 2 {
-        map.remove(digest);
+    .await?;
+    if held {
+        return Ok(());
     }
-    result
+    let publish = |p: Arc<Partial>| {
+        let _ = phase.send(Phase::Assembling(p));
+    };
+    let fetcher = Fetcher {
+        store: &state.store,
+        upstreams: &state.upstreams,
+        metrics: &state.metrics,
+        up,
+        repo,
+        auth,
+        jobs: state.jobs,
+        publish: Some(&publish),
+    };
+    fetcher.obtain(digest, size, known).await
+}
+
+/// A 200 answer to a GET of the whole blob whose body follows its assembly: each piece as
+/// soon as it is written and checked, the last byte once the blob matched its digest; the
+/// body is cut off if the assembly fails.
+fn follow_assembly(
+    state: &Arc<AgentState>,
+    repo: &str,
+    digest: &Digest,
+    partial: Arc<Partial>,
+) -> Response {
+    let size = partial.size();
+    state.metrics.served(repo, size);
+    respond(
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("docker-content-digest", digest.to_string())
+            .header("etag", format!("\"{digest}\""))
+            .header("accept-ranges", "bytes")
+            .header("content-type", "application/octet-stream")
+            .header("docker-distribution-api-version", "registry/2.0")
+            .header("content-length", size),
+        Body::from_stream(partial.body()),
+    )
 }
 
 /// Parses a single `Range: bytes=…` against `size`: `Some(Ok((start, len)))`, `Some(Err)`

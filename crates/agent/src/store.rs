@@ -158,7 +158,8 @@ impl Store {
         let _ = filetime::set_file_mtime(self.blob_path(digest), filetime::FileTime::now());
     }
 
-    /// A new temporary file for an assembly or download.
+    /// A new temporary file for an assembly or download, open for reading and writing
+    /// (an assembly is read while it is written).
     pub fn temp_file(&self, digest: &Digest) -> Result<(PathBuf, std::fs::File), AgentError> {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -166,7 +167,12 @@ impl Store {
             self.root
                 .join("tmp")
                 .join(format!("{}.{}.{n}", digest.hex(), std::process::id()));
-        let file = std::fs::File::create(&path).map_err(AgentError::io(&path))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(AgentError::io(&path))?;
         Ok((path, file))
     }
 
@@ -175,6 +181,19 @@ impl Store {
     /// names what it held.
     pub fn commit(&self, tmp: &Path, digest: &Digest, size: Option<u64>) -> Result<(), AgentError> {
         let (actual, len) = hash_file(tmp)?;
+        self.commit_hashed(tmp, digest, size, actual, len)
+    }
+
+    /// [`Store::commit`] of a file already hashed while it was written (`actual`, `len`):
+    /// the same checks, without reading the file again.
+    pub fn commit_hashed(
+        &self,
+        tmp: &Path,
+        digest: &Digest,
+        size: Option<u64>,
+        actual: Digest,
+        len: u64,
+    ) -> Result<(), AgentError> {
         if actual != *digest || size.is_some_and(|s| s != len) {
             let _ = std::fs::remove_file(tmp);
             return Err(AgentError::Corrupt {
