@@ -2,8 +2,9 @@
 //! registry lacks — existing blobs are skipped (HEAD first), blobs of a base image living
 //! in another repository of the same registry are mounted, and against a registry that
 //! advertises delta push a changed layer is assembled from the chunks the repository
-//! already holds plus only the new chunks. Referrers (the chunk indexes) follow, then the
-//! manifest by digest, then the tag.
+//! already holds plus only the new chunks: found by asking the registry (its chunk lookup,
+//! delta push v2) whatever tag they came with, or through the indexes of a named image.
+//! Referrers (the chunk indexes) follow, then the manifest by digest, then the tag.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,9 +31,10 @@ pub struct PushOptions {
     pub jobs: usize,
     /// Use delta push when the registry offers it.
     pub delta: bool,
-    /// Image in the destination repository whose chunks a delta push may reuse (a tag or
-    /// digest); default: what the destination tag points at before the push, else
-    /// `latest`.
+    /// Image in the destination repository whose chunks a delta push reuses first (a tag
+    /// or digest). Without it, a registry with the chunk lookup is asked about each
+    /// layer's chunks; one without it is read through the image the destination tag
+    /// points at before the push, else `latest`.
     pub delta_from: Option<String>,
     /// A repository of the same registry to mount missing blobs from (a copy between
     /// repositories); by default the base image's repository, when it is on this registry.
@@ -144,9 +146,11 @@ pub async fn push_layout(
 
     let mut old_chunks = HashMap::new();
     if caps.delta_push && options.delta {
-        // The named image, else what the destination tag points at, else `latest`.
+        // The named image; else, from a registry without the chunk lookup, what the
+        // destination tag points at, else `latest`. A registry with it answers per layer.
         let candidates = match &options.delta_from {
             Some(from) => vec![from.clone()],
+            None if caps.chunk_lookup => Vec::new(),
             None => vec![dest.tag_or_latest().to_string(), "latest".to_string()],
         };
         for from in candidates {
@@ -167,6 +171,7 @@ pub async fn push_layout(
         layout,
         repo,
         old_chunks: &old_chunks,
+        lookup: caps.delta_push && caps.chunk_lookup && options.delta,
         mount_from: mount_from.as_deref(),
         progress: progress.as_ref(),
     };
@@ -385,6 +390,8 @@ struct Ctx<'a> {
     layout: &'a OciLayout,
     repo: &'a str,
     old_chunks: &'a HashMap<Digest, BlobRange>,
+    /// Ask the registry where the repository holds each layer's chunks.
+    lookup: bool,
     mount_from: Option<&'a str>,
     progress: &'a dyn TransferProgress,
 }
@@ -416,7 +423,7 @@ impl Ctx<'_> {
             UploadStart::Session(location) => location,
         };
         let on_bytes = |n| self.progress.blob_bytes(&digest, n);
-        if let Some(ops) = self.delta_ops(job)? {
+        if let Some(ops) = self.delta_ops(job).await? {
             let (sent, reused) = self
                 .client
                 .upload_ops(self.repo, location, &digest, &path, &ops, &on_bytes)
@@ -431,9 +438,11 @@ impl Ctx<'_> {
     }
 
     /// The delta plan of a layer: copies of chunks the repository holds, sends of the
-    /// rest. `None` when there is nothing to reuse.
-    fn delta_ops(&self, job: &BlobJob) -> ClientResult<Option<Vec<DeltaOp>>> {
-        if self.old_chunks.is_empty() {
+    /// rest. The chunks come from the `--delta-from` image's indexes and, from a registry
+    /// with the chunk lookup, from asking it about the others. `None` when there is
+    /// nothing to reuse.
+    async fn delta_ops(&self, job: &BlobJob) -> ClientResult<Option<Vec<DeltaOp>>> {
+        if self.old_chunks.is_empty() && !self.lookup {
             return Ok(None);
         }
         let Some(index_digest) = job.index else {
@@ -444,17 +453,41 @@ impl Ctx<'_> {
         if index.layer_digest != job.digest {
             return Ok(None);
         }
+        let mut located = HashMap::new();
+        if self.lookup {
+            let mut asked = std::collections::HashSet::new();
+            let wanted: Vec<Digest> = index
+                .chunks
+                .iter()
+                .map(|c| c.id)
+                .filter(|id| !self.old_chunks.contains_key(id) && asked.insert(*id))
+                .collect();
+            match self.client.lookup_chunks(self.repo, &wanted).await {
+                Ok(found) => located = found,
+                // Not allowed to pull (a push-only credential), or the lookup failed:
+                // the layer goes up whole (or from --delta-from's chunks).
+                Err(e) => {
+                    tracing::warn!(layer = %job.digest, error = %e, "chunk lookup failed; not reusing the registry's chunks")
+                }
+            }
+        }
         let mut ops = Vec::with_capacity(index.chunks.len());
         let mut reused = 0u64;
         for c in index.chunks_with_offsets() {
-            match self.old_chunks.get(&c.record.id) {
+            let len = c.record.compressed_len;
+            let held = self
+                .old_chunks
+                .get(&c.record.id)
+                .or_else(|| located.get(&c.record.id))
+                .filter(|r| r.length == len);
+            match held {
                 Some(r) => {
                     reused += r.length;
                     ops.push(DeltaOp::Copy(r.clone()));
                 }
                 None => ops.push(DeltaOp::Send {
                     offset: c.compressed_offset,
-                    len: c.record.compressed_len,
+                    len,
                 }),
             }
         }

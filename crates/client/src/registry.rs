@@ -3,13 +3,14 @@
 //! after a dropped connection, Range reads, uploads (monolithic, chunked and resumable,
 //! cross-repository mount, Gantry's delta push), tags and referrers.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use gantry_oci::{media_types, Digest, DigestHasher};
+use gantry_oci::{delta_push, media_types, Digest, DigestHasher};
 use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
@@ -22,11 +23,11 @@ use crate::error::{describe, ClientError, ClientResult};
 /// Manifest media types a pull accepts, most specific first.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 /// Header by which a registry advertises Gantry's delta push (see `docs/delta-push.md`).
-pub const DELTA_PUSH_HEADER: &str = "gantry-delta-push";
+pub use gantry_oci::delta_push::HEADER as DELTA_PUSH_HEADER;
 /// Content type of a delta-push ranges request.
-pub const BLOB_RANGES_CONTENT_TYPE: &str = "application/vnd.gantry.blob-ranges.v1+json";
+pub use gantry_oci::delta_push::RANGES_MEDIA_TYPE as BLOB_RANGES_CONTENT_TYPE;
 /// Header carrying the upload offset a delta-push ranges request expects.
-pub const UPLOAD_OFFSET_HEADER: &str = "gantry-upload-offset";
+pub use gantry_oci::delta_push::UPLOAD_OFFSET_HEADER;
 /// Largest manifest accepted (as registries limit them).
 pub use gantry_oci::MAX_MANIFEST_BYTES;
 /// Blobs up to this size are uploaded in one request.
@@ -56,6 +57,8 @@ pub struct ClientOptions {
 pub struct Capabilities {
     /// Gantry's delta push (`Gantry-Delta-Push: v1`).
     pub delta_push: bool,
+    /// Its chunk lookup (`Gantry-Delta-Push: v2`): where the repository holds chunks.
+    pub chunk_lookup: bool,
 }
 
 /// A manifest (or index) as fetched.
@@ -294,13 +297,62 @@ impl RegistryClient {
         let url = self.url("/v2/");
         let resp = self.send(&[], Method::GET, &url, &Ok).await?;
         let resp = self.check(resp, "GET /v2/").await?;
+        let advertised = resp
+            .headers()
+            .get(DELTA_PUSH_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         Ok(Capabilities {
-            delta_push: resp
-                .headers()
-                .get(DELTA_PUSH_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.split(',').any(|p| p.trim() == "v1")),
+            delta_push: delta_push::speaks(advertised, delta_push::V1),
+            chunk_lookup: delta_push::speaks(advertised, delta_push::V2),
         })
+    }
+
+    /// Where `repo` holds each of `chunks` it has (delta push v2's chunk lookup, in
+    /// batches of at most [`delta_push::MAX_LOOKUP_CHUNKS`]): chunk id → range of a blob
+    /// linked into `repo`. Chunks it lacks are absent from the map.
+    pub async fn lookup_chunks(
+        &self,
+        repo: &str,
+        chunks: &[Digest],
+    ) -> ClientResult<HashMap<Digest, BlobRange>> {
+        let url = self.url(&format!("/v2/{repo}{}", delta_push::LOOKUP_PATH_SUFFIX));
+        let scopes = [repository_scope(repo, &["pull"])];
+        let what = format!("chunk lookup in {repo}");
+        let mut out = HashMap::new();
+        for batch in chunks.chunks(delta_push::MAX_LOOKUP_CHUNKS) {
+            let body = serde_json::to_vec(&delta_push::ChunkLookup {
+                chunks: batch.to_vec(),
+            })
+            .map_err(|e| ClientError::Invalid {
+                what: what.clone(),
+                message: e.to_string(),
+            })?;
+            let body = Bytes::from(body);
+            let build = move |r: RequestBuilder| {
+                Ok(r.header(CONTENT_TYPE, delta_push::LOOKUP_MEDIA_TYPE)
+                    .body(body.clone()))
+            };
+            let resp = self.send(&scopes, Method::POST, &url, &build).await?;
+            let resp = self.check(resp, &what).await?;
+            let bytes = read_limited(resp, 32 << 20, &what, &url).await?;
+            let answer: delta_push::ChunkLookupAnswer =
+                serde_json::from_slice(&bytes).map_err(|e| ClientError::Invalid {
+                    what: what.clone(),
+                    message: format!("not a chunk lookup answer: {e}"),
+                })?;
+            for l in answer.found {
+                out.insert(
+                    l.chunk,
+                    BlobRange {
+                        digest: l.digest,
+                        offset: l.offset,
+                        length: l.length,
+                    },
+                );
+            }
+        }
+        Ok(out)
     }
 
     /// Checks that the credentials are accepted: `/v2/` must answer 200 once the

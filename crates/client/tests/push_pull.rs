@@ -388,3 +388,230 @@ async fn gantry_reads_what_buildah_pushed_to_cncf_distribution() {
     drop(store);
     let _ = std::fs::remove_dir(parent);
 }
+
+/// The chunk indexes of an image's layers in `layout`: (layer digest, index).
+fn layer_indexes(layout: &Path) -> Vec<(Digest, ChunkIndex)> {
+    let l = OciLayout::open(layout).unwrap();
+    let m = l.resolve(None, "linux", "amd64").unwrap().manifest;
+    m.layers()
+        .iter()
+        .map(|d| {
+            let a = d.annotations().as_ref().unwrap();
+            let digest: Digest = a[media_types::ANNOTATION_CHUNK_INDEX].parse().unwrap();
+            let index = ChunkIndex::from_blob(&l.read_blob(&digest).unwrap()).unwrap();
+            (Digest::from_oci(d.digest()).unwrap(), index)
+        })
+        .collect()
+}
+
+/// Pushes `layout` to `dest` with no delta flags and returns the report and the bytes
+/// the registry received for it.
+async fn push_measured(
+    serve: &Serve,
+    c: &gantry_client::RegistryClient,
+    layout: &Path,
+    dest: &str,
+) -> (gantry_client::PushReport, f64) {
+    let before = serve.metric("gantry_registry_bytes_received_total").await;
+    let report = push(c, layout, &reference(&serve.host(), dest), None)
+        .await
+        .unwrap();
+    let received = serve.metric("gantry_registry_bytes_received_total").await - before;
+    (report, received)
+}
+
+/// Delta push engages with no flags: v2 pushed to a new tag, and in another repository to
+/// the same tag as v1, costs the registry about the update's own size (the registry's
+/// chunk lookup says where the repository holds each chunk; no base tag is named).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_push_engages_with_no_flags_on_a_new_tag_and_on_the_same_tag() {
+    let images = sample_images(20_000_000, 4_000_000, None);
+    let serve = Serve::open().await;
+    let host = serve.host();
+    let c = client(&host, None);
+    let caps = c.ping().await.unwrap();
+    assert!(caps.delta_push && caps.chunk_lookup, "{caps:?}");
+    for (repo, first, second) in [
+        ("game/server", "v1", "build-1234"),
+        ("game/same", "stable", "stable"),
+    ] {
+        push(
+            &c,
+            &images.v1,
+            &reference(&host, &format!("{repo}:{first}")),
+            None,
+        )
+        .await
+        .unwrap();
+        let (report, received) =
+            push_measured(&serve, &c, &images.v2, &format!("{repo}:{second}")).await;
+        eprintln!(
+            "{repo}: v2 pushed to :{second} with no flags: registry received {received} bytes, \
+             reused {}; update's own size {}; ratio {:.3}",
+            report.bytes_reused,
+            images.update_bytes,
+            received / images.update_bytes as f64
+        );
+        assert!(report.delta_push, "delta push engaged by itself");
+        assert!(
+            received <= 1.25 * images.update_bytes as f64,
+            "received {received} bytes for an update of {} (limit 1.25x)",
+            images.update_bytes
+        );
+        let out = images
+            .dir
+            .path()
+            .join(format!("pulled-{}", repo.replace('/', "-")));
+        let pulled = pull(&c, &reference(&host, &format!("{repo}:{second}")), &out)
+            .await
+            .unwrap();
+        assert_eq!(pulled.manifest_digest, manifest_digest(&images.v2));
+        assert_eq!(blob_names(&out), blob_names(&images.v2));
+    }
+    // `--no-delta` turns it off: the changed layers go up whole.
+    let (report, _) = {
+        let before = serve.metric("gantry_registry_bytes_received_total").await;
+        let report = push_layout(
+            &c,
+            &OciLayout::open(&images.v2).unwrap(),
+            None,
+            &reference(&host, "game/plain:v2"),
+            &PushOptions {
+                delta: false,
+                ..PushOptions::default()
+            },
+            Arc::new(NoProgress),
+        )
+        .await
+        .unwrap();
+        (
+            report,
+            serve.metric("gantry_registry_bytes_received_total").await - before,
+        )
+    };
+    assert!(!report.delta_push && report.bytes_reused == 0, "{report:?}");
+}
+
+/// The registry answers only from chunk indexes checked against their layers. v1 goes up
+/// with skopeo (the image alone: its layers name chunk indexes the registry does not
+/// hold, so nothing is known); a forged index for its largest layer, pushed as a
+/// referrer, is refused and never answers; the real indexes, pushed as referrers by
+/// `gantry push` of the same image, are learned; then v2 goes up with no flags as a delta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_indexes_arriving_as_referrers_are_checked_and_forged_ones_refused() {
+    let images = sample_images(20_000_000, 4_000_000, None);
+    let serve = Serve::open().await;
+    let host = serve.host();
+    let c = client(&host, None);
+    let repo = "game/skopeo";
+    let (src, dst) = (
+        format!("oci:{}:v1", images.v1.display()),
+        format!("docker://{host}/{repo}:v1"),
+    );
+    tokio::task::spawn_blocking(move || skopeo(&["copy", "--dest-tls-verify=false", &src, &dst]))
+        .await
+        .unwrap();
+    let v1 = layer_indexes(&images.v1);
+    let (layer, real) = v1
+        .iter()
+        .max_by_key(|(_, i)| i.layer_size)
+        .cloned()
+        .unwrap();
+    let ids: Vec<Digest> = real.chunks.iter().map(|c| c.id).collect();
+    assert!(
+        c.lookup_chunks(repo, &ids).await.unwrap().is_empty(),
+        "nothing is known from an image pushed without its chunk indexes"
+    );
+
+    // A forged index: the real one with one chunk id replaced.
+    let forged_id = Digest::of(b"not what the layer holds");
+    let mut forged = real.clone();
+    forged.chunks[1].id = forged_id;
+    let blob = bytes::Bytes::from(forged.to_blob().unwrap());
+    let forged_digest = Digest::of(&blob);
+    c.upload_bytes(repo, &forged_digest, blob.clone())
+        .await
+        .unwrap();
+    let empty = bytes::Bytes::from_static(media_types::EMPTY_JSON);
+    c.upload_bytes(repo, &Digest::of(&empty), empty.clone())
+        .await
+        .unwrap();
+    let v1_manifest = manifest_digest(&images.v1);
+    let v1_size = OciLayout::open(&images.v1)
+        .unwrap()
+        .resolve(None, "linux", "amd64")
+        .unwrap()
+        .bytes
+        .len();
+    let referrer = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_types::OCI_MANIFEST,
+        "artifactType": media_types::CHUNK_INDEX_ARTIFACT,
+        "config": {"mediaType": media_types::OCI_EMPTY, "digest": Digest::of(&empty).to_string(), "size": empty.len()},
+        "layers": [{
+            "mediaType": media_types::CHUNK_INDEX_BLOB,
+            "digest": forged_digest.to_string(),
+            "size": blob.len(),
+            "annotations": {media_types::ANNOTATION_CHUNK_INDEX: layer.to_string()}
+        }],
+        "subject": {"mediaType": media_types::OCI_MANIFEST, "digest": v1_manifest.to_string(), "size": v1_size}
+    });
+    let bytes = bytes::Bytes::from(serde_json::to_vec(&referrer).unwrap());
+    c.put_manifest(
+        repo,
+        &Digest::of(&bytes).to_string(),
+        media_types::OCI_MANIFEST,
+        bytes,
+    )
+    .await
+    .unwrap();
+    // The lookup waits for the check: the forged index was refused, nothing answers.
+    let found = c
+        .lookup_chunks(repo, &[forged_id, ids[0], ids[2]])
+        .await
+        .unwrap();
+    assert!(found.is_empty(), "answered from a forged index: {found:?}");
+
+    // The real indexes arrive as referrers with `gantry push` of the same image.
+    let (report, _) = push_measured(&serve, &c, &images.v1, &format!("{repo}:v1")).await;
+    assert!(
+        !report.referrers.is_empty(),
+        "the chunk-index referrer went up"
+    );
+    let found = c.lookup_chunks(repo, &ids).await.unwrap();
+    assert_eq!(
+        found.len(),
+        ids.iter().collect::<BTreeSet<_>>().len(),
+        "every chunk of the layer"
+    );
+    for (offset, chunk) in real
+        .chunks_with_offsets()
+        .map(|c| (c.compressed_offset, c.record))
+    {
+        let at = &found[&chunk.id];
+        assert_eq!(at.length, chunk.compressed_len);
+        if at.digest == layer {
+            assert_eq!(at.offset, offset);
+        }
+    }
+    assert!(!found.contains_key(&forged_id));
+
+    let (report, received) = push_measured(&serve, &c, &images.v2, &format!("{repo}:v2")).await;
+    eprintln!(
+        "after skopeo: v2 with no flags: registry received {received} bytes; update's own size {}; ratio {:.3}",
+        images.update_bytes,
+        received / images.update_bytes as f64
+    );
+    assert!(report.delta_push);
+    assert!(
+        received <= 1.25 * images.update_bytes as f64,
+        "received {received} bytes for an update of {} (limit 1.25x)",
+        images.update_bytes
+    );
+    // And the registry holds exactly v2.
+    let out = images.dir.path().join("pulled-skopeo-v2");
+    let pulled = pull(&c, &reference(&host, &format!("{repo}:v2")), &out)
+        .await
+        .unwrap();
+    assert_eq!(pulled.manifest_digest, manifest_digest(&images.v2));
+}

@@ -7,6 +7,7 @@
 //! iteration order.
 
 mod canonical;
+pub mod delta_push;
 mod digest;
 pub mod media_types;
 pub mod names;

@@ -18,6 +18,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use futures::{stream, StreamExt, TryStreamExt};
+use gantry_oci::delta_push;
 use gantry_oci::{media_types, Digest};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
@@ -40,7 +41,7 @@ pub const API_VERSION: &str = "registry/2.0";
 pub const REQUEST_ID: &str = "x-request-id";
 /// Header advertising Gantry's delta-push extension on `/v2/` (value
 /// [`crate::delta::VERSION`]); see [`crate::delta`].
-pub const DELTA_PUSH_HEADER: &str = "gantry-delta-push";
+pub use gantry_oci::delta_push::HEADER as DELTA_PUSH_HEADER;
 /// Most entries returned by one catalog or tags page.
 pub const MAX_PAGE: usize = 10_000;
 
@@ -351,6 +352,8 @@ fn required_access(route: &Route, method: &Method, ranges: bool) -> Option<Vec<A
             repo(Action::Pull)
         }
         Route::Manifest { .. } | Route::Blob { .. } if read => repo(Action::Pull),
+        // Where the repository holds chunks: what a pull could read anyway.
+        Route::ChunkLookup { .. } if *method == Method::POST => repo(Action::Pull),
         Route::Manifest { .. } if *method == Method::PUT => repo(Action::Push),
         Route::Manifest { .. } | Route::Blob { .. } if *method == Method::DELETE => {
             repo(Action::Delete)
@@ -463,7 +466,55 @@ async fn handle(
             _ => cancel_upload(&ctx, &name, &id).await,
         },
         Route::Referrers { name, digest } => referrers(&ctx, &name, &digest).await,
+        Route::ChunkLookup { name } => chunk_lookup(&ctx, &name, body).await,
     }
+}
+
+/// Largest chunk lookup body (about [`delta_push::MAX_LOOKUP_CHUNKS`] ids).
+const MAX_LOOKUP_BODY: u64 = 8 << 20;
+
+/// `POST /v2/<name>/chunks/lookup`: where `<name>` holds each of the chunks asked about,
+/// from the chunk indexes checked against its layers (delta push v2).
+async fn chunk_lookup(ctx: &Ctx, name: &str, body: Body) -> Result<Response, ApiError> {
+    let invalid = |message: String| {
+        ApiError::new(ErrorCode::Unsupported, message).with_status(StatusCode::BAD_REQUEST)
+    };
+    if ctx.content_length().is_some_and(|n| n > MAX_LOOKUP_BODY) {
+        return Err(too_large("chunk lookup body", MAX_LOOKUP_BODY));
+    }
+    let bytes = read_limited(ctx.body_stream(name, body), MAX_LOOKUP_BODY)
+        .await
+        .map_err(|e| invalid(format!("reading the chunk lookup body: {e}")))?
+        .ok_or_else(|| too_large("chunk lookup body", MAX_LOOKUP_BODY))?;
+    let asked: delta_push::ChunkLookup = serde_json::from_slice(&bytes).map_err(|e| {
+        invalid(format!(
+            "the body is not {}: {e} (expected {{\"chunks\":[\"sha256:…\",…]}})",
+            delta_push::LOOKUP_MEDIA_TYPE
+        ))
+    })?;
+    if asked.chunks.len() > delta_push::MAX_LOOKUP_CHUNKS {
+        return Err(invalid(format!(
+            "{} chunk ids asked; at most {} per lookup",
+            asked.chunks.len(),
+            delta_push::MAX_LOOKUP_CHUNKS
+        )));
+    }
+    let found = ctx
+        .reg
+        .chunks()
+        .lookup(name, &asked.chunks)
+        .await
+        .map_err(internal)?;
+    let answer = delta_push::ChunkLookupAnswer { found };
+    let text = serde_json::to_string(&answer).map_err(|e| {
+        ApiError::new(ErrorCode::Unsupported, format!("encoding the answer: {e}"))
+            .with_status(StatusCode::INTERNAL_SERVER_ERROR)
+    })?;
+    Ok(json_response(
+        StatusCode::OK,
+        text,
+        Some(delta_push::LOOKUP_ANSWER_MEDIA_TYPE),
+    ))
 }
 
 // ----- responses -----

@@ -18,12 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::storage::{ByteStream, StorageError};
 use crate::Registry;
 
-/// The value of [`crate::api::DELTA_PUSH_HEADER`] on `/v2/`: the version spoken.
-pub const VERSION: &str = "v1";
-/// Content type of a `PATCH` body that names ranges of existing blobs.
-pub const RANGES_MEDIA_TYPE: &str = "application/vnd.gantry.blob-ranges.v1+json";
-/// Request header carrying the session offset the ranges are appended at.
-pub const UPLOAD_OFFSET_HEADER: &str = "gantry-upload-offset";
+/// The value of [`crate::api::DELTA_PUSH_HEADER`] on `/v2/`: the versions spoken (v2 adds
+/// the chunk lookup, [`crate::chunks`]).
+pub const VERSION: &str = "v1, v2";
+pub use gantry_oci::delta_push::{RANGES_MEDIA_TYPE, UPLOAD_OFFSET_HEADER};
 /// Largest ranges body accepted (about 10,000 ranges).
 pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
 /// Source ranges opened ahead of the one being copied (hides object-store latency).

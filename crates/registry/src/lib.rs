@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod chunks;
 pub mod config;
 pub mod delta;
 pub mod error;
@@ -113,6 +114,8 @@ pub struct Registry {
     gc_lock: tokio::sync::RwLock<()>,
     /// The fleet view (status events of game servers).
     fleet: fleet::Fleet,
+    /// Checked chunk indexes per repository, for the chunk lookup of delta push.
+    chunks: chunks::ChunkKnowledge,
 }
 
 /// A manifest found by tag or digest.
@@ -139,6 +142,7 @@ impl Registry {
         let fleet_view = fleet::Fleet::new(options.fleet.clone());
         let limits = &options.limits;
         Registry {
+            chunks: chunks::ChunkKnowledge::new(storage.clone()),
             rate_limiter: ratelimit::RateLimiter::new(limits.requests_per_second, limits.burst),
             login_limiter: ratelimit::LoginLimiter::new(limits.login_failures, limits.login_window),
             storage,
@@ -178,6 +182,11 @@ impl Registry {
     /// The options.
     pub fn options(&self) -> &RegistryOptions {
         &self.options
+    }
+
+    /// The chunk knowledge behind the chunk lookup.
+    pub fn chunks(&self) -> &chunks::ChunkKnowledge {
+        &self.chunks
     }
 
     /// The fleet view.
@@ -337,6 +346,7 @@ impl Registry {
         }
         let parsed = manifest::parse(&bytes, content_type)
             .map_err(|e| ApiError::new(ErrorCode::ManifestInvalid, e.to_string()))?;
+        let indexes = chunks::candidates(&bytes);
         let digest = Digest::of(&bytes);
         if let ManifestRef::Digest(expected) = reference {
             if *expected != digest {
@@ -418,6 +428,7 @@ impl Registry {
                 .await
                 .map_err(internal)?;
         }
+        self.chunks.learn(repo, indexes);
         Ok(PushedManifest { digest, subject })
     }
 

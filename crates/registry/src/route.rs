@@ -51,6 +51,11 @@ pub enum Route {
         /// Subject digest, unparsed.
         digest: String,
     },
+    /// `/v2/<name>/chunks/lookup` (delta push v2: where the repository holds chunks)
+    ChunkLookup {
+        /// Repository.
+        name: String,
+    },
 }
 
 /// Why a `/v2/...` path is not a route.
@@ -72,7 +77,8 @@ impl Route {
             | Route::Blob { name, .. }
             | Route::UploadStart { name }
             | Route::Upload { name, .. }
-            | Route::Referrers { name, .. } => Some(name),
+            | Route::Referrers { name, .. }
+            | Route::ChunkLookup { name } => Some(name),
         }
     }
 
@@ -86,6 +92,7 @@ impl Route {
             Route::Blob { .. } => "blob",
             Route::UploadStart { .. } | Route::Upload { .. } => "blob_upload",
             Route::Referrers { .. } => "referrers",
+            Route::ChunkLookup { .. } => "chunk_lookup",
         }
     }
 }
@@ -120,6 +127,9 @@ pub fn parse(path: &str) -> Result<Route, RouteError> {
     let (head, last) = rest.rsplit_once('/').ok_or(RouteError::NotFound)?;
     if last.is_empty() {
         return Err(RouteError::NotFound);
+    }
+    if let Some(name) = rest.strip_suffix(gantry_oci::delta_push::LOOKUP_PATH_SUFFIX) {
+        return Ok(Route::ChunkLookup { name: named(name)? });
     }
     if let Some(name) = head.strip_suffix("/blobs/uploads") {
         return Ok(Route::Upload {
@@ -192,6 +202,24 @@ mod tests {
                 digest: "sha256:abc".into()
             })
         );
+    }
+
+    #[test]
+    fn the_chunk_lookup() {
+        assert_eq!(
+            parse("/v2/studio/game/chunks/lookup"),
+            Ok(Route::ChunkLookup {
+                name: "studio/game".into()
+            })
+        );
+        assert_eq!(
+            parse("/v2/a/chunks/manifests/lookup"),
+            Ok(Route::Manifest {
+                name: "a/chunks".into(),
+                reference: "lookup".into()
+            })
+        );
+        assert!(parse("/v2/A/chunks/lookup").is_err());
     }
 
     #[test]

@@ -35,7 +35,7 @@ async fn base_endpoint_and_common_headers() {
     assert_eq!(h(&r, "docker-distribution-api-version"), "registry/2.0");
     assert_eq!(h(&r, "x-request-id"), "req-42");
     // The delta-push extension (tests/delta_push.rs).
-    assert_eq!(h(&r, "gantry-delta-push"), "v1");
+    assert_eq!(h(&r, "gantry-delta-push"), "v1, v2");
     assert_eq!(json_of(r).await, json!({}));
     // Without a trailing slash, HEAD, and a generated request id.
     let r = reg.client.head(reg.url("/v2")).send().await.unwrap();

@@ -106,7 +106,7 @@ async fn assemble_from_two_blobs(reg: &TestRegistry, repo: &str) {
     let db = reg.push_blob(repo, &b).await;
 
     let r = c.get(reg.url("/v2/")).send().await.unwrap();
-    assert_eq!(header(&r, "gantry-delta-push"), "v1");
+    assert_eq!(header(&r, "gantry-delta-push"), "v1, v2");
 
     let reused_before = metric(
         reg,
@@ -466,7 +466,7 @@ async fn ranges_need_pull_as_well_as_push() {
     // /v2/ advertises the extension even before login.
     let r = reg.client.get(reg.url("/v2/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(header(&r, "gantry-delta-push"), "v1");
+    assert_eq!(header(&r, "gantry-delta-push"), "v1, v2");
 
     let ci = client_as("ci", "cipw");
     let dropper = client_as("dropper", "droppw");
@@ -523,6 +523,30 @@ async fn ranges_need_pull_as_well_as_push() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
+
+    // Nor ask where the repository holds chunks: the chunk lookup needs pull.
+    let lookup = |who: &Client| {
+        who.post(format!("{base}/v2/drop/box/chunks/lookup"))
+            .header(
+                "content-type",
+                "application/vnd.gantry.chunk-lookup.v1+json",
+            )
+            .body(format!("{{\"chunks\":[\"{d}\"]}}"))
+            .send()
+    };
+    let r = lookup(&dropper).await.unwrap();
+    assert_eq!(error_of(r).await, (StatusCode::FORBIDDEN, "DENIED".into()));
+    let r = lookup(&ci).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(json_of(r).await, json!({"found": []}));
+    // A body that is not a lookup is refused with a reason.
+    let r = ci
+        .post(format!("{base}/v2/drop/box/chunks/lookup"))
+        .body("{\"chunk\":[]}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     // A user with pull and push may.
     let loc = start_upload(&ci, &base, "drop/box").await;

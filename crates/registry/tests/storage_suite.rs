@@ -505,6 +505,89 @@ async fn upload_ids_cannot_escape_the_uploads_area(b: Backend) {
     }
 }
 
+/// A chunk index checked against its layer is recorded in the store, so a new instance
+/// (a restarted server, another replica) answers chunk lookups from it; a forged index
+/// for the same layer is refused and never answers; other repositories see nothing, and
+/// a layer unlinked from the repository is no longer answered.
+async fn chunk_indexes_are_checked_recorded_and_survive_a_restart(b: Backend) {
+    use gantry_layer::{write_layer, LayerOptions, NoReuse, SegmentPlan};
+    use gantry_registry::chunks::{Candidate, ChunkKnowledge};
+    let mut blob = Vec::new();
+    let written = write_layer(
+        SegmentPlan::from_bytes(noise(700_000, 7)),
+        &mut blob,
+        &LayerOptions::default(),
+        &NoReuse,
+        &|_| {},
+    )
+    .unwrap();
+    let index = written.index();
+    assert!(index.chunks.len() >= 3, "{} chunks", index.chunks.len());
+    let index_blob = index.to_blob().unwrap();
+    let mut forged = index.clone();
+    forged.chunks[1].id = Digest::of(b"forged");
+    let forged_blob = forged.to_blob().unwrap();
+    let (layer, ix, fx) = (
+        written.digest,
+        Digest::of(&index_blob),
+        Digest::of(&forged_blob),
+    );
+    let ids: Vec<Digest> = index.chunks.iter().map(|c| c.id).collect();
+    let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len();
+
+    let s = b.open().await;
+    for (d, bytes) in [(layer, blob), (ix, index_blob), (fx, forged_blob)] {
+        s.put_blob_bytes(&d, Bytes::from(bytes)).await.unwrap();
+        s.link_blob("game", &d).await.unwrap();
+    }
+    let k = ChunkKnowledge::new(s.clone());
+    k.learn(
+        "game",
+        vec![
+            Candidate {
+                index: fx,
+                layer: Some(layer),
+            },
+            Candidate {
+                index: ix,
+                layer: Some(layer),
+            },
+        ],
+    );
+    // The lookup waits for the checks.
+    let found = k.lookup("game", &ids).await.unwrap();
+    assert_eq!(found.len(), distinct);
+    for (c, at) in index.chunks_with_offsets().zip(&ids) {
+        let l = found.iter().find(|l| l.chunk == *at).unwrap();
+        assert_eq!((l.digest, l.length), (layer, c.record.compressed_len));
+    }
+    assert!(k
+        .lookup("game", &[Digest::of(b"forged")])
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(k.lookup("other", &ids).await.unwrap().is_empty());
+    assert_eq!(
+        s.list_chunk_indexes("game").await.unwrap(),
+        vec![(layer, ix)]
+    );
+    drop(k);
+    drop(s);
+
+    let s = b.open().await;
+    let k = ChunkKnowledge::new(s.clone());
+    assert_eq!(
+        k.lookup("game", &ids).await.unwrap().len(),
+        distinct,
+        "after a restart"
+    );
+    s.unlink_blob("game", &layer).await.unwrap();
+    assert!(
+        k.lookup("game", &ids).await.unwrap().is_empty(),
+        "an unlinked layer"
+    );
+}
+
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
         mod fs {
@@ -538,6 +621,7 @@ suite!(
     touch_restarts_the_blob_time,
     links_manifests_tags_referrers_and_repositories,
     upload_ids_cannot_escape_the_uploads_area,
+    chunk_indexes_are_checked_recorded_and_survive_a_restart,
 );
 
 // ----- S3 only -----

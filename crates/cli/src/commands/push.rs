@@ -35,8 +35,9 @@ pub struct PushFlags {
     /// Never use delta push, even when the registry offers it.
     #[arg(long)]
     pub no_delta: bool,
-    /// Image in the destination repository (tag or digest) whose chunks delta push may
-    /// reuse [default: what the destination tag points at].
+    /// Image in the destination repository (tag or digest) whose chunks delta push
+    /// reuses first; by default the registry is asked where the repository holds each
+    /// layer's chunks (`gantry serve`), else the destination tag's image is used.
     #[arg(long, value_name = "TAG|DIGEST")]
     pub delta_from: Option<String>,
 }

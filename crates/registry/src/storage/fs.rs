@@ -152,6 +152,10 @@ impl FsStorage {
             .join(subject.hex())
     }
 
+    fn chunk_indexes_dir(&self, repo: &str) -> PathBuf {
+        self.repo_dir(repo).join("_gantry/chunk-indexes/sha256")
+    }
+
     fn upload_dir(&self, id: &str) -> StorageResult<PathBuf> {
         // Only ids this storage generated (hyphenated lowercase UUIDs) name a directory.
         match uuid::Uuid::parse_str(id) {
@@ -709,6 +713,41 @@ impl Storage for FsStorage {
                     out.push(Bytes::from(bytes));
                 }
             }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_chunk_index(
+        &self,
+        repo: &str,
+        layer: &Digest,
+        index: &Digest,
+    ) -> StorageResult<()> {
+        let path = self.chunk_indexes_dir(repo).join(layer.hex());
+        self.write_small(path, index.to_string().into_bytes()).await
+    }
+
+    async fn list_chunk_indexes(&self, repo: &str) -> StorageResult<Vec<(Digest, Digest)>> {
+        let dir = self.chunk_indexes_dir(repo);
+        let shown = repo.to_string();
+        blocking(move || {
+            let mut out = Vec::new();
+            for name in file_names(&dir)? {
+                let Ok(layer) = Digest::from_hex(&name) else {
+                    continue;
+                };
+                if let Some(bytes) = read_opt(&dir.join(&name))? {
+                    let index = String::from_utf8_lossy(&bytes)
+                        .trim()
+                        .parse()
+                        .map_err(|_| {
+                            StorageError::Corrupt(format!("chunk index record {shown}/{name}"))
+                        })?;
+                    out.push((layer, index));
+                }
+            }
+            out.sort();
             Ok(out)
         })
         .await

@@ -245,6 +245,20 @@ pub trait Storage: Send + Sync + 'static {
     /// The descriptors of every referrer of `subject` in `repo`, ordered by referrer digest.
     async fn list_referrers(&self, repo: &str, subject: &Digest) -> StorageResult<Vec<Bytes>>;
 
+    // ----- chunk indexes (delta push v2) -----
+
+    /// Records that chunk index `index` was checked against layer `layer` of `repo` (every
+    /// chunk hashed at its offset): the chunk lookup may answer from it.
+    async fn put_chunk_index(
+        &self,
+        repo: &str,
+        layer: &Digest,
+        index: &Digest,
+    ) -> StorageResult<()>;
+
+    /// Every (layer, chunk index) recorded for `repo`, ordered by layer digest.
+    async fn list_chunk_indexes(&self, repo: &str) -> StorageResult<Vec<(Digest, Digest)>>;
+
     // ----- repositories -----
 
     /// Whether `repo` holds any blob link or manifest.

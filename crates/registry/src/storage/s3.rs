@@ -338,6 +338,10 @@ impl S3Storage {
         self.repo_key(repo, &format!("_referrers/sha256/{}", subject.hex()))
     }
 
+    fn chunk_indexes_key(&self, repo: &str) -> Path {
+        self.repo_key(repo, "_gantry/chunk-indexes/sha256")
+    }
+
     fn upload_key(&self, id: &str) -> StorageResult<Path> {
         // Only ids this storage generated (hyphenated lowercase UUIDs) name a session.
         match uuid::Uuid::parse_str(id) {
@@ -825,6 +829,39 @@ impl Storage for S3Storage {
         .try_collect::<Vec<_>>()
         .await?;
         Ok(reads.into_iter().flatten().map(|(b, _)| b).collect())
+    }
+
+    async fn put_chunk_index(
+        &self,
+        repo: &str,
+        layer: &Digest,
+        index: &Digest,
+    ) -> StorageResult<()> {
+        let key = self.chunk_indexes_key(repo).join(layer.hex().as_str());
+        self.put_small(&key, index.to_string()).await
+    }
+
+    async fn list_chunk_indexes(&self, repo: &str) -> StorageResult<Vec<(Digest, Digest)>> {
+        let dir = self.chunk_indexes_key(repo);
+        let layers = self.digests(&dir).await?;
+        let reads = futures::stream::iter(layers.into_iter().map(|layer| {
+            let key = dir.clone().join(layer.hex().as_str());
+            async move { self.get_small(&key).await.map(|r| (layer, r)) }
+        }))
+        .buffered(READ_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+        let mut out = Vec::new();
+        for (layer, read) in reads {
+            let Some((bytes, _)) = read else { continue };
+            let index = String::from_utf8_lossy(&bytes)
+                .trim()
+                .parse()
+                .map_err(|_| StorageError::Corrupt(format!("chunk index record {repo}/{layer}")))?;
+            out.push((layer, index));
+        }
+        out.sort();
+        Ok(out)
     }
 
     async fn repository_exists(&self, repo: &str) -> StorageResult<bool> {
