@@ -102,6 +102,27 @@ impl AgentState {
         (at.elapsed() < ALLOWED_FOR).then_some(*size)
     }
 
+    /// A fetch job for `repo` of upstream `up`, with the client's `auth`; `publish` is
+    /// told of a delta assembly as it starts.
+    fn fetcher<'a>(
+        &'a self,
+        up: &'a UpstreamSpec,
+        repo: &'a str,
+        auth: Option<&'a HeaderValue>,
+        publish: Option<&'a (dyn Fn(Arc<Partial>) + Send + Sync)>,
+    ) -> Fetcher<'a> {
+        Fetcher {
+            store: &self.store,
+            upstreams: &self.upstreams,
+            metrics: &self.metrics,
+            up,
+            repo,
+            auth,
+            jobs: self.jobs,
+            publish,
+        }
+    }
+
     fn remember_allowed(&self, key: AllowedKey, size: Option<u64>) {
         if let Ok(mut map) = self.allowed.lock() {
             if map.len() >= ALLOWED_ENTRIES {
@@ -660,16 +681,7 @@ async fn range_from_chunks(
     let known = AgentError::blocking("store", move || Ok(store.known_index(&upstream, &r, &d)))
         .await
         .ok()??;
-    let fetcher = Fetcher {
-        store: &state.store,
-        upstreams: &state.upstreams,
-        metrics: &state.metrics,
-        up,
-        repo,
-        auth,
-        jobs: state.jobs,
-        publish: None,
-    };
+    let fetcher = state.fetcher(up, repo, auth, None);
     match fetcher
         .range_of(digest, &known, Some(size), start, len)
         .await
@@ -781,16 +793,7 @@ async fn obtain(
     let publish = |p: Arc<Partial>| {
         let _ = phase.send(Phase::Assembling(p));
     };
-    let fetcher = Fetcher {
-        store: &state.store,
-        upstreams: &state.upstreams,
-        metrics: &state.metrics,
-        up,
-        repo,
-        auth,
-        jobs: state.jobs,
-        publish: Some(&publish),
-    };
+    let fetcher = state.fetcher(up, repo, auth, Some(&publish));
     fetcher.obtain(digest, size, known).await
 }
 

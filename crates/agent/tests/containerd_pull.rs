@@ -11,7 +11,7 @@ use gantry_agent::{AgentConfig, RunningAgent};
 use gantry_client::OciLayout;
 use gantry_test_support::{
     assert_success, log_to_test_output, metric, push_layout_to as push, registry_client as client,
-    sample_images, tempdir, write_busybox_oci_layout, Containerd, GantryServe,
+    sample_images, tempdir, write_busybox_oci_layout, Containerd, GantryServe, TcpProxy,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -265,55 +265,6 @@ async fn a_corrupted_chunk_from_upstream_is_detected_refetched_and_never_served(
     }
 }
 
-/// A TCP proxy that holds back every request for a range that does not start at 0 until
-/// `open` is set (the rest passes unchanged).
-async fn stalling_proxy(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let open = Arc::new(AtomicBool::new(false));
-    let is_open = open.clone();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let is_open = is_open.clone();
-            tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, mut sw) = server.into_split();
-                let up = async move {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = match cr.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        let text = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
-                        let later_range = text
-                            .split("\r\nrange: bytes=")
-                            .nth(1)
-                            .is_some_and(|r| !r.starts_with("0-"));
-                        while later_range && !is_open.load(Ordering::SeqCst) {
-                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                        }
-                        if sw.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                };
-                let down = async move {
-                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
-                };
-                tokio::select! {
-                    _ = up => {}
-                    _ = down => {}
-                }
-            });
-        }
-    });
-    (addr, open)
-}
-
 /// A GET of a whole layer the agent assembles by delta follows the assembly: containerd
 /// receives the first bytes while later chunks are still being fetched (here: held back
 /// by the proxy), and the whole body is the exact blob once they arrive.
@@ -330,10 +281,9 @@ async fn a_layer_being_assembled_is_served_while_it_is_assembled() {
         .unwrap()
         .resolve(None, "linux", "amd64")
         .unwrap();
-    let (proxy, open) = stalling_proxy(serve.server.addr()).await;
-    open.store(true, Ordering::SeqCst);
+    let proxy = TcpProxy::start(serve.server.addr());
     let dir = tempdir();
-    let agent = agent(dir.path(), &host, &format!("http://{proxy}")).await;
+    let agent = agent(dir.path(), &host, &proxy.url()).await;
     let http = reqwest::Client::new();
     let url = |path: String| format!("{}{path}?ns={host}", agent.url());
     // The node holds v1.
@@ -360,7 +310,7 @@ async fn a_layer_being_assembled_is_served_while_it_is_assembled() {
     assert!(r.status().is_success());
 
     // Later ranges are held back: the assembly cannot finish, yet the body starts.
-    open.store(false, Ordering::SeqCst);
+    proxy.close_gate();
     let mut r = http
         .get(url(format!("/v2/studio/game/blobs/{paks}")))
         .send()
@@ -378,7 +328,7 @@ async fn a_layer_being_assembled_is_served_while_it_is_assembled() {
         !agent.state().store.has(&paks),
         "the first bytes arrived before the blob was assembled"
     );
-    open.store(true, Ordering::SeqCst);
+    proxy.open_gate();
     while let Some(piece) = r.chunk().await.unwrap() {
         body.extend_from_slice(&piece);
     }

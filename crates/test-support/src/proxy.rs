@@ -1,11 +1,12 @@
 //! A TCP proxy in front of a real server (`gantry serve`) that records the request line of
 //! every request passing through, counts the bytes it hands back, and can play a hostile
-//! upstream by rewriting the `Content-Length` of answers to `HEAD` requests. Plus
+//! upstream by rewriting the `Content-Length` of answers to `HEAD` requests, or a slow one
+//! by holding back range requests until told to let them through. Plus
 //! [`raw_http`], which sends a request line byte for byte (HTTP clients normalise `..`).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,12 +15,32 @@ pub struct TcpProxy {
     addr: SocketAddr,
     requests: Arc<Mutex<Vec<String>>>,
     bytes_down: Arc<AtomicU64>,
+    /// While false, requests for a range that does not start at 0 are held back.
+    gate: Arc<AtomicBool>,
 }
 
 impl TcpProxy {
     /// Forwards everything unchanged to `upstream`.
     pub fn start(upstream: SocketAddr) -> TcpProxy {
         Self::start_with(upstream, None)
+    }
+
+    /// Like [`TcpProxy::start`], but every request for a range that does not start at 0
+    /// waits until [`TcpProxy::open_gate`] (a slow upstream, frozen at will).
+    pub fn start_gated(upstream: SocketAddr) -> TcpProxy {
+        let proxy = Self::start_with(upstream, None);
+        proxy.gate.store(false, Ordering::SeqCst);
+        proxy
+    }
+
+    /// Lets held-back range requests through (and later ones at once).
+    pub fn open_gate(&self) {
+        self.gate.store(true, Ordering::SeqCst);
+    }
+
+    /// Holds back later range requests again (see [`TcpProxy::start_gated`]).
+    pub fn close_gate(&self) {
+        self.gate.store(false, Ordering::SeqCst);
     }
 
     /// Like [`TcpProxy::start`], but every answer to a `HEAD` request claims
@@ -29,14 +50,15 @@ impl TcpProxy {
         let addr = listener.local_addr().expect("proxy address");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let bytes_down = Arc::new(AtomicU64::new(0));
-        let (seen, down) = (requests.clone(), bytes_down.clone());
+        let gate = Arc::new(AtomicBool::new(true));
+        let (seen, down, open) = (requests.clone(), bytes_down.clone(), gate.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(client) = conn else { return };
                 let Ok(server) = TcpStream::connect(upstream) else {
                     continue;
                 };
-                let (seen, down) = (seen.clone(), down.clone());
+                let (seen, down, open) = (seen.clone(), down.clone(), open.clone());
                 // Methods of the requests on this connection, oldest first.
                 let methods = Arc::new(Mutex::new(std::collections::VecDeque::new()));
                 let (mut c_read, mut s_write) = (
@@ -57,6 +79,14 @@ impl TcpProxy {
                             let method = line.split(' ').next().unwrap_or_default().to_string();
                             up_methods.lock().expect("lock").push_back(method);
                             seen.lock().expect("lock").push(line.to_string());
+                        }
+                        let later_range = text
+                            .to_ascii_lowercase()
+                            .split("\r\nrange: bytes=")
+                            .nth(1)
+                            .is_some_and(|r| !r.starts_with("0-"));
+                        while later_range && !open.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(10));
                         }
                         if s_write.write_all(&buf[..n]).is_err() {
                             break;
@@ -95,6 +125,7 @@ impl TcpProxy {
             addr,
             requests,
             bytes_down,
+            gate,
         }
     }
 
