@@ -7,7 +7,8 @@
 //! - [`registry`]: one registry over the Distribution API (retries, verified downloads,
 //!   resumable and delta uploads, Range reads, referrers).
 //! - [`layout`]: OCI image layouts on disk, written atomically.
-//! - [`push`] and [`pull`]: images between layouts and registries.
+//! - [`push`] and [`pull`]: images between layouts and registries, and between two
+//!   registries without a layout ([`copy_image`]).
 
 pub mod auth;
 pub mod credentials;
@@ -23,7 +24,8 @@ pub use error::{ClientError, ClientResult};
 pub use layout::{LayoutWriter, OciLayout, ResolvedManifest};
 pub use progress::{BlobOutcome, NoProgress, TransferProgress};
 pub use pull::{copy_layout, pull_to_layout, resolve_image, PullOptions, PullReport, RemoteImage};
-pub use push::{push_layout, PushOptions, PushReport};
+pub use push::{copy_image, push_layout, PushOptions, PushReport};
 pub use registry::{
-    BlobRange, Capabilities, ClientOptions, DeltaOp, FetchedManifest, RegistryClient, UploadStart,
+    BlobRange, Capabilities, ClientOptions, DeltaOp, FetchedManifest, RegistryClient, UploadSource,
+    UploadStart,
 };

@@ -19,7 +19,10 @@ use serde::Serialize;
 use crate::error::{ClientError, ClientResult};
 use crate::layout::OciLayout;
 use crate::progress::{BlobOutcome, TransferProgress};
-use crate::registry::{fallback_tag, BlobRange, DeltaOp, RegistryClient, UploadStart};
+use crate::pull::resolve_image;
+use crate::registry::{
+    fallback_tag, BlobRange, DeltaOp, RegistryClient, UploadSource, UploadStart,
+};
 
 /// Largest chunk index read while planning a delta push.
 const MAX_INDEX_BYTES: u64 = 64 << 20;
@@ -100,6 +103,71 @@ struct BlobJob {
     index: Option<Digest>,
 }
 
+/// Where the image being pushed comes from.
+enum Origin<'a> {
+    /// An OCI layout on disk (`gantry push`).
+    Layout(&'a OciLayout),
+    /// A repository of a registry (`gantry copy` between registries): blobs are streamed
+    /// by range requests, no temporary layout.
+    Registry {
+        client: &'a RegistryClient,
+        repo: &'a str,
+    },
+}
+
+impl Origin<'_> {
+    /// A small blob (a chunk index, a referrer manifest) whole.
+    async fn read_small(&self, digest: &Digest) -> ClientResult<Vec<u8>> {
+        match self {
+            Origin::Layout(l) => l.read_blob(digest),
+            Origin::Registry { client, repo } => client
+                .read_blob_bytes(repo, digest, MAX_INDEX_BYTES)
+                .await
+                .map(|b| b.to_vec()),
+        }
+    }
+
+    /// Checks a blob about to be sent (a layout's file against its digest; a registry's
+    /// blob is checked by the destination when the upload completes).
+    fn verify(&self, digest: &Digest, size: u64) -> ClientResult<()> {
+        match self {
+            Origin::Layout(l) => l.verify_blob(digest, size),
+            Origin::Registry { .. } => Ok(()),
+        }
+    }
+
+    /// Where the bytes of `digest` are read from for an upload.
+    fn source(&self, digest: &Digest) -> UploadSource<'_> {
+        match self {
+            Origin::Layout(l) => UploadSource::File(l.blob_path(digest)),
+            Origin::Registry { client, repo } => UploadSource::Remote {
+                client,
+                repo,
+                digest: *digest,
+            },
+        }
+    }
+
+    fn invalid(&self, e: impl std::fmt::Display) -> ClientError {
+        match self {
+            Origin::Layout(l) => invalid(l, e),
+            Origin::Registry { client, repo } => ClientError::Invalid {
+                what: format!("{}/{repo}", client.host()),
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+/// An image to push: its manifest and its chunk-index referrers.
+struct Image {
+    digest: Digest,
+    bytes: Vec<u8>,
+    manifest: ImageManifest,
+    /// (descriptor, parsed manifest, raw bytes) of each referrer.
+    referrers: Vec<(Descriptor, ImageManifest, Vec<u8>)>,
+}
+
 /// Pushes the image tagged `tag` (or the only image) of `layout` to `dest`.
 pub async fn push_layout(
     client: &RegistryClient,
@@ -115,12 +183,88 @@ pub async fn push_layout(
             .resolve(tag, "linux", std::env::consts::ARCH)
             .map_err(|_| e)
     })?;
+    let mut referrers = Vec::new();
+    for (desc, manifest) in layout_referrers(layout, &image.digest)? {
+        let digest = Digest::from_oci(desc.digest()).map_err(|e| invalid(layout, e))?;
+        let bytes = layout.read_blob(&digest)?;
+        referrers.push((desc, manifest, bytes));
+    }
+    let image = Image {
+        digest: image.digest,
+        bytes: image.bytes,
+        manifest: image.manifest,
+        referrers,
+    };
+    push_image(
+        client,
+        &Origin::Layout(layout),
+        image,
+        dest,
+        options,
+        progress,
+    )
+    .await
+}
+
+/// Copies the image `from` names (for `platform`, as (os, arch)) from one registry to
+/// another, blob by blob without a temporary layout: what the destination holds is
+/// skipped, a blob of the same registry is mounted, a layer with a chunk index sends only
+/// the chunks the destination lacks (delta push, asking the destination where it holds
+/// the rest), and every other blob is streamed from the source by range requests. The
+/// chunk-index referrers follow, then the manifest and the tag. The destination verifies
+/// every blob against its digest.
+pub async fn copy_image(
+    src: &RegistryClient,
+    from: &Reference,
+    platform: (&str, &str),
+    dst: &RegistryClient,
+    dest: &Reference,
+    options: &PushOptions,
+    progress: Arc<dyn TransferProgress>,
+) -> ClientResult<PushReport> {
+    let remote = resolve_image(src, from, platform.0, platform.1).await?;
+    let repo = from.repository.as_str();
+    let mut referrers = Vec::new();
+    let descs = src
+        .referrers(
+            repo,
+            &remote.manifest.digest,
+            Some(media_types::CHUNK_INDEX_ARTIFACT),
+        )
+        .await?;
+    for desc in descs {
+        let fetched = src.get_manifest(repo, desc.digest().as_ref()).await?;
+        let Ok(manifest) = serde_json::from_slice::<ImageManifest>(&fetched.bytes) else {
+            continue;
+        };
+        referrers.push((desc, manifest, fetched.bytes.to_vec()));
+    }
+    let image = Image {
+        digest: remote.manifest.digest,
+        bytes: remote.manifest.bytes.to_vec(),
+        manifest: remote.parsed,
+        referrers,
+    };
+    let origin = Origin::Registry { client: src, repo };
+    push_image(dst, &origin, image, dest, options, progress).await
+}
+
+/// Pushes `image` from `origin` to `dest`: blobs (skipped, mounted, delta-pushed or
+/// sent), the manifest by digest, its referrers, then the tag.
+async fn push_image(
+    client: &RegistryClient,
+    origin: &Origin<'_>,
+    image: Image,
+    dest: &Reference,
+    options: &PushOptions,
+    progress: Arc<dyn TransferProgress>,
+) -> ClientResult<PushReport> {
     let repo = dest.repository.as_str();
     let caps = client.ping().await?;
-    let referrers = layout_referrers(layout, &image.digest)?;
+    let referrers = &image.referrers;
 
     let mut jobs = Vec::new();
-    jobs.push(job(image.manifest.config(), "config".into(), layout)?);
+    jobs.push(job(image.manifest.config(), "config".into(), origin)?);
     for (i, d) in image.manifest.layers().iter().enumerate() {
         let label = d
             .annotations()
@@ -128,13 +272,13 @@ pub async fn push_layout(
             .and_then(|a| a.get(media_types::ANNOTATION_LAYER_NAME))
             .cloned()
             .unwrap_or_else(|| format!("layer {}", i + 1));
-        jobs.push(job(d, label, layout)?);
+        jobs.push(job(d, label, origin)?);
     }
     let image_bytes: u64 = jobs.iter().map(|j| j.desc.size()).sum();
-    for (_, manifest) in &referrers {
-        jobs.push(job(manifest.config(), "chunk index config".into(), layout)?);
+    for (_, manifest, _) in referrers {
+        jobs.push(job(manifest.config(), "chunk index config".into(), origin)?);
         for d in manifest.layers() {
-            let mut j = job(d, "chunk index".into(), layout)?;
+            let mut j = job(d, "chunk index".into(), origin)?;
             // There the annotation points back at the layer, not at an index.
             j.index = None;
             jobs.push(j);
@@ -168,7 +312,7 @@ pub async fn push_layout(
 
     let ctx = Ctx {
         client,
-        layout,
+        origin,
         repo,
         old_chunks: &old_chunks,
         lookup: caps.delta_push && caps.chunk_lookup && options.delta,
@@ -198,9 +342,9 @@ pub async fn push_layout(
         .await?;
     let mut referrers_api = true;
     let mut pushed_referrers = Vec::new();
-    for (desc, _) in &referrers {
-        let digest = Digest::from_oci(desc.digest()).map_err(|e| invalid(layout, e))?;
-        let bytes = Bytes::from(layout.read_blob(&digest)?);
+    for (desc, _, bytes) in referrers {
+        let digest = Digest::from_oci(desc.digest()).map_err(|e| origin.invalid(e))?;
+        let bytes = Bytes::from(bytes.clone());
         let (_, acknowledged) = client
             .put_manifest(repo, &digest.to_string(), media_types::OCI_MANIFEST, bytes)
             .await?;
@@ -241,8 +385,8 @@ fn invalid(layout: &OciLayout, e: impl std::fmt::Display) -> ClientError {
     }
 }
 
-fn job(desc: &Descriptor, label: String, layout: &OciLayout) -> ClientResult<BlobJob> {
-    let digest = Digest::from_oci(desc.digest()).map_err(|e| invalid(layout, e))?;
+fn job(desc: &Descriptor, label: String, origin: &Origin<'_>) -> ClientResult<BlobJob> {
+    let digest = Digest::from_oci(desc.digest()).map_err(|e| origin.invalid(e))?;
     let index = desc
         .annotations()
         .as_ref()
@@ -387,7 +531,7 @@ async fn add_to_fallback_index(
 
 struct Ctx<'a> {
     client: &'a RegistryClient,
-    layout: &'a OciLayout,
+    origin: &'a Origin<'a>,
     repo: &'a str,
     old_chunks: &'a HashMap<Digest, BlobRange>,
     /// Ask the registry where the repository holds each layer's chunks.
@@ -415,8 +559,8 @@ impl Ctx<'_> {
         if self.client.blob_size(self.repo, &digest).await?.is_some() {
             return Ok(done(BlobOutcome::Existing, 0, 0));
         }
-        let path = self.layout.blob_path(&digest);
-        self.layout.verify_blob(&digest, size)?;
+        self.origin.verify(&digest, size)?;
+        let source = self.origin.source(&digest);
         let mount = self.mount_from.map(|from| (&digest, from));
         let location = match self.client.start_upload(self.repo, mount).await? {
             UploadStart::Mounted => return Ok(done(BlobOutcome::Mounted, 0, 0)),
@@ -426,13 +570,13 @@ impl Ctx<'_> {
         if let Some(ops) = self.delta_ops(job).await? {
             let (sent, reused) = self
                 .client
-                .upload_ops(self.repo, location, &digest, &path, &ops, &on_bytes)
+                .upload_ops(self.repo, location, &digest, &source, &ops, &on_bytes)
                 .await?;
             return Ok(done(BlobOutcome::Delta, sent, reused));
         }
         let sent = self
             .client
-            .upload_file(self.repo, location, &digest, &path, size, &on_bytes)
+            .upload_from(self.repo, location, &digest, &source, size, &on_bytes)
             .await?;
         Ok(done(BlobOutcome::Uploaded, sent, 0))
     }
@@ -448,8 +592,8 @@ impl Ctx<'_> {
         let Some(index_digest) = job.index else {
             return Ok(None);
         };
-        let blob = self.layout.read_blob(&index_digest)?;
-        let index = ChunkIndex::from_blob(&blob).map_err(|e| invalid(self.layout, e))?;
+        let blob = self.origin.read_small(&index_digest).await?;
+        let index = ChunkIndex::from_blob(&blob).map_err(|e| self.origin.invalid(e))?;
         if index.layer_digest != job.digest {
             return Ok(None);
         }

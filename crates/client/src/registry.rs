@@ -81,6 +81,53 @@ pub enum UploadStart {
     Session(String),
 }
 
+/// Where the bytes of an upload come from.
+#[derive(Clone)]
+pub enum UploadSource<'a> {
+    /// A local file (a layout's blob).
+    File(PathBuf),
+    /// A blob of a registry (the source of a copy), read by range requests: the
+    /// destination verifies the finished upload against its digest.
+    Remote {
+        /// The source registry.
+        client: &'a RegistryClient,
+        /// Its repository.
+        repo: &'a str,
+        /// The blob.
+        digest: Digest,
+    },
+}
+
+impl UploadSource<'_> {
+    /// `len` bytes from `start`.
+    pub async fn read(&self, start: u64, len: u64) -> ClientResult<Bytes> {
+        match self {
+            UploadSource::File(path) => {
+                let mut file = tokio::fs::File::open(path)
+                    .await
+                    .map_err(ClientError::io(path))?;
+                file.seek(std::io::SeekFrom::Start(start))
+                    .await
+                    .map_err(ClientError::io(path))?;
+                let want = usize::try_from(len).map_err(|_| ClientError::Invalid {
+                    what: path.display().to_string(),
+                    message: format!("{len} bytes do not fit in memory"),
+                })?;
+                let mut buf = vec![0u8; want];
+                file.read_exact(&mut buf)
+                    .await
+                    .map_err(ClientError::io(path))?;
+                Ok(Bytes::from(buf))
+            }
+            UploadSource::Remote {
+                client,
+                repo,
+                digest,
+            } => client.read_range(repo, digest, start, len).await,
+        }
+    }
+}
+
 /// A source range of an existing blob, appended by delta push.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BlobRange {
@@ -794,11 +841,27 @@ impl RegistryClient {
         size: u64,
         on_bytes: &(dyn Fn(u64) + Sync),
     ) -> ClientResult<u64> {
+        let source = UploadSource::File(path.to_path_buf());
+        self.upload_from(repo, location, digest, &source, size, on_bytes)
+            .await
+    }
+
+    /// Uploads blob `digest` (`size` bytes) from `source` into session `location`, as
+    /// [`RegistryClient::upload_file`] does: one request when small, else resumable
+    /// PATCHes. A remote source is streamed by range requests, never held whole.
+    pub async fn upload_from(
+        &self,
+        repo: &str,
+        location: String,
+        digest: &Digest,
+        source: &UploadSource<'_>,
+        size: u64,
+        on_bytes: &(dyn Fn(u64) + Sync),
+    ) -> ClientResult<u64> {
         if size <= MONOLITHIC_LIMIT {
-            let bytes = tokio::fs::read(path).await.map_err(ClientError::io(path))?;
+            let bytes = source.read(0, size).await?;
             let n = bytes.len() as u64;
-            self.finish_upload(repo, &location, digest, Bytes::from(bytes))
-                .await?;
+            self.finish_upload(repo, &location, digest, bytes).await?;
             on_bytes(n);
             return Ok(n);
         }
@@ -806,21 +869,22 @@ impl RegistryClient {
             offset: 0,
             len: size,
         }];
-        self.upload_ops(repo, location, digest, path, &ops, on_bytes)
+        self.upload_ops(repo, location, digest, source, &ops, on_bytes)
             .await
             .map(|(sent, _)| sent)
     }
 
     /// Runs a delta upload: each op either appends ranges of blobs the registry holds (a
-    /// ranges request, see `docs/delta-push.md`) or sends bytes of the local file `path`;
-    /// then completes the session with `digest`. Resumes after failures from the offset
-    /// the registry reports. Returns (bytes sent, bytes reused).
+    /// ranges request, see `docs/delta-push.md`) or sends bytes of `source` (at most
+    /// [`UPLOAD_CHUNK`] per request); then completes the session with `digest`. Resumes
+    /// after failures from the offset the registry reports. Returns (bytes sent, bytes
+    /// reused).
     pub async fn upload_ops(
         &self,
         repo: &str,
         mut location: String,
         digest: &Digest,
-        path: &Path,
+        source: &UploadSource<'_>,
         ops: &[DeltaOp],
         on_bytes: &(dyn Fn(u64) + Sync),
     ) -> ClientResult<(u64, u64)> {
@@ -832,9 +896,6 @@ impl RegistryClient {
         let mut sent = 0u64;
         let mut reused = 0u64;
         let mut failures = 0u32;
-        let mut file = tokio::fs::File::open(path)
-            .await
-            .map_err(ClientError::io(path))?;
         while offset < total {
             // The step containing `offset`, and how far into it.
             let (index, step_start) = locate(&steps, offset);
@@ -851,14 +912,7 @@ impl RegistryClient {
                 Step::Send { offset: at, len } => {
                     let start = at + into;
                     let n = len - into;
-                    file.seek(std::io::SeekFrom::Start(start))
-                        .await
-                        .map_err(ClientError::io(path))?;
-                    let mut buf = vec![0u8; n as usize];
-                    file.read_exact(&mut buf)
-                        .await
-                        .map_err(ClientError::io(path))?;
-                    let body = Bytes::from(buf);
+                    let body = source.read(start, n).await?;
                     let url = location.clone();
                     let end = offset + n - 1;
                     let build = move |r: RequestBuilder| {

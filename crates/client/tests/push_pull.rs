@@ -615,3 +615,77 @@ async fn chunk_indexes_arriving_as_referrers_are_checked_and_forged_ones_refused
         .unwrap();
     assert_eq!(pulled.manifest_digest, manifest_digest(&images.v2));
 }
+
+/// Copies `game/server:TAG` from the registry at `ch` to the one at `rh`.
+async fn copy_tag(
+    c: &gantry_client::RegistryClient,
+    ch: &str,
+    r: &gantry_client::RegistryClient,
+    rh: &str,
+    tag: &str,
+) -> gantry_client::PushReport {
+    gantry_client::copy_image(
+        c,
+        &reference(ch, &format!("game/server:{tag}")),
+        ("linux", "amd64"),
+        r,
+        &reference(rh, &format!("game/server:{tag}")),
+        &PushOptions::default(),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap()
+}
+
+/// `gantry copy` between two registries (a central one and a region): v1 copied first,
+/// then v2. The copy of v2 costs the region's link about the update's own size: the
+/// destination is asked where it holds each chunk and receives only the new ones, which
+/// are read from the source by range requests (no temporary layout). The region then holds
+/// exactly v2, chunk-index referrer included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_between_registries_moves_only_the_chunks_the_destination_lacks() {
+    let images = sample_images(20_000_000, 4_000_000, None);
+    let central = Serve::open().await;
+    let region = Serve::open().await;
+    let (ch, rh) = (central.host(), region.host());
+    let (c, r) = (client(&ch, None), client(&rh, None));
+    push(&c, &images.v1, &reference(&ch, "game/server:v1"), None)
+        .await
+        .unwrap();
+    push(&c, &images.v2, &reference(&ch, "game/server:v2"), None)
+        .await
+        .unwrap();
+    let first = copy_tag(&c, &ch, &r, &rh, "v1").await;
+    assert_eq!(first.manifest_digest, manifest_digest(&images.v1));
+
+    let received_before = region.metric("gantry_registry_bytes_received_total").await;
+    let sent_before = central.metric("gantry_registry_bytes_sent_total").await;
+    let report = copy_tag(&c, &ch, &r, &rh, "v2").await;
+    let received = region.metric("gantry_registry_bytes_received_total").await - received_before;
+    let served = central.metric("gantry_registry_bytes_sent_total").await - sent_before;
+    eprintln!(
+        "copy of v2 between registries: region received {received} bytes, central served \
+         {served}; update's own size {}; ratios {:.3} and {:.3}",
+        images.update_bytes,
+        received / images.update_bytes as f64,
+        served / images.update_bytes as f64
+    );
+    assert!(report.delta_push, "{report:?}");
+    assert!(
+        received <= 1.25 * images.update_bytes as f64,
+        "the region received {received} bytes for an update of {} (limit 1.25x)",
+        images.update_bytes
+    );
+    assert!(
+        served <= 1.5 * images.update_bytes as f64,
+        "the central registry served {served} bytes for an update of {} (limit 1.5x: the \
+         new chunks, the chunk indexes, manifests and config)",
+        images.update_bytes
+    );
+    let out = images.dir.path().join("pulled-region-v2");
+    let pulled = pull(&r, &reference(&rh, "game/server:v2"), &out)
+        .await
+        .unwrap();
+    assert_eq!(pulled.manifest_digest, manifest_digest(&images.v2));
+    assert_eq!(blob_names(&out), blob_names(&images.v2));
+}

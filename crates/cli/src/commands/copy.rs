@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use gantry_client::{copy_layout, pull_to_layout, OciLayout, PullOptions};
+use gantry_client::{copy_image, copy_layout, pull_to_layout, OciLayout, PullOptions};
 
 use super::push::PushFlags;
 use super::transfer::{runtime, Location, RegistryArgs, TransferBars};
@@ -95,37 +95,31 @@ pub fn run(args: CopyArgs) -> anyhow::Result<()> {
                 plain_http,
             },
             Location::Registry {
-                reference: dest, ..
+                reference: dest,
+                plain_http: dest_plain_http,
             },
         ) => {
-            // Through a temporary layout: every blob is verified on the way, and the push
-            // side skips, mounts or delta-pushes as usual.
-            let tmp = tempfile::Builder::new()
-                .prefix("gantry-copy-")
-                .tempdir()
-                .context("creating a temporary directory")?;
-            let staging = tmp.path().join("image");
+            // Blob by blob, streamed: what the destination holds is skipped, the same
+            // registry mounts, a layer with a chunk index sends only the chunks the
+            // destination lacks; the destination verifies every blob.
             let client = args.registry.client(&reference.registry, plain_http)?;
-            let pulled = rt
-                .block_on(pull_to_layout(
-                    &client, &reference, &staging, &options, bars,
-                ))
-                .with_context(context)?;
-            drop(rt);
+            let target = args.registry.client(&dest.registry, dest_plain_http)?;
             let mut push_options = args.push.options();
             if dest.registry == reference.registry {
                 // Same registry: blobs are mounted from the source repository, not sent.
                 push_options.mount_from = Some(reference.repository.clone());
             }
-            let report = super::push::push_with(
-                &pulled.layout,
-                reference.tag.as_deref(),
-                &args.dst,
-                push_options,
-                &args.registry,
-                args.json,
-            )
-            .with_context(context)?;
+            let report = rt
+                .block_on(copy_image(
+                    &client,
+                    &reference,
+                    (&options.os, &options.arch),
+                    &target,
+                    &dest,
+                    &push_options,
+                    bars,
+                ))
+                .with_context(context)?;
             if args.json {
                 return super::print_json(&report);
             }
