@@ -189,9 +189,10 @@ impl Partial {
                 Some((Err(std::io::Error::other(why)), (p, sent, true)))
             };
             loop {
-                let limit = match p.progress() {
-                    Progress::Verified => p.size,
-                    Progress::Assembling { ready } => ready.min(p.size - 1),
+                // What may be sent now, and how much is written (to wait past).
+                let (limit, ready) = match p.progress() {
+                    Progress::Verified => (p.size, p.size),
+                    Progress::Assembling { ready } => (ready.min(p.size - 1), ready),
                     Progress::Failed => {
                         let why = format!("blob {} failed during assembly; cut off", p.digest);
                         return failed(p, why);
@@ -204,7 +205,9 @@ impl Partial {
                         Err(e) => failed(p, e.to_string()),
                     };
                 }
-                p.wait_past(limit).await;
+                // All but the held-back last byte is sent: wait for more to be written,
+                // or (everything written) for the verdict.
+                p.wait_past(ready).await;
             }
         })
     }
@@ -295,6 +298,14 @@ mod tests {
         let (digest, len) = hash.await.unwrap().unwrap();
         assert_eq!((digest, len), (Digest::of(&blob), 3000));
         let last = tokio::spawn(async move { body.next().await.map(|r| r.unwrap()) });
+        // Everything is written, nothing verified: the reader waits (it does not spin).
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(100), p.wait_past(3000))
+                .await
+                .is_err(),
+            "waiting past a complete, unverified assembly blocks until the verdict"
+        );
+        assert!(!last.is_finished());
         p.finish(true);
         assert_eq!(last.await.unwrap().unwrap(), &blob[2999..]);
     }

@@ -569,11 +569,19 @@ async fn blob(
     if !held {
         // A GET of the whole blob may follow a delta assembly; anything else waits for it.
         let follow = method == Method::GET && !headers.contains_key("range");
-        let mut phase = obtaining(state, up, name, digest, upstream_size, auth);
+        let (mut phase, mut joined) = obtaining(state, up, name, digest, upstream_size, auth);
+        let mut retried = false;
         loop {
             let now = phase.borrow_and_update().clone();
             match now {
                 Phase::Done(Ok(())) => break,
+                Phase::Done(Err(_)) if joined && !retried => {
+                    // Another request's fetch failed (its credentials, its upstream):
+                    // fetch once more, with this request's own.
+                    (phase, joined) = obtaining(state, up, name, digest, upstream_size, auth);
+                    retried = true;
+                    continue;
+                }
                 Phase::Done(Err(e)) => {
                     tracing::warn!(%digest, repository = name, error = %e, "could not obtain blob");
                     return agent_error(&e);
@@ -726,7 +734,8 @@ enum Phase {
 
 /// Joins the fetch of `digest` in progress, or starts it in a task of its own: a blob is
 /// obtained once however many requests ask for it at the same time, and a request that
-/// goes away does not cancel it.
+/// goes away does not cancel it. Returns the fetch's phases and whether it was joined
+/// (started by another request, with that request's credentials).
 fn obtaining(
     state: &Arc<AgentState>,
     up: &UpstreamSpec,
@@ -734,20 +743,25 @@ fn obtaining(
     digest: &Digest,
     size: Option<u64>,
     auth: Option<&HeaderValue>,
-) -> watch::Receiver<Phase> {
+) -> (watch::Receiver<Phase>, bool) {
     let Ok(mut map) = state.inflight.lock() else {
         let (_, rx) = watch::channel(Phase::Done(Err(Arc::new(AgentError::Task {
             what: format!("fetch of blob {digest}"),
             message: "the table of fetches in progress is poisoned".into(),
         }))));
-        return rx;
+        return (rx, false);
     };
     if let Some(rx) = map.get(digest) {
-        return rx.clone();
+        return (rx.clone(), true);
     }
     let (tx, rx) = watch::channel(Phase::Started);
     map.insert(*digest, rx.clone());
     drop(map);
+    let forget = Forget {
+        state: state.clone(),
+        digest: *digest,
+        phases: rx.clone(),
+    };
     let (state, up, repo, digest, auth) = (
         state.clone(),
         up.clone(),
@@ -759,12 +773,31 @@ fn obtaining(
         let result = obtain(&state, &up, &repo, &digest, size, auth.as_ref(), &tx).await;
         // Forget the fetch before announcing its end: a request that comes after finds the
         // blob held, or starts again.
-        if let Ok(mut map) = state.inflight.lock() {
-            map.remove(&digest);
-        }
+        drop(forget);
         let _ = tx.send(Phase::Done(result.map_err(Arc::new)));
     });
-    rx
+    (rx, false)
+}
+
+/// Removes a fetch from the table of fetches in progress when dropped — also when its
+/// task panics — unless a newer fetch of the blob has taken its place.
+struct Forget {
+    state: Arc<AgentState>,
+    digest: Digest,
+    phases: watch::Receiver<Phase>,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.state.inflight.lock() {
+            if map
+                .get(&self.digest)
+                .is_some_and(|rx| rx.same_channel(&self.phases))
+            {
+                map.remove(&self.digest);
+            }
+        }
+    }
 }
 
 /// Obtains a blob into the store, announcing a delta assembly on `phase` as it starts.

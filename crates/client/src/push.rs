@@ -592,11 +592,20 @@ impl Ctx<'_> {
         let Some(index_digest) = job.index else {
             return Ok(None);
         };
-        let blob = self.origin.read_small(&index_digest).await?;
-        let index = ChunkIndex::from_blob(&blob).map_err(|e| self.origin.invalid(e))?;
-        if index.layer_digest != job.digest {
-            return Ok(None);
-        }
+        // An index that cannot be read (an image copied without its indexes keeps the
+        // annotations) only means no delta for this layer.
+        let index = match self.origin.read_small(&index_digest).await {
+            Ok(blob) => ChunkIndex::from_blob(&blob).map_err(|e| self.origin.invalid(e)),
+            Err(e) => Err(e),
+        };
+        let index = match index {
+            Ok(index) if index.layer_digest == job.digest => index,
+            Ok(_) => return Ok(None),
+            Err(e) => {
+                tracing::warn!(layer = %job.digest, index = %index_digest, error = %e, "chunk index unavailable; the layer goes up whole");
+                return Ok(None);
+            }
+        };
         let mut located = HashMap::new();
         if self.lookup {
             let mut asked = std::collections::HashSet::new();

@@ -909,10 +909,15 @@ impl RegistryClient {
                         .await
                         .map(|loc| (loc, n, true))
                 }
-                Step::Send { offset: at, len } => {
+                Step::Send { offset: at, len } => 'send: {
                     let start = at + into;
                     let n = len - into;
-                    let body = source.read(start, n).await?;
+                    // A failed read (a source registry's dropped connection) is a failed
+                    // step: retried like a failed PATCH.
+                    let body = match source.read(start, n).await {
+                        Ok(b) => b,
+                        Err(e) => break 'send Err(e),
+                    };
                     let url = location.clone();
                     let end = offset + n - 1;
                     let build = move |r: RequestBuilder| {

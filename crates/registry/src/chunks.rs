@@ -11,9 +11,12 @@
 //! and works on every backend), and only recorded indexes answer lookups. A forged index
 //! is refused and never answers.
 //!
-//! Checks run in the background after the manifest push (two at a time, each layer once
-//! per repository); a lookup for a repository waits for the checks in progress there, so
-//! a push right after another sees its chunks.
+//! Checks run in the background after the manifest push (two at a time; an index already
+//! recorded, being checked, or refused before is not checked again); a lookup for a
+//! repository waits (up to 30 s) for the checks in progress there on this instance, so a
+//! push right after another sees its chunks. Each lookup lists the repository's records
+//! (cheap) and rebuilds its in-memory table when they changed, so records written by
+//! another instance on the same storage are seen too.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -33,8 +36,11 @@ const MAX_INDEX_BYTES: u64 = 64 << 20;
 const STEP: usize = 8 << 20;
 /// Index checks running at once.
 const CHECKS_AT_ONCE: usize = 2;
-/// How long a lookup waits for the checks in progress in its repository.
-const LOOKUP_WAIT: Duration = Duration::from_secs(120);
+/// How long a lookup waits for the checks in progress in its repository (well under a
+/// client's read timeout, so the answer from what is checked arrives).
+const LOOKUP_WAIT: Duration = Duration::from_secs(30);
+/// Refused index digests remembered (all forgotten when full).
+const REFUSED_REMEMBERED: usize = 10_000;
 /// Repositories whose chunk tables are kept in memory (all dropped when full).
 const CACHED_REPOSITORIES: usize = 64;
 
@@ -82,8 +88,15 @@ pub fn candidates(manifest: &[u8]) -> Vec<Candidate> {
     }
 }
 
-/// Chunk id → where the repository holds it.
-type Table = HashMap<Digest, ChunkLocation>;
+/// Chunk id → where the repository holds it (one location per layer holding it, in
+/// record order; a layer unlinked since is skipped at lookup).
+type Table = HashMap<Digest, Vec<ChunkLocation>>;
+
+/// A repository's table and the records it was built from.
+struct Cached {
+    records: Vec<(Digest, Digest)>,
+    table: Arc<Table>,
+}
 
 /// The registry's chunk knowledge: checks and records indexes, answers lookups.
 pub struct ChunkKnowledge {
@@ -93,12 +106,17 @@ pub struct ChunkKnowledge {
 
 struct Shared {
     /// Chunk tables of recently asked repositories.
-    tables: Mutex<HashMap<String, Arc<Table>>>,
-    /// Checks in progress per repository.
+    tables: Mutex<HashMap<String, Cached>>,
+    /// Learning tasks in progress per repository.
     pending: Mutex<HashMap<String, usize>>,
-    /// Woken when a check ends.
+    /// Woken when a learning task ends.
     settled: Notify,
     checks: Semaphore,
+    /// (repository, index) checks in progress.
+    checking: Mutex<HashSet<(String, Digest)>>,
+    /// (repository, index, layer named) refused (a forged index pushed again is not
+    /// hashed again).
+    refused: Mutex<HashSet<(String, Digest, Option<Digest>)>>,
 }
 
 impl ChunkKnowledge {
@@ -111,6 +129,8 @@ impl ChunkKnowledge {
                 pending: Mutex::new(HashMap::new()),
                 settled: Notify::new(),
                 checks: Semaphore::new(CHECKS_AT_ONCE),
+                checking: Mutex::new(HashSet::new()),
+                refused: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -140,7 +160,7 @@ impl ChunkKnowledge {
     }
 
     /// Where `repo` holds each of `chunks` it has (after the checks in progress there).
-    /// Only chunks of layers still linked into `repo` are answered.
+    /// Only locations in layers still linked into `repo` are answered.
     pub async fn lookup(
         &self,
         repo: &str,
@@ -148,21 +168,29 @@ impl ChunkKnowledge {
     ) -> Result<Vec<ChunkLocation>, StorageError> {
         self.settle(repo).await;
         let table = self.table(repo).await?;
-        let found: Vec<ChunkLocation> = chunks
-            .iter()
-            .filter_map(|c| table.get(c))
-            .copied()
-            .collect();
-        let mut linked = HashMap::new();
-        for layer in found.iter().map(|l| l.digest).collect::<HashSet<_>>() {
-            let ok = self.storage.blob_linked(repo, &layer).await?
-                && self.storage.stat_blob(&layer).await?.is_some();
-            linked.insert(layer, ok);
+        let mut linked: HashMap<Digest, bool> = HashMap::new();
+        let mut found = Vec::new();
+        for chunk in chunks {
+            let Some(locations) = table.get(chunk) else {
+                continue;
+            };
+            for l in locations {
+                let live = match linked.get(&l.digest) {
+                    Some(live) => *live,
+                    None => {
+                        let live = self.storage.blob_linked(repo, &l.digest).await?
+                            && self.storage.stat_blob(&l.digest).await?.is_some();
+                        linked.insert(l.digest, live);
+                        live
+                    }
+                };
+                if live {
+                    found.push(*l);
+                    break;
+                }
+            }
         }
-        Ok(found
-            .into_iter()
-            .filter(|l| linked.get(&l.digest).copied().unwrap_or(false))
-            .collect())
+        Ok(found)
     }
 
     /// Waits (at most [`LOOKUP_WAIT`]) until no check is in progress in `repo`.
@@ -189,21 +217,21 @@ impl ChunkKnowledge {
         }
     }
 
-    /// The chunk table of `repo`: from memory, else built from its records.
+    /// The chunk table of `repo`: from memory when its records have not changed since it
+    /// was built, else built again from them.
     async fn table(&self, repo: &str) -> Result<Arc<Table>, StorageError> {
-        if let Some(t) = self
-            .shared
-            .tables
-            .lock()
-            .ok()
-            .and_then(|t| t.get(repo).cloned())
-        {
+        let records = self.storage.list_chunk_indexes(repo).await?;
+        if let Some(t) = self.shared.tables.lock().ok().and_then(|t| {
+            t.get(repo)
+                .filter(|c| c.records == records)
+                .map(|c| c.table.clone())
+        }) {
             return Ok(t);
         }
         let mut table = Table::new();
-        for (layer, index_digest) in self.storage.list_chunk_indexes(repo).await? {
-            match read_index(self.storage.as_ref(), &index_digest).await {
-                Ok(index) if index.layer_digest == layer => add(&mut table, &index),
+        for (layer, index_digest) in &records {
+            match read_index(self.storage.as_ref(), index_digest).await {
+                Ok(index) if index.layer_digest == *layer => add(&mut table, &index),
                 Ok(_) => {
                     tracing::warn!(repository = repo, %layer, index = %index_digest, "chunk index record names another layer; ignored")
                 }
@@ -217,59 +245,102 @@ impl ChunkKnowledge {
             if t.len() >= CACHED_REPOSITORIES {
                 t.clear();
             }
-            t.insert(repo.to_string(), table.clone());
+            t.insert(
+                repo.to_string(),
+                Cached {
+                    records,
+                    table: table.clone(),
+                },
+            );
         }
         Ok(table)
     }
 }
 
-/// Adds the chunks of `index` to `table` (the first location of a chunk stays).
+/// Adds the chunks of `index` to `table`: the first location of a chunk in this layer,
+/// after the locations in other layers.
 fn add(table: &mut Table, index: &ChunkIndex) {
     for c in index.chunks_with_offsets() {
-        table.entry(c.record.id).or_insert(ChunkLocation {
-            chunk: c.record.id,
-            digest: index.layer_digest,
-            offset: c.compressed_offset,
-            length: c.record.compressed_len,
-        });
+        let locations = table.entry(c.record.id).or_default();
+        if locations.iter().all(|l| l.digest != index.layer_digest) {
+            locations.push(ChunkLocation {
+                chunk: c.record.id,
+                digest: index.layer_digest,
+                offset: c.compressed_offset,
+                length: c.record.compressed_len,
+            });
+        }
     }
 }
 
-/// Checks and records each candidate not yet recorded for `repo`.
+/// Checks and records each candidate not yet recorded for `repo`, skipping indexes being
+/// checked by another task or refused before.
 async fn learn_all(storage: &Arc<dyn Storage>, shared: &Shared, repo: &str, found: Vec<Candidate>) {
-    let known: HashSet<Digest> = match storage.list_chunk_indexes(repo).await {
-        Ok(records) => records.into_iter().map(|(layer, _)| layer).collect(),
+    for c in found {
+        let refused_key = (repo.to_string(), c.index, c.layer);
+        let refused_before = shared
+            .refused
+            .lock()
+            .map(|r| r.contains(&refused_key))
+            .unwrap_or(false);
+        if refused_before {
+            continue;
+        }
+        let key = (repo.to_string(), c.index);
+        let mine = shared
+            .checking
+            .lock()
+            .map(|mut k| k.insert(key.clone()))
+            .unwrap_or(false);
+        if !mine {
+            continue;
+        }
+        learn_one(storage, shared, repo, &c).await;
+        if let Ok(mut k) = shared.checking.lock() {
+            k.remove(&key);
+        }
+    }
+}
+
+/// Checks candidate `c` (unless its layer is recorded already) and records it when it
+/// describes its layer, or remembers it as refused.
+async fn learn_one(storage: &Arc<dyn Storage>, shared: &Shared, repo: &str, c: &Candidate) {
+    let recorded = match storage.list_chunk_indexes(repo).await {
+        Ok(records) => records,
         Err(e) => {
             tracing::warn!(repository = repo, error = %e, "cannot list chunk index records");
             return;
         }
     };
-    for c in found {
-        if c.layer.is_some_and(|l| known.contains(&l)) {
-            continue;
-        }
-        let Ok(_permit) = shared.checks.acquire().await else {
-            return;
-        };
-        match check(storage.as_ref(), repo, &c).await {
-            Ok(index) => {
-                let layer = index.layer_digest;
-                if known.contains(&layer) {
-                    continue;
-                }
-                if let Err(e) = storage.put_chunk_index(repo, &layer, &c.index).await {
-                    tracing::warn!(repository = repo, %layer, error = %e, "cannot record a checked chunk index");
-                    continue;
-                }
-                tracing::info!(repository = repo, %layer, index = %c.index, chunks = index.chunks.len(), "chunk index checked against its layer");
-                if let Ok(mut t) = shared.tables.lock() {
-                    if let Some(table) = t.get_mut(repo) {
-                        add(Arc::make_mut(table), &index);
-                    }
-                }
+    let known = |layer: &Digest| recorded.iter().any(|(l, _)| l == layer);
+    if c.layer.as_ref().is_some_and(known) {
+        return;
+    }
+    let Ok(_permit) = shared.checks.acquire().await else {
+        return;
+    };
+    match check(storage.as_ref(), repo, c).await {
+        Ok(index) => {
+            let layer = index.layer_digest;
+            if known(&layer) {
+                return;
             }
-            Err(e) => {
-                tracing::warn!(repository = repo, index = %c.index, error = %e, "chunk index refused; delta push will not reuse it");
+            if let Err(e) = storage.put_chunk_index(repo, &layer, &c.index).await {
+                tracing::warn!(repository = repo, %layer, error = %e, "cannot record a checked chunk index");
+                return;
+            }
+            tracing::info!(repository = repo, %layer, index = %c.index, chunks = index.chunks.len(), "chunk index checked against its layer");
+        }
+        Err(CheckError::Storage(e)) => {
+            tracing::warn!(repository = repo, index = %c.index, error = %e, "chunk index not checked (storage)");
+        }
+        Err(e) => {
+            tracing::warn!(repository = repo, index = %c.index, error = %e, "chunk index refused; delta push will not reuse it");
+            if let Ok(mut r) = shared.refused.lock() {
+                if r.len() >= REFUSED_REMEMBERED {
+                    r.clear();
+                }
+                r.insert((repo.to_string(), c.index, c.layer));
             }
         }
     }

@@ -581,10 +581,57 @@ async fn chunk_indexes_are_checked_recorded_and_survive_a_restart(b: Backend) {
         distinct,
         "after a restart"
     );
+
+    // A second layer sharing the first one's leading chunks: when the first is unlinked,
+    // the shared chunks are answered from the second, the others not at all.
+    let mut data2 = noise(700_000, 7);
+    data2[600_000..].fill(1);
+    let mut blob2 = Vec::new();
+    let written2 = write_layer(
+        SegmentPlan::from_bytes(data2),
+        &mut blob2,
+        &LayerOptions::default(),
+        &NoReuse,
+        &|_| {},
+    )
+    .unwrap();
+    let index2 = written2.index();
+    let index2_blob = index2.to_blob().unwrap();
+    let (layer2, ix2) = (written2.digest, Digest::of(&index2_blob));
+    for (d, bytes) in [(layer2, blob2), (ix2, index2_blob)] {
+        s.put_blob_bytes(&d, Bytes::from(bytes)).await.unwrap();
+        s.link_blob("game", &d).await.unwrap();
+    }
+    k.learn(
+        "game",
+        vec![Candidate {
+            index: ix2,
+            layer: Some(layer2),
+        }],
+    );
+    let in2: std::collections::HashSet<Digest> = index2.chunks.iter().map(|c| c.id).collect();
+    let shared: std::collections::HashSet<Digest> =
+        ids.iter().filter(|i| in2.contains(i)).copied().collect();
+    assert!(
+        !shared.is_empty() && shared.len() < distinct,
+        "{} shared",
+        shared.len()
+    );
+    assert_eq!(k.lookup("game", &ids).await.unwrap().len(), distinct);
     s.unlink_blob("game", &layer).await.unwrap();
+    let found = k.lookup("game", &ids).await.unwrap();
+    assert_eq!(
+        found.len(),
+        shared.len(),
+        "only the chunks the live layer holds"
+    );
+    assert!(found
+        .iter()
+        .all(|l| l.digest == layer2 && in2.contains(&l.chunk)));
+    s.unlink_blob("game", &layer2).await.unwrap();
     assert!(
         k.lookup("game", &ids).await.unwrap().is_empty(),
-        "an unlinked layer"
+        "no layer linked"
     );
 }
 
