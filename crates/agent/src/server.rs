@@ -842,16 +842,21 @@ fn follow_assembly(
     let size = partial.size();
     state.metrics.served(repo, size);
     respond(
-        Response::builder()
+        blob_headers(digest)
             .status(StatusCode::OK)
-            .header("docker-content-digest", digest.to_string())
-            .header("etag", format!("\"{digest}\""))
-            .header("accept-ranges", "bytes")
-            .header("content-type", "application/octet-stream")
-            .header("docker-distribution-api-version", "registry/2.0")
             .header("content-length", size),
         Body::from_stream(partial.body()),
     )
+}
+
+/// The headers every blob answer carries, held or being assembled.
+fn blob_headers(digest: &Digest) -> http::response::Builder {
+    Response::builder()
+        .header("docker-content-digest", digest.to_string())
+        .header("etag", format!("\"{digest}\""))
+        .header("accept-ranges", "bytes")
+        .header("content-type", "application/octet-stream")
+        .header("docker-distribution-api-version", "registry/2.0")
 }
 
 /// Parses a single `Range: bytes=…` against `size`: `Some(Ok((start, len)))`, `Some(Err)`
@@ -899,12 +904,7 @@ async fn serve_file(
         Ok(m) => m.len(),
         Err(e) => return agent_error(&AgentError::Io { path, source: e }),
     };
-    let base = Response::builder()
-        .header("docker-content-digest", digest.to_string())
-        .header("etag", format!("\"{digest}\""))
-        .header("accept-ranges", "bytes")
-        .header("content-type", "application/octet-stream")
-        .header("docker-distribution-api-version", "registry/2.0");
+    let base = blob_headers(digest);
     let (status, start, len) = match parse_range(headers, size) {
         Some(Ok((start, len))) => (StatusCode::PARTIAL_CONTENT, start, len),
         Some(Err(())) => {

@@ -39,7 +39,9 @@ use futures::StreamExt;
 use gantry_oci::{Digest, DigestHasher};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
-use super::{BlobMeta, ByteStream, Storage, StorageError, StorageResult, UploadInfo};
+use super::{
+    digest_record, BlobMeta, ByteStream, Storage, StorageError, StorageResult, UploadInfo,
+};
 
 /// Buffer of whole-file reads (hashing an upload that has no running hash).
 const READ_CHUNK: usize = 256 * 1024;
@@ -656,11 +658,7 @@ impl Storage for FsStorage {
         let bytes = blocking(move || read_opt(&path)).await?;
         match bytes {
             None => Ok(None),
-            Some(b) => String::from_utf8_lossy(&b)
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| StorageError::Corrupt(format!("tag {shown}"))),
+            Some(b) => digest_record(&b, || format!("tag {shown}")).map(Some),
         }
     }
 
@@ -738,12 +736,8 @@ impl Storage for FsStorage {
                     continue;
                 };
                 if let Some(bytes) = read_opt(&dir.join(&name))? {
-                    let index = String::from_utf8_lossy(&bytes)
-                        .trim()
-                        .parse()
-                        .map_err(|_| {
-                            StorageError::Corrupt(format!("chunk index record {shown}/{name}"))
-                        })?;
+                    let index =
+                        digest_record(&bytes, || format!("chunk index record {shown}/{name}"))?;
                     out.push((layer, index));
                 }
             }

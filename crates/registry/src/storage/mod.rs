@@ -305,6 +305,16 @@ pub trait Storage: Send + Sync + 'static {
 }
 
 /// Opens the storage `config` asks for: the filesystem under `root`, or the bucket of
+/// The digest a small record holds (a tag, a chunk index record), as both backends write
+/// it: its text, surrounding whitespace ignored. Anything else is [`StorageError::Corrupt`]
+/// naming `what`.
+pub(crate) fn digest_record(bytes: &[u8], what: impl FnOnce() -> String) -> StorageResult<Digest> {
+    String::from_utf8_lossy(bytes)
+        .trim()
+        .parse()
+        .map_err(|_| StorageError::Corrupt(what()))
+}
+
 /// `[storage] kind = "s3"`.
 pub async fn open(config: &crate::Config) -> StorageResult<std::sync::Arc<dyn Storage>> {
     match &config.storage {

@@ -48,7 +48,9 @@ use object_store::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{BlobMeta, ByteStream, Storage, StorageError, StorageResult, UploadInfo};
+use super::{
+    digest_record, BlobMeta, ByteStream, Storage, StorageError, StorageResult, UploadInfo,
+};
 
 /// Size of the parts of multipart uploads (S3 wants at least 5 MiB for all but the last);
 /// appends and blobs up to this size are written with one PUT.
@@ -772,11 +774,7 @@ impl Storage for S3Storage {
     async fn get_tag(&self, repo: &str, tag: &str) -> StorageResult<Option<Digest>> {
         match self.get_small(&self.tag_key(repo, tag)).await? {
             None => Ok(None),
-            Some((b, _)) => String::from_utf8_lossy(&b)
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| StorageError::Corrupt(format!("tag {repo}:{tag}"))),
+            Some((b, _)) => digest_record(&b, || format!("tag {repo}:{tag}")).map(Some),
         }
     }
 
@@ -854,10 +852,7 @@ impl Storage for S3Storage {
         let mut out = Vec::new();
         for (layer, read) in reads {
             let Some((bytes, _)) = read else { continue };
-            let index = String::from_utf8_lossy(&bytes)
-                .trim()
-                .parse()
-                .map_err(|_| StorageError::Corrupt(format!("chunk index record {repo}/{layer}")))?;
+            let index = digest_record(&bytes, || format!("chunk index record {repo}/{layer}"))?;
             out.push((layer, index));
         }
         out.sort();
