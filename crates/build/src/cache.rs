@@ -4,7 +4,7 @@
 //! blob built for that layer (an unchanged chunk is not compressed again).
 
 use crate::error::BuildError;
-use gantry_layer::{ChunkReuse, WrittenLayer};
+use gantry_layer::{CachedMember, ChunkReuse, KnownChunk, WrittenLayer};
 use gantry_oci::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -36,13 +36,120 @@ pub struct CachedLayer {
     pub index_size: u64,
 }
 
-#[derive(Serialize, Deserialize)]
+/// The chunks of the last blob built for a layer name, stored as
+/// `chunks/<sha256 of the name>.map`: a fixed-size record per chunk, so a
+/// map of a hundred thousand chunks loads in milliseconds.
 struct ChunkMap {
     blob: Digest,
-    /// (uncompressed sha256, offset in blob, compressed length, chunk id, uncompressed length)
-    chunks: Vec<(Digest, u64, u64, Digest, u64)>,
-    /// Segments with a reuse key, and the chunks (indices into `chunks`) they were cut into.
-    segments: Vec<(Digest, Vec<u32>)>,
+    chunks: Vec<MapChunk>,
+    /// Segment and region keys, and the chunks (indices into `chunks`) they were cut into.
+    keys: Vec<(Digest, Vec<u32>)>,
+}
+
+#[derive(Clone, Copy)]
+struct MapChunk {
+    /// sha256 of the uncompressed bytes.
+    uncompressed: Digest,
+    /// Where the member is in the blob.
+    offset: u64,
+    compressed_len: u64,
+    id: Digest,
+    uncompressed_len: u64,
+    data_xxh3: u128,
+    member_xxh3: u64,
+}
+
+/// File magic and version of a chunk map.
+const MAP_MAGIC: &[u8; 8] = b"GTCMAP02";
+const MAP_RECORD: usize = 32 + 8 + 8 + 32 + 8 + 16 + 8;
+
+impl ChunkMap {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.chunks.len() * (MAP_RECORD + 8));
+        out.extend_from_slice(MAP_MAGIC);
+        out.extend_from_slice(self.blob.as_bytes());
+        out.extend_from_slice(&(self.chunks.len() as u64).to_le_bytes());
+        for c in &self.chunks {
+            out.extend_from_slice(c.uncompressed.as_bytes());
+            out.extend_from_slice(&c.offset.to_le_bytes());
+            out.extend_from_slice(&c.compressed_len.to_le_bytes());
+            out.extend_from_slice(c.id.as_bytes());
+            out.extend_from_slice(&c.uncompressed_len.to_le_bytes());
+            out.extend_from_slice(&c.data_xxh3.to_le_bytes());
+            out.extend_from_slice(&c.member_xxh3.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
+        for (key, idx) in &self.keys {
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(&(idx.len() as u64).to_le_bytes());
+            for i in idx {
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+        }
+        let check = xxhash_rust::xxh3::xxh3_64(&out);
+        out.extend_from_slice(&check.to_le_bytes());
+        out
+    }
+
+    /// `None` for anything but a whole, intact map of this version.
+    fn decode(bytes: &[u8]) -> Option<ChunkMap> {
+        let (body, check) = bytes.split_at_checked(bytes.len().checked_sub(8)?)?;
+        if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != check {
+            return None;
+        }
+        let mut r = MapReader(body);
+        if r.take(8)? != MAP_MAGIC {
+            return None;
+        }
+        let blob = r.digest()?;
+        let n = usize::try_from(r.u64()?).ok()?;
+        if n > r.0.len() / MAP_RECORD {
+            return None;
+        }
+        let mut chunks = Vec::with_capacity(n);
+        for _ in 0..n {
+            chunks.push(MapChunk {
+                uncompressed: r.digest()?,
+                offset: r.u64()?,
+                compressed_len: r.u64()?,
+                id: r.digest()?,
+                uncompressed_len: r.u64()?,
+                data_xxh3: u128::from_le_bytes(r.take(16)?.try_into().ok()?),
+                member_xxh3: r.u64()?,
+            });
+        }
+        let k = usize::try_from(r.u64()?).ok()?;
+        let mut keys = Vec::with_capacity(k.min(r.0.len() / 40));
+        for _ in 0..k {
+            let key = r.digest()?;
+            let m = usize::try_from(r.u64()?).ok()?;
+            if m > r.0.len() / 4 {
+                return None;
+            }
+            let mut idx = Vec::with_capacity(m);
+            for _ in 0..m {
+                idx.push(u32::from_le_bytes(r.take(4)?.try_into().ok()?));
+            }
+            keys.push((key, idx));
+        }
+        r.0.is_empty().then_some(ChunkMap { blob, chunks, keys })
+    }
+}
+
+struct MapReader<'a>(&'a [u8]);
+
+impl<'a> MapReader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn digest(&mut self) -> Option<Digest> {
+        Some(Digest::from_bytes(self.take(32)?.try_into().ok()?))
+    }
 }
 
 /// A cache directory (default `~/.cache/gantry/build`).
@@ -109,19 +216,21 @@ impl BuildCache {
             .chunks
             .iter()
             .map(|c| {
-                let entry = (
-                    c.uncompressed_digest,
+                let entry = MapChunk {
+                    uncompressed: c.uncompressed_digest,
                     offset,
-                    c.record.compressed_len,
-                    c.record.id,
-                    c.record.uncompressed_len,
-                );
+                    compressed_len: c.record.compressed_len,
+                    id: c.record.id,
+                    uncompressed_len: c.record.uncompressed_len,
+                    data_xxh3: c.data_xxh3,
+                    member_xxh3: c.member_xxh3,
+                };
                 offset += c.record.compressed_len;
                 entry
             })
             .collect();
-        // Chunk lists by reuse key: whole large files (metadata keys) and
-        // regions of large files (content keys).
+        // Chunk lists by key: whole large files (metadata keys) and regions
+        // of large files (archive directory or path keys).
         let mut by_key: HashMap<Digest, Vec<u32>> = HashMap::new();
         for (i, c) in written.chunks.iter().enumerate() {
             if let Some(key) = segment_keys.get(c.segment).copied().flatten() {
@@ -131,14 +240,14 @@ impl BuildCache {
                 by_key.entry(key).or_default().push(i as u32);
             }
         }
-        let mut segments: Vec<(Digest, Vec<u32>)> = by_key.into_iter().collect();
-        segments.sort_by_key(|(key, idx)| (idx.first().copied(), *key));
+        let mut keys: Vec<(Digest, Vec<u32>)> = by_key.into_iter().collect();
+        keys.sort_by_key(|(key, idx)| (idx.first().copied(), *key));
         let map = ChunkMap {
             blob: layer.digest,
             chunks,
-            segments,
+            keys,
         };
-        self.write_json(&self.chunk_map_path(&layer.name), &map)?;
+        self.write_file(&self.chunk_map_path(&layer.name), &map.encode())?;
         self.write_json(
             &self
                 .dir
@@ -151,11 +260,16 @@ impl BuildCache {
     fn chunk_map_path(&self, layer_name: &str) -> PathBuf {
         self.dir
             .join("chunks")
-            .join(format!("{}.json", Digest::of(layer_name.as_bytes()).hex()))
+            .join(format!("{}.map", Digest::of(layer_name.as_bytes()).hex()))
     }
 
     fn write_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), BuildError> {
         let bytes = serde_json::to_vec(value).map_err(|e| BuildError::Spec(e.to_string()))?;
+        self.write_file(path, &bytes)
+    }
+
+    /// Writes `bytes` to `path` whole or not at all.
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
         let tmp = tempfile::NamedTempFile::new_in(self.tmp_dir())
             .map_err(BuildError::io(self.tmp_dir()))?;
         fs::write(tmp.path(), bytes).map_err(BuildError::io(tmp.path()))?;
@@ -169,16 +283,21 @@ impl BuildCache {
     /// The chunks of the last blob built for `layer_name`, for reuse.
     pub fn chunk_reuse(&self, layer_name: &str) -> CachedChunks {
         let load = || -> Option<CachedChunks> {
-            let map: ChunkMap =
-                serde_json::from_slice(&fs::read(self.chunk_map_path(layer_name)).ok()?).ok()?;
+            let map = ChunkMap::decode(&fs::read(self.chunk_map_path(layer_name)).ok()?)?;
             let file = fs::File::open(self.blob_path(&map.blob)).ok()?;
-            let segments = map
-                .segments
+            let known = map
+                .keys
                 .iter()
                 .filter_map(|(key, idx)| {
-                    let list: Option<Vec<(u64, Digest)>> = idx
+                    let list: Option<Vec<KnownChunk>> = idx
                         .iter()
-                        .map(|i| map.chunks.get(*i as usize).map(|c| (c.4, c.0)))
+                        .map(|i| {
+                            map.chunks.get(*i as usize).map(|c| KnownChunk {
+                                len: c.uncompressed_len,
+                                digest: c.uncompressed,
+                                data_xxh3: c.data_xxh3,
+                            })
+                        })
                         .collect();
                     Some((*key, list?))
                 })
@@ -186,18 +305,18 @@ impl BuildCache {
             let chunks = map
                 .chunks
                 .into_iter()
-                .map(|(u, off, len, id, _)| (u, (off, len, id)))
+                .map(|c| (c.uncompressed, c))
                 .collect();
             Some(CachedChunks {
                 file: Some(file),
                 chunks,
-                segments,
+                known,
             })
         };
         load().unwrap_or(CachedChunks {
             file: None,
             chunks: HashMap::new(),
-            segments: HashMap::new(),
+            known: HashMap::new(),
         })
     }
 
@@ -230,9 +349,9 @@ impl BuildCache {
             .map_err(BuildError::io(&chunks_dir))?
             .flatten()
         {
-            let map: Option<ChunkMap> = fs::read(entry.path())
+            let map = fs::read(entry.path())
                 .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
+                .and_then(|b| ChunkMap::decode(&b));
             match map {
                 Some(m) => {
                     keep.insert(m.blob.hex());
@@ -263,8 +382,8 @@ fn filetime_touch(path: &Path) -> std::io::Result<()> {
 /// Chunks of an earlier blob, readable by uncompressed digest.
 pub struct CachedChunks {
     file: Option<fs::File>,
-    chunks: HashMap<Digest, (u64, u64, Digest)>,
-    segments: HashMap<Digest, Vec<(u64, Digest)>>,
+    chunks: HashMap<Digest, MapChunk>,
+    known: HashMap<Digest, Vec<KnownChunk>>,
 }
 
 impl CachedChunks {
@@ -280,15 +399,65 @@ impl CachedChunks {
 }
 
 impl ChunkReuse for CachedChunks {
-    fn lookup(&self, uncompressed: &Digest, _len: u64) -> Option<(Vec<u8>, Digest)> {
-        let (offset, len, id) = *self.chunks.get(uncompressed)?;
+    fn lookup(&self, uncompressed: &Digest, len: u64) -> Option<CachedMember> {
+        let c = self.chunks.get(uncompressed)?;
+        if c.uncompressed_len != len {
+            return None;
+        }
         let file = self.file.as_ref()?;
-        let mut buf = vec![0u8; usize::try_from(len).ok()?];
-        file.read_exact_at(&mut buf, offset).ok()?;
-        Some((buf, id))
+        let mut member = vec![0u8; usize::try_from(c.compressed_len).ok()?];
+        file.read_exact_at(&mut member, c.offset).ok()?;
+        Some(CachedMember {
+            member,
+            id: c.id,
+            member_xxh3: c.member_xxh3,
+        })
     }
 
-    fn segment_chunks(&self, reuse_key: &Digest) -> Option<Vec<(u64, Digest)>> {
-        self.segments.get(reuse_key).cloned()
+    fn known_chunks(&self, key: &Digest) -> Option<Vec<KnownChunk>> {
+        self.known.get(key).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> ChunkMap {
+        let chunk = |i: u8| MapChunk {
+            uncompressed: Digest::of(&[i]),
+            offset: u64::from(i) * 100,
+            compressed_len: 100,
+            id: Digest::of(&[i, i]),
+            uncompressed_len: 250,
+            data_xxh3: u128::from(i) << 100 | 7,
+            member_xxh3: u64::from(i) * 3,
+        };
+        ChunkMap {
+            blob: Digest::of(b"blob"),
+            chunks: (0..5).map(chunk).collect(),
+            keys: vec![
+                (Digest::of(b"k1"), vec![0, 1]),
+                (Digest::of(b"k2"), vec![4]),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_chunk_map_reads_back_and_a_damaged_one_is_ignored() {
+        let bytes = map().encode();
+        let back = ChunkMap::decode(&bytes).expect("decodes");
+        assert_eq!(back.blob, Digest::of(b"blob"));
+        assert_eq!(back.chunks.len(), 5);
+        assert_eq!(back.chunks[3].data_xxh3, 3u128 << 100 | 7);
+        assert_eq!(back.chunks[4].member_xxh3, 12);
+        assert_eq!(back.keys, map().keys);
+        assert!(ChunkMap::decode(&bytes[..bytes.len() - 1]).is_none());
+        assert!(ChunkMap::decode(&[]).is_none());
+        for at in [0, 9, bytes.len() / 2, bytes.len() - 9] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 1;
+            assert!(ChunkMap::decode(&bad).is_none(), "flip at {at}");
+        }
     }
 }

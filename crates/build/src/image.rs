@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// Bumped whenever the bytes a build produces for the same inputs change,
 /// so old cache entries are not reused.
-const CACHE_FORMAT: &[u8] = b"gantry-build-cache-v1";
+const CACHE_FORMAT: &[u8] = b"gantry-build-cache-v2";
 
 /// What to build and where.
 #[derive(Clone, Debug)]
@@ -78,8 +78,16 @@ pub struct LayerReport {
     pub source: &'static str,
     /// Uncompressed bytes whose compressed chunks were reused from the cache.
     pub reused_bytes: u64,
+    /// Uncompressed bytes cut by the chunker and hashed chunk by chunk; the
+    /// rest followed cuts the cache knew for unchanged files and archive
+    /// entries, checked against the bytes. 0 for a cached or base layer.
+    pub chunked_bytes: u64,
     /// Time spent on this layer.
     pub seconds: f64,
+    /// What was wrong with the layer's archives (game paks): each names the
+    /// file and the entry. The layer is still exact; such a file is chunked
+    /// as a plain file, or its lying entry is not taken from the cache.
+    pub warnings: Vec<String>,
 }
 
 /// The result of a build.
@@ -260,7 +268,9 @@ pub fn build(opts: &BuildOptions, progress: &dyn BuildProgress) -> Result<BuildO
             chunk_index: Some(built.index_digest),
             source: built.source,
             reused_bytes: built.reused_bytes,
+            chunked_bytes: built.chunked_bytes,
             seconds: t.elapsed().as_secs_f64(),
+            warnings: built.warnings,
         };
         progress.layer_finished(&report);
         reports.push(report);
@@ -383,6 +393,8 @@ struct BuiltLayer {
     index_size: u64,
     source: &'static str,
     reused_bytes: u64,
+    chunked_bytes: u64,
+    warnings: Vec<String>,
 }
 
 fn build_layer(
@@ -418,6 +430,8 @@ fn build_layer(
                 index_size: hit.index_size,
                 source: "cached",
                 reused_bytes: hit.uncompressed_size,
+                chunked_bytes: 0,
+                warnings: Vec::new(),
             });
         }
     }
@@ -511,6 +525,8 @@ fn build_layer(
         index_size: index_blob.len() as u64,
         source: "built",
         reused_bytes: written.reused_bytes(),
+        chunked_bytes: written.chunked_bytes(),
+        warnings: written.notes,
     })
 }
 
@@ -679,7 +695,9 @@ impl BaseImage {
                 chunk_index: None,
                 source: "base",
                 reused_bytes: 0,
+                chunked_bytes: 0,
                 seconds: 0.0,
+                warnings: Vec::new(),
             };
             progress.layer_finished(&report);
             reports.push(report);

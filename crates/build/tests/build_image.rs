@@ -396,3 +396,183 @@ dest = "/srv/"
         "hello from a layered image\n"
     );
 }
+
+fn layer<'a>(out: &'a gantry_build::BuildOutput, name: &str) -> &'a gantry_build::LayerReport {
+    out.layers
+        .iter()
+        .find(|l| l.name == name)
+        .unwrap_or_else(|| panic!("no layer {name}"))
+}
+
+#[test]
+fn a_single_pak_rebuild_follows_the_pak_directory_and_equals_a_cold_build() {
+    use gantry_sample_game::{PakShape, SampleSpec, UpdateKind, UpdateSpec};
+    let tmp = tempdir();
+    let game = tmp.path().join("game");
+    gantry_sample_game::generate(
+        &game,
+        &SampleSpec {
+            scale_bytes: 40_000_000,
+            seed: 5,
+            paks: PakShape::Single,
+        },
+    )
+    .unwrap();
+    let cache = tmp.path().join("cache");
+    common::build(&game, &tmp.path().join("v1"), Some(&cache));
+    gantry_sample_game::update(
+        &game,
+        &UpdateSpec {
+            bytes: 1_000_000,
+            seed: 5,
+            kind: UpdateKind::Assets,
+        },
+    )
+    .unwrap();
+    let warm = common::build(&game, &tmp.path().join("warm"), Some(&cache));
+    let cold = common::build(&game, &tmp.path().join("cold"), None);
+    assert_eq!(warm.manifest_digest, cold.manifest_digest);
+    let (w, c) = (layer(&warm, "paks"), layer(&cold, "paks"));
+    let total = w.uncompressed_size.unwrap();
+    assert_eq!(w.source, "built");
+    assert!(w.warnings.is_empty(), "{:?}", w.warnings);
+    assert_eq!(c.chunked_bytes, total, "a cold build chunks everything");
+    // The one pak changed, yet only the changed entries (and the central
+    // directory) went through the chunker: the rest followed the cuts the
+    // cache knew for the entries the directory says are unchanged.
+    assert!(
+        w.chunked_bytes * 10 < total,
+        "{} of {total} bytes chunked again for a 1 MB update",
+        w.chunked_bytes
+    );
+    assert!(w.reused_bytes * 10 > total * 8, "{} reused", w.reused_bytes);
+
+    // The pak touched (new mtime and ctime: no key from file metadata) and a
+    // member of the cached blob rotted: the entries are still found from the
+    // directory, the rotten member is compressed again, the image the same.
+    let pak = game.join("paks/game.pak");
+    let bytes = std::fs::read(&pak).unwrap();
+    std::fs::write(&pak, &bytes).unwrap();
+    let blob = cache.join("blobs/sha256").join(w.digest.hex());
+    let mut rotten = std::fs::read(&blob).unwrap();
+    let middle = rotten.len() / 2;
+    rotten[middle] ^= 0x40;
+    std::fs::remove_file(&blob).unwrap();
+    std::fs::write(&blob, &rotten).unwrap();
+    let again = common::build(&game, &tmp.path().join("again"), Some(&cache));
+    assert_eq!(again.manifest_digest, cold.manifest_digest);
+    let a = layer(&again, "paks");
+    assert_eq!(a.source, "built");
+    assert!(a.chunked_bytes * 10 < total, "{} chunked", a.chunked_bytes);
+    assert!(a.reused_bytes < total, "the rotten member was not reused");
+}
+
+/// A stored zip of `n` entries of 10 kB, as a game pak.
+fn pak_bytes(n: u32) -> Vec<u8> {
+    use std::io::Write;
+    let mut bytes = Vec::new();
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(&mut bytes));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .last_modified_time(zip::DateTime::default());
+    for i in 0..n {
+        w.start_file(format!("levels/entry{i:03}.bin"), opts)
+            .unwrap();
+        let data: Vec<u8> = (0..10_000u32)
+            .map(|b| (b.wrapping_mul(2654435761) >> 13) as u8 ^ i as u8)
+            .collect();
+        w.write_all(&data).unwrap();
+    }
+    w.finish().unwrap();
+    bytes
+}
+
+/// Offset of the `k`-th central directory header of a zip.
+fn central_header(bytes: &[u8], k: usize) -> usize {
+    let eocd = bytes.len() - 22;
+    let cd = u32::from_le_bytes(bytes[eocd + 16..eocd + 20].try_into().unwrap()) as usize;
+    (cd..bytes.len() - 4)
+        .filter(|&i| bytes[i..i + 4] == *b"PK\x01\x02")
+        .nth(k)
+        .unwrap()
+}
+
+#[test]
+fn broken_paks_are_named_and_shipped_byte_for_byte() {
+    let tmp = tempdir();
+    let game = tmp.path().join("game");
+    let paks = game.join("paks");
+    std::fs::create_dir_all(&paks).unwrap();
+    std::fs::write(
+        game.join("gantry.toml"),
+        "[image]\nname = \"broken\"\ntag = \"v1\"\n\n[[layers]]\nname = \"paks\"\n\
+         [[layers.sources]]\ndir = \"paks\"\ndest = \"/paks\"\n",
+    )
+    .unwrap();
+    // A pak whose directory lies: one entry's bytes no longer match its CRC-32.
+    let mut lying = pak_bytes(30);
+    let data_of_7 = zip::ZipArchive::new(std::io::Cursor::new(&lying))
+        .unwrap()
+        .by_name("levels/entry007.bin")
+        .unwrap()
+        .data_start()
+        .unwrap() as usize;
+    lying[data_of_7 + 100] ^= 0xff;
+    std::fs::write(paks.join("lying.pak"), &lying).unwrap();
+    // A truncated pak: its central directory is gone.
+    let whole = pak_bytes(30);
+    std::fs::write(paks.join("truncated.pak"), &whole[..whole.len() * 2 / 3]).unwrap();
+    // A pak whose entries overlap: entry 5's central header points into entry 4.
+    let mut overlap = pak_bytes(30);
+    let h4 = central_header(&overlap, 4);
+    let h5 = central_header(&overlap, 5);
+    let at4 = u32::from_le_bytes(overlap[h4 + 42..h4 + 46].try_into().unwrap());
+    overlap[h5 + 42..h5 + 46].copy_from_slice(&(at4 + 30).to_le_bytes());
+    std::fs::write(paks.join("overlap.pak"), &overlap).unwrap();
+
+    let cache = tmp.path().join("cache");
+    let first = common::build(&game, &tmp.path().join("a"), Some(&cache));
+    let warnings = &layer(&first, "paks").warnings;
+    let find = |needles: &[&str]| {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| needles.iter().all(|n| w.contains(n))),
+            "no warning with {needles:?} in {warnings:#?}"
+        )
+    };
+    find(&["lying.pak", "`levels/entry007.bin`", "CRC-32"]);
+    find(&["truncated.pak", "truncated", "chunked as a plain file"]);
+    find(&["overlap.pak", "chunked as a plain file"]);
+    // Every file is in the layer as it is on disk.
+    let l = layer(&first, "paks");
+    let gz = std::fs::read(blob_path(&first.layout, &l.digest.to_string())).unwrap();
+    let tar_bytes = gantry_layer::gunzip_all(&gz).unwrap();
+    let mut archive = tar::Archive::new(tar_bytes.as_slice());
+    let mut seen = 0;
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().into_owned();
+        if let Some(name) = path
+            .file_name()
+            .filter(|n| n.to_string_lossy().ends_with(".pak"))
+        {
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut body).unwrap();
+            assert_eq!(body, std::fs::read(paks.join(name)).unwrap(), "{path:?}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 3);
+    // Touched, then rebuilt warm: the same image as a cold build, still warned.
+    for name in ["lying.pak", "truncated.pak", "overlap.pak"] {
+        let p = paks.join(name);
+        let b = std::fs::read(&p).unwrap();
+        std::fs::write(&p, b).unwrap();
+    }
+    let warm = common::build(&game, &tmp.path().join("b"), Some(&cache));
+    let cold = common::build(&game, &tmp.path().join("c"), None);
+    assert_eq!(warm.manifest_digest, first.manifest_digest);
+    assert_eq!(cold.manifest_digest, first.manifest_digest);
+    assert_eq!(layer(&warm, "paks").warnings.len(), warnings.len());
+}

@@ -64,5 +64,8 @@ impl BuildProgress for BuildBars {
                 r.seconds
             );
         }
+        for warning in &r.warnings {
+            eprintln!("warning: layer {}: {warning}", r.name);
+        }
     }
 }

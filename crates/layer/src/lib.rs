@@ -5,6 +5,7 @@
 //! Nothing here knows about HTTP or registries; the functions read and write
 //! byte streams and files.
 
+mod archive;
 mod compress;
 mod entry;
 mod error;
@@ -17,6 +18,9 @@ pub use compress::{gunzip_all, GzipChunkCompressor, DEFAULT_GZIP_LEVEL, DEFLATE_
 pub use entry::{EntryKind, FileData, ImagePath, LayerEntry};
 pub use error::LayerError;
 pub use index::{ChunkIndex, ChunkRecord, ChunkerParams, CompressionParams, IndexedChunk};
-pub use pipeline::{write_layer, ChunkReuse, LayerOptions, NoReuse, WrittenChunk, WrittenLayer};
+pub use pipeline::{
+    write_layer, CachedMember, ChunkReuse, KnownChunk, LayerOptions, NoReuse, WrittenChunk,
+    WrittenLayer,
+};
 pub use segment::{Segment, SegmentPlan};
 pub use tar_stream::{TarOptions, TarStream};

@@ -41,17 +41,43 @@ impl LayerOptions {
     }
 }
 
+/// A gzip member a cache holds for a chunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedMember {
+    /// The member's bytes.
+    pub member: Vec<u8>,
+    /// Its chunk id (sha256 of `member`), as recorded when it was made.
+    pub id: Digest,
+    /// xxh3-64 of `member`, as recorded when it was made: a member whose
+    /// bytes no longer match is not used.
+    pub member_xxh3: u64,
+}
+
+/// How a cache remembers one chunk of an earlier build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownChunk {
+    /// Uncompressed length.
+    pub len: u64,
+    /// sha256 of the uncompressed bytes.
+    pub digest: Digest,
+    /// xxh3-128 of the uncompressed bytes: the bytes read now must match it
+    /// before `digest` is believed.
+    pub data_xxh3: u128,
+}
+
 /// A source of already-compressed chunks (a build cache).
 pub trait ChunkReuse: Sync {
     /// Given the sha256 of a chunk's uncompressed bytes: the gzip member made
-    /// for it earlier with the same options, and that member's chunk id. A
-    /// member whose bytes do not hash to the id, or whose gzip trailer does
-    /// not match the data, is ignored and the chunk is compressed afresh.
-    fn lookup(&self, uncompressed: &Digest, uncompressed_len: u64) -> Option<(Vec<u8>, Digest)>;
+    /// for it earlier with the same options. A member whose bytes do not
+    /// match its recorded xxh3, or whose gzip trailer gives another length,
+    /// is ignored and the chunk is compressed afresh.
+    fn lookup(&self, uncompressed: &Digest, uncompressed_len: u64) -> Option<CachedMember>;
 
-    /// The chunk lengths and uncompressed digests recorded for a segment
-    /// with this [`crate::Segment::reuse_key`], so it need not be re-chunked.
-    fn segment_chunks(&self, _reuse_key: &Digest) -> Option<Vec<(u64, Digest)>> {
+    /// The chunks recorded for a segment with this [`crate::Segment::reuse_key`]
+    /// or a region with this key (see [`crate::Segment::region_keys`]), so its
+    /// bytes need not go through the chunker or sha256 per chunk. Each is
+    /// checked against the bytes (xxh3-128) before it is used.
+    fn known_chunks(&self, _key: &Digest) -> Option<Vec<KnownChunk>> {
         None
     }
 }
@@ -60,7 +86,7 @@ pub trait ChunkReuse: Sync {
 pub struct NoReuse;
 
 impl ChunkReuse for NoReuse {
-    fn lookup(&self, _: &Digest, _: u64) -> Option<(Vec<u8>, Digest)> {
+    fn lookup(&self, _: &Digest, _: u64) -> Option<CachedMember> {
         None
     }
 }
@@ -72,12 +98,19 @@ pub struct WrittenChunk {
     pub record: ChunkRecord,
     /// sha256 of the uncompressed bytes.
     pub uncompressed_digest: Digest,
+    /// xxh3-128 of the uncompressed bytes.
+    pub data_xxh3: u128,
+    /// xxh3-64 of the gzip member.
+    pub member_xxh3: u64,
     /// Whether the gzip member came from [`ChunkReuse`].
     pub reused: bool,
+    /// Whether the chunk's cuts and digest came from [`ChunkReuse::known_chunks`]
+    /// (checked against its bytes) instead of the chunker and sha256.
+    pub known: bool,
     /// Index of the [`crate::Segment`] the chunk belongs to.
     pub segment: usize,
-    /// Content key of the region (the run between two cuts of a large-file
-    /// segment) the chunk belongs to, for a cache to record.
+    /// Key of the region (the run between two cuts of a large-file segment)
+    /// the chunk belongs to, for a cache to record.
     pub region_key: Option<Digest>,
 }
 
@@ -96,6 +129,10 @@ pub struct WrittenLayer {
     pub chunks: Vec<WrittenChunk>,
     /// Options used.
     pub options: LayerOptions,
+    /// Problems found in the layer's archives (see [`SegmentPlan::notes`]),
+    /// and stored archive entries whose bytes do not match the checksum
+    /// their directory gives. Neither changes the output.
+    pub notes: Vec<String>,
 }
 
 impl WrittenLayer {
@@ -114,6 +151,16 @@ impl WrittenLayer {
         }
     }
 
+    /// Uncompressed bytes that went through the chunker and sha256 per
+    /// chunk (the rest was cut where a cache knew, after checking the bytes).
+    pub fn chunked_bytes(&self) -> u64 {
+        self.chunks
+            .iter()
+            .filter(|c| !c.known)
+            .map(|c| c.record.uncompressed_len)
+            .sum()
+    }
+
     /// Uncompressed bytes whose compression was reused.
     pub fn reused_bytes(&self) -> u64 {
         self.chunks
@@ -130,12 +177,12 @@ struct WorkItem {
     segment: usize,
     region_key: Option<Digest>,
     data: Vec<u8>,
-    /// The uncompressed digest a cache claims for `data`.
-    claimed: Option<Digest>,
+    /// What a cache knows of `data`, already checked against it.
+    known: Option<KnownChunk>,
 }
 type Work = Result<WorkItem, LayerError>;
-/// A chunk as the producer finds it: bytes, claimed digest, region key.
-type Found = Result<(Vec<u8>, Option<Digest>, Option<Digest>), LayerError>;
+/// A chunk as the producer finds it: bytes, what a cache knows of them, region key.
+type Found = Result<(Vec<u8>, Option<KnownChunk>, Option<Digest>), LayerError>;
 type Done = Result<(u64, Vec<u8>, Vec<u8>, WrittenChunk), LayerError>;
 
 /// Cuts each segment of the tar stream into content-defined chunks (or takes
@@ -152,11 +199,12 @@ pub fn write_layer(
 ) -> Result<WrittenLayer, LayerError> {
     options.chunker.validate()?;
     let threads = options.threads.max(1);
+    let mut notes = plan.notes.clone();
     let (work_tx, work_rx) = bounded::<Work>(threads * 4);
     let (done_tx, done_rx) = bounded::<Done>(threads * 4);
     std::thread::scope(|scope| {
         let params = options.chunker;
-        scope.spawn(move || produce(plan, params, reuse, work_tx));
+        let producer = scope.spawn(move || produce(plan, params, reuse, work_tx));
         for _ in 0..threads {
             let rx = work_rx.clone();
             let tx = done_tx.clone();
@@ -165,28 +213,39 @@ pub fn write_layer(
         }
         drop(work_rx);
         drop(done_tx);
-        collect(done_rx, out, options, progress)
+        let mut written = collect(done_rx, out, options, progress)?;
+        notes.extend(producer.join().map_err(|_| {
+            LayerError::Chunking(std::io::Error::other("chunking thread panicked"))
+        })?);
+        written.notes = notes;
+        Ok(written)
     })
 }
 
-fn produce(plan: SegmentPlan, params: ChunkerParams, reuse: &dyn ChunkReuse, tx: Sender<Work>) {
+/// Reads the plan's bytes once, in order, and sends them on as chunks: where
+/// a cache knows a region's chunks and the bytes match them, along the known
+/// cuts; from the first chunk that does not match, through the chunker, as a
+/// cold build would. Returns the archive checks' findings.
+fn produce(
+    plan: SegmentPlan,
+    params: ChunkerParams,
+    reuse: &dyn ChunkReuse,
+    tx: Sender<Work>,
+) -> Vec<String> {
     let mut seq = 0u64;
+    let mut notes = Vec::new();
     for (index, segment) in plan.segments.into_iter().enumerate() {
         let mut send = |item: Found| -> bool {
             let failed = item.is_err();
-            let item = item.map(|(data, claimed, region_key)| WorkItem {
+            let item = item.map(|(data, known, region_key)| WorkItem {
                 seq,
                 segment: index,
                 region_key,
                 data,
-                claimed,
+                known,
             });
             seq += 1;
             tx.send(item).is_ok() && !failed
-        };
-        let known_chunks = |key: Option<Digest>, len: u64| {
-            key.and_then(|k| reuse.segment_chunks(&k))
-                .filter(|chunks| chunks.iter().map(|c| c.0).sum::<u64>() == len)
         };
         let bounds: Vec<u64> = segment
             .cuts
@@ -194,129 +253,158 @@ fn produce(plan: SegmentPlan, params: ChunkerParams, reuse: &dyn ChunkReuse, tx:
             .copied()
             .chain(std::iter::once(segment.len))
             .collect();
-        let whole = known_chunks(segment.reuse_key, segment.len);
-        // A changed large file (a pak with a re-exported entry) is keyed region
-        // by region from its content, so its unchanged entries are not re-chunked.
-        let region_keys = match segment.own_file {
-            true => match region_keys(&segment.pieces, &bounds) {
-                Ok(keys) => keys,
-                Err(e) => {
-                    send(Err(LayerError::Chunking(e)));
-                    return;
-                }
-            },
-            false => vec![None; bounds.len()],
+        let scale = match segment.own_file {
+            true => params.large_file_scale as usize,
+            false => 1,
         };
-        let mut reader = PieceReader::new(segment.pieces);
-        let emit_known = |reader: &mut PieceReader,
-                          chunks: Vec<(u64, Digest)>,
-                          region_key: Option<Digest>,
-                          send: &mut dyn FnMut(Found) -> bool|
-         -> bool {
-            for (len, digest) in chunks {
-                let mut data = vec![0u8; len as usize];
-                let item = reader
-                    .read_exact(&mut data)
-                    .map(|_| (data, Some(digest), region_key))
-                    .map_err(LayerError::Chunking);
-                if !send(item) {
-                    return false;
-                }
-            }
-            true
+        let lists = known_lists(
+            &segment,
+            &bounds,
+            reuse,
+            u64::from(params.max) * scale as u64,
+        );
+        let mut reader = CheckedReader {
+            inner: PieceReader::new(segment.pieces),
+            offset: 0,
+            checks: segment.checks,
         };
-        if let Some(chunks) = whole {
-            // Chunks never cross a cut, so each belongs to one region; tag it
-            // so the cache keeps the regions' keys for the next build.
-            let mut offset = 0u64;
-            let mut region = 0usize;
-            for (len, digest) in chunks {
-                while region + 1 < bounds.len() && offset >= bounds[region] {
-                    region += 1;
-                }
-                offset += len;
-                let key = region_keys.get(region).copied().flatten();
-                if !emit_known(&mut reader, vec![(len, digest)], key, &mut send) {
-                    return;
-                }
-            }
-            continue;
-        }
         let mut start = 0u64;
-        for (end, region_key) in bounds.iter().copied().zip(region_keys) {
-            if let Some(chunks) = known_chunks(region_key, end - start) {
-                if !emit_known(&mut reader, chunks, region_key, &mut send) {
-                    return;
+        for ((end, region_key), list) in bounds
+            .iter()
+            .copied()
+            .zip(
+                segment
+                    .region_keys
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat(None)),
+            )
+            .zip(lists)
+        {
+            let mut done = start;
+            let mut pending = Vec::new();
+            let list = list.unwrap_or_default();
+            for (i, &known) in list.iter().enumerate() {
+                // The last chunk of a region was cut by the region's end, so
+                // it stands only where the region ends at the same place.
+                let room = end - done;
+                if known.len > room || (i + 1 == list.len() && known.len != room) {
+                    break;
                 }
-                start = end;
-                continue;
+                let mut data = vec![0u8; known.len as usize];
+                if let Err(e) = reader.read_exact(&mut data) {
+                    send(Err(LayerError::Chunking(e)));
+                    return notes;
+                }
+                if xxhash_rust::xxh3::xxh3_128(&data) != known.data_xxh3 {
+                    // Changed from here on: cut the rest afresh.
+                    pending = data;
+                    break;
+                }
+                done += known.len;
+                if !send(Ok((data, Some(known), region_key))) {
+                    return notes;
+                }
             }
-            let region = (&mut reader).take(end - start);
-            let f = if segment.own_file {
-                params.large_file_scale as usize
-            } else {
-                1
-            };
-            let chunker = fastcdc::v2020::StreamCDC::new(
-                region,
-                params.min as usize * f,
-                params.avg as usize * f,
-                params.max as usize * f,
-            );
-            for chunk in chunker {
-                if !send(
-                    chunk
-                        .map(|c| (c.data, None, region_key))
-                        .map_err(|e| LayerError::Chunking(e.into())),
-                ) {
-                    return;
+            if done < end {
+                let rest = end - done - pending.len() as u64;
+                let region = std::io::Cursor::new(pending).chain((&mut reader).take(rest));
+                let chunker = fastcdc::v2020::StreamCDC::new(
+                    region,
+                    params.min as usize * scale,
+                    params.avg as usize * scale,
+                    params.max as usize * scale,
+                );
+                for chunk in chunker {
+                    if !send(
+                        chunk
+                            .map(|c| (c.data, None, region_key))
+                            .map_err(|e| LayerError::Chunking(e.into())),
+                    ) {
+                        return notes;
+                    }
                 }
             }
             start = end;
         }
-    }
-}
-
-/// A content key per region of a segment: xxh3-128 of the region's bytes
-/// with its length. Fast enough to run over every changed large file; a
-/// chunk list found under a key is still checked chunk by chunk against
-/// each cached member's CRC-32 before it is used.
-fn region_keys(
-    pieces: &[crate::segment::Piece],
-    bounds: &[u64],
-) -> std::io::Result<Vec<Option<Digest>>> {
-    let mut reader = PieceReader::new(pieces.to_vec());
-    let mut keys = Vec::with_capacity(bounds.len());
-    let mut buf = vec![0u8; 1 << 20];
-    let mut start = 0u64;
-    for &end in bounds {
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        let mut remaining = end - start;
-        while remaining > 0 {
-            let want = buf
-                .len()
-                .min(usize::try_from(remaining).unwrap_or(usize::MAX));
-            reader.read_exact(&mut buf[..want])?;
-            hasher.update(&buf[..want]);
-            remaining -= want as u64;
+        if let Some(checks) = reader.checks {
+            notes.extend(checks.into_notes());
         }
-        let mut key = DigestHasher::new();
-        key.update(b"gantry-region-v1\0");
-        key.update(&(end - start).to_le_bytes());
-        key.update(&hasher.digest128().to_le_bytes());
-        keys.push(Some(key.finish()));
-        start = end;
     }
-    Ok(keys)
+    notes
 }
 
-/// Whether a gzip member's trailer (CRC-32 and length) describes `data`.
-fn trailer_matches(member: &[u8], data: &[u8]) -> bool {
-    if member.len() < 18 {
-        return false;
+/// For each region of `segment` (bounded by `bounds`), the chunks a cache
+/// knows for it: from the whole segment's key if the cache has it, else from
+/// the region's own key. A list that does not fit its region is dropped.
+fn known_lists(
+    segment: &crate::Segment,
+    bounds: &[u64],
+    reuse: &dyn ChunkReuse,
+    max_chunk: u64,
+) -> Vec<Option<Vec<KnownChunk>>> {
+    let sane = |list: &Vec<KnownChunk>| list.iter().all(|c| c.len > 0 && c.len <= max_chunk);
+    if let Some(whole) = segment
+        .reuse_key
+        .and_then(|k| reuse.known_chunks(&k))
+        .filter(|l| sane(l) && l.iter().map(|c| c.len).sum::<u64>() == segment.len)
+    {
+        // Chunks never cross a cut: split the list at the region bounds.
+        let mut lists = vec![Vec::new(); bounds.len()];
+        let mut offset = 0u64;
+        let mut region = 0usize;
+        let mut aligned = true;
+        for chunk in whole {
+            while region + 1 < bounds.len() && offset >= bounds[region] {
+                region += 1;
+            }
+            offset += chunk.len;
+            aligned &= offset <= bounds[region];
+            lists[region].push(chunk);
+        }
+        if aligned {
+            return lists.into_iter().map(Some).collect();
+        }
     }
-    let t = &member[member.len() - 8..];
-    t[..4] == crc32fast::hash(data).to_le_bytes() && t[4..] == (data.len() as u32).to_le_bytes()
+    (0..bounds.len())
+        .map(|i| {
+            segment
+                .region_keys
+                .get(i)
+                .copied()
+                .flatten()
+                .and_then(|k| reuse.known_chunks(&k))
+                .filter(sane)
+        })
+        .collect()
+}
+
+/// Reads a segment's pieces and shows every byte, in order, to its archive
+/// checks.
+struct CheckedReader {
+    inner: PieceReader,
+    offset: u64,
+    checks: Option<crate::archive::EntryChecks>,
+}
+
+impl Read for CheckedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(checks) = &mut self.checks {
+            checks.feed(self.offset, &buf[..n]);
+        }
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+/// Whether a cached member still holds what was recorded: its xxh3, and a
+/// gzip trailer giving the chunk's length.
+fn member_matches(m: &CachedMember, len: u64) -> bool {
+    let n = m.member.len();
+    n >= 18
+        && xxhash_rust::xxh3::xxh3_64(&m.member) == m.member_xxh3
+        && m.member[n - 4..] == (len as u32).to_le_bytes()
 }
 
 fn compress_worker(level: u32, reuse: &dyn ChunkReuse, rx: Receiver<Work>, tx: Sender<Done>) {
@@ -328,29 +416,29 @@ fn compress_worker(level: u32, reuse: &dyn ChunkReuse, rx: Receiver<Work>, tx: S
                  segment,
                  region_key,
                  data,
-                 claimed,
+                 known,
              }| {
-                let uncompressed_digest = claimed.unwrap_or_else(|| Digest::of(&data));
-                let stored = reuse
-                    .lookup(&uncompressed_digest, data.len() as u64)
-                    .map(|(member, id)| (Digest::of(&member), member, id))
-                    .filter(|(actual, member, id)| actual == id && trailer_matches(member, &data));
-                let (id, member, reused, uncompressed_digest) = match stored {
-                    Some((id, member, _)) => (id, member, true, uncompressed_digest),
+                // A known chunk's digest is believed because its bytes matched
+                // the xxh3-128 recorded with it; others are hashed.
+                let (uncompressed_digest, data_xxh3) = match known {
+                    Some(k) => (k.digest, k.data_xxh3),
+                    None => (Digest::of(&data), xxhash_rust::xxh3::xxh3_128(&data)),
+                };
+                let len = data.len() as u64;
+                let (id, member, member_xxh3, reused) = match reuse
+                    .lookup(&uncompressed_digest, len)
+                    .filter(|m| member_matches(m, len))
+                {
+                    Some(m) => (m.id, m.member, m.member_xxh3, true),
                     None => {
-                        // A digest claimed by the cache is only trusted together with a member that matches.
-                        let digest = if claimed.is_some() {
-                            Digest::of(&data)
-                        } else {
-                            uncompressed_digest
-                        };
                         let member = compressor.compress(&data)?;
-                        (Digest::of(&member), member, false, digest)
+                        let hash = xxhash_rust::xxh3::xxh3_64(&member);
+                        (Digest::of(&member), member, hash, false)
                     }
                 };
                 let record = ChunkRecord {
                     compressed_len: member.len() as u64,
-                    uncompressed_len: data.len() as u64,
+                    uncompressed_len: len,
                     id,
                 };
                 Ok((
@@ -360,7 +448,10 @@ fn compress_worker(level: u32, reuse: &dyn ChunkReuse, rx: Receiver<Work>, tx: S
                     WrittenChunk {
                         record,
                         uncompressed_digest,
+                        data_xxh3,
+                        member_xxh3,
                         reused,
+                        known: known.is_some(),
                         segment,
                         region_key,
                     },
@@ -403,6 +494,7 @@ fn collect(
             uncompressed_size,
             chunks,
             options: *options,
+            notes: Vec::new(),
         })
     })
 }
@@ -538,20 +630,29 @@ mod tests {
         assert!(b.chunks.last().unwrap().record.id == a.chunks.last().unwrap().record.id);
     }
 
+    fn cached(member: &[u8]) -> CachedMember {
+        CachedMember {
+            member: member.to_vec(),
+            id: Digest::of(member),
+            member_xxh3: xxhash_rust::xxh3::xxh3_64(member),
+        }
+    }
+
     struct MapReuse(Mutex<std::collections::HashMap<Digest, Vec<u8>>>);
     impl ChunkReuse for MapReuse {
-        fn lookup(&self, d: &Digest, _: u64) -> Option<(Vec<u8>, Digest)> {
-            self.0.lock().unwrap().get(d).cloned().map(|m| {
-                let id = Digest::of(&m);
-                (m, id)
-            })
+        fn lookup(&self, d: &Digest, _: u64) -> Option<CachedMember> {
+            self.0.lock().unwrap().get(d).map(|m| cached(m))
         }
     }
 
     struct CorruptReuse;
     impl ChunkReuse for CorruptReuse {
-        fn lookup(&self, _: &Digest, _: u64) -> Option<(Vec<u8>, Digest)> {
-            Some((b"garbage".to_vec(), Digest::of(b"something else")))
+        fn lookup(&self, _: &Digest, _: u64) -> Option<CachedMember> {
+            Some(CachedMember {
+                member: b"garbage".to_vec(),
+                id: Digest::of(b"something else"),
+                member_xxh3: 0,
+            })
         }
     }
 
@@ -564,37 +665,76 @@ mod tests {
         assert_eq!(layer.reused_bytes(), 0);
     }
 
+    fn members_of(blob: &[u8], layer: &WrittenLayer) -> std::collections::HashMap<Digest, Vec<u8>> {
+        layer
+            .index()
+            .chunks_with_offsets()
+            .map(|c| {
+                let member = blob[c.compressed_offset as usize
+                    ..(c.compressed_offset + c.record.compressed_len) as usize]
+                    .to_vec();
+                (layer.chunks[c.index].uncompressed_digest, member)
+            })
+            .collect()
+    }
+
     #[test]
     fn reused_chunks_give_identical_blob() {
         let data = pseudo_random(1_000_000, 4);
         let (blob, layer) = write(&data, &NoReuse, 2);
-        let map = MapReuse(Mutex::new(Default::default()));
-        for c in layer.index().chunks_with_offsets() {
-            let member = blob[c.compressed_offset as usize
-                ..(c.compressed_offset + c.record.compressed_len) as usize]
-                .to_vec();
-            map.0
-                .lock()
-                .unwrap()
-                .insert(layer.chunks[c.index].uncompressed_digest, member);
-        }
+        let map = MapReuse(Mutex::new(members_of(&blob, &layer)));
         let (again, layer2) = write(&data, &map, 2);
         assert_eq!(again, blob);
         assert_eq!(layer2.reused_bytes(), data.len() as u64);
     }
 
-    /// A cache that knows one segment's chunking and every member, with the
-    /// option of lying about an uncompressed digest.
+    #[test]
+    fn a_cached_member_whose_bytes_changed_is_compressed_again() {
+        let data = pseudo_random(1_000_000, 4);
+        let (blob, layer) = write(&data, &NoReuse, 2);
+        let mut members = members_of(&blob, &layer);
+        // Flip a byte inside one member's deflate data, keeping its trailer.
+        let first = layer.chunks[0].uncompressed_digest;
+        members.get_mut(&first).unwrap()[12] ^= 0x55;
+        let map = RecordedReuse {
+            members,
+            recorded: members_of(&blob, &layer),
+        };
+        let (again, layer2) = write(&data, &map, 2);
+        assert_eq!(again, blob);
+        assert!(!layer2.chunks[0].reused);
+        assert!(layer2.chunks[1..].iter().all(|c| c.reused));
+    }
+
+    /// Serves `members` under the xxh3 of `recorded`'s bytes, as a cache
+    /// whose blob changed after it was recorded would.
+    struct RecordedReuse {
+        members: std::collections::HashMap<Digest, Vec<u8>>,
+        recorded: std::collections::HashMap<Digest, Vec<u8>>,
+    }
+    impl ChunkReuse for RecordedReuse {
+        fn lookup(&self, d: &Digest, _: u64) -> Option<CachedMember> {
+            let now = self.members.get(d)?;
+            let then = cached(self.recorded.get(d)?);
+            Some(CachedMember {
+                member: now.clone(),
+                ..then
+            })
+        }
+    }
+
+    /// A cache that knows one segment's (or region's) chunking and every
+    /// member, with the option of lying about the bytes.
     struct SegmentReuse {
         key: Digest,
-        chunks: Vec<(u64, Digest)>,
+        chunks: Vec<KnownChunk>,
         members: std::collections::HashMap<Digest, Vec<u8>>,
     }
     impl ChunkReuse for SegmentReuse {
-        fn lookup(&self, d: &Digest, _: u64) -> Option<(Vec<u8>, Digest)> {
-            self.members.get(d).map(|m| (m.clone(), Digest::of(m)))
+        fn lookup(&self, d: &Digest, _: u64) -> Option<CachedMember> {
+            self.members.get(d).map(|m| cached(m))
         }
-        fn segment_chunks(&self, key: &Digest) -> Option<Vec<(u64, Digest)>> {
+        fn known_chunks(&self, key: &Digest) -> Option<Vec<KnownChunk>> {
             (*key == self.key).then(|| self.chunks.clone())
         }
     }
@@ -615,6 +755,19 @@ mod tests {
         SegmentPlan::new(vec![entry], crate::TarOptions::default(), 64 * 1024).unwrap()
     }
 
+    fn known_of(layer: &WrittenLayer, segment: usize) -> Vec<KnownChunk> {
+        layer
+            .chunks
+            .iter()
+            .filter(|c| c.segment == segment)
+            .map(|c| KnownChunk {
+                len: c.record.uncompressed_len,
+                digest: c.uncompressed_digest,
+                data_xxh3: c.data_xxh3,
+            })
+            .collect()
+    }
+
     #[test]
     fn known_segment_chunking_is_reused_and_lies_are_caught() {
         let dir = tempfile::tempdir().unwrap();
@@ -622,60 +775,61 @@ mod tests {
         let plan = one_file_plan(dir.path(), &data);
         let key = plan.segments[0].reuse_key.unwrap();
         let mut blob = Vec::new();
-        let first = write_layer(
-            plan.clone(),
-            &mut blob,
-            &LayerOptions::default(),
-            &NoReuse,
-            &|_| {},
-        )
-        .unwrap();
-        let mut offset = 0usize;
-        let mut members = std::collections::HashMap::new();
-        let mut chunks = Vec::new();
-        for c in first.chunks.iter().filter(|c| c.segment == 0) {
-            let len = c.record.compressed_len as usize;
-            members.insert(c.uncompressed_digest, blob[offset..offset + len].to_vec());
-            chunks.push((c.record.uncompressed_len, c.uncompressed_digest));
-            offset += len;
-        }
+        let opts = LayerOptions::default();
+        let first = write_layer(plan.clone(), &mut blob, &opts, &NoReuse, &|_| {}).unwrap();
+        let members = members_of(&blob, &first);
+        let chunks = known_of(&first, 0);
+        assert!(chunks.len() > 3);
         let honest = SegmentReuse {
             key,
             chunks: chunks.clone(),
             members: members.clone(),
         };
         let mut again = Vec::new();
-        let second = write_layer(
-            plan.clone(),
-            &mut again,
-            &LayerOptions::default(),
-            &honest,
-            &|_| {},
-        )
-        .unwrap();
+        let second = write_layer(plan.clone(), &mut again, &opts, &honest, &|_| {}).unwrap();
         assert_eq!(again, blob);
         assert!(second
             .chunks
             .iter()
             .filter(|c| c.segment == 0)
             .all(|c| c.reused));
-        // The cache claims chunk 0 has the digest of chunk 1: its member's
-        // trailer does not match the data, so the chunk is compressed afresh.
+        // The cache claims chunk 2 has the digest of chunk 3: its bytes do not
+        // match the xxh3 recorded, so from there the file is cut and hashed
+        // afresh, and the output is what a cold build gives.
         let mut lying = chunks.clone();
-        lying[0].1 = chunks[1].1;
+        lying[2].digest = chunks[3].digest;
+        lying[2].data_xxh3 = chunks[3].data_xxh3;
         let liar = SegmentReuse {
             key,
             chunks: lying,
-            members,
+            members: members.clone(),
         };
         let mut third = Vec::new();
-        let out = write_layer(plan, &mut third, &LayerOptions::default(), &liar, &|_| {}).unwrap();
+        let out = write_layer(plan.clone(), &mut third, &opts, &liar, &|_| {}).unwrap();
         assert_eq!(third, blob);
-        assert_eq!(
-            out.chunks[0].uncompressed_digest,
-            first.chunks[0].uncompressed_digest
-        );
-        assert!(!out.chunks[0].reused);
+        for (o, f) in out.chunks.iter().zip(&first.chunks) {
+            assert_eq!(o.uncompressed_digest, f.uncompressed_digest);
+            assert_eq!(o.record, f.record);
+        }
+        // And a cache whose cuts were made for other bytes (the file grew at
+        // its end, so the old last chunk was cut by the end of the file, not
+        // by its content) gives the cold build's cuts too.
+        let mut grown = data.clone();
+        grown.extend_from_slice(&pseudo_random(300_000, 12));
+        let dir2 = tempfile::tempdir().unwrap();
+        let plan2 = one_file_plan(dir2.path(), &grown);
+        let mut cold = Vec::new();
+        write_layer(plan2.clone(), &mut cold, &opts, &NoReuse, &|_| {}).unwrap();
+        let region_key = plan2.segments[0].region_keys[1].unwrap();
+        let stale = SegmentReuse {
+            key: region_key,
+            chunks: chunks[1..].to_vec(),
+            members,
+        };
+        let mut warm = Vec::new();
+        let out = write_layer(plan2, &mut warm, &opts, &stale, &|_| {}).unwrap();
+        assert_eq!(warm, cold);
+        assert!(out.chunks[1..chunks.len() - 1].iter().all(|c| c.reused));
     }
 
     struct FailingWriter;

@@ -4,6 +4,7 @@
 //! chunks of that file or entry, whatever its neighbours do; and an
 //! unchanged file's chunks can be known from a cache without re-chunking it.
 
+use crate::archive::{self, ArchiveLayout, EntryChecks, Probe};
 use crate::entry::{EntryKind, FileData, LayerEntry};
 use crate::error::LayerError;
 use crate::tar_stream::{entry_header, padding, TarOptions, END_OF_ARCHIVE};
@@ -52,6 +53,15 @@ pub struct Segment {
     /// keys mean equal bytes, so a cache may supply the segment's chunk
     /// lengths and digests without reading it through the chunker.
     pub reuse_key: Option<Digest>,
+    /// One per region (the runs between `cuts`): a key under which a cache
+    /// may know how the region was cut last time, from what the archive's
+    /// directory says about the entries in it (or, for a large file that is
+    /// no archive, from its path). Only a candidate: every chunk a cache
+    /// offers is checked against the bytes before it is used.
+    pub region_keys: Vec<Option<Digest>>,
+    /// The archive's stored entries, checked against its directory in the
+    /// read pass.
+    pub(crate) checks: Option<EntryChecks>,
 }
 
 /// A layer's tar stream as segments, in order.
@@ -59,6 +69,10 @@ pub struct Segment {
 pub struct SegmentPlan {
     /// The segments; their concatenation is the layer's tar.
     pub segments: Vec<Segment>,
+    /// Archives found unusable (truncated, overlapping entries, sizes that
+    /// do not add up), each naming the file and what is wrong; such a file
+    /// is chunked as a plain file.
+    pub notes: Vec<String>,
 }
 
 impl SegmentPlan {
@@ -72,6 +86,7 @@ impl SegmentPlan {
         big_file: u64,
     ) -> Result<Self, LayerError> {
         let mut segments = Vec::new();
+        let mut notes = Vec::new();
         let mut group: Vec<Piece> = Vec::new();
         let flush = |group: &mut Vec<Piece>, segments: &mut Vec<Segment>| {
             if !group.is_empty() {
@@ -83,6 +98,8 @@ impl SegmentPlan {
                     cuts: Vec::new(),
                     own_file: false,
                     reuse_key: None,
+                    region_keys: vec![None],
+                    checks: None,
                 });
             }
         };
@@ -91,8 +108,9 @@ impl SegmentPlan {
             match &entry.kind {
                 EntryKind::File { data, size } if *size >= big_file => {
                     flush(&mut group, &mut segments);
+                    let h = header.len() as u64;
                     let mut pieces = vec![Piece::Bytes(header.clone())];
-                    let mut cuts = Vec::new();
+                    let mut layout = None;
                     let mut reuse_key = None;
                     match data {
                         FileData::Disk(path) => {
@@ -101,22 +119,52 @@ impl SegmentPlan {
                                 offset: 0,
                                 len: *size,
                             });
-                            cuts = archive_cuts(path, *size, big_file)
-                                .into_iter()
-                                .map(|c| c + header.len() as u64)
-                                .collect();
-                            reuse_key = file_key(path, &header, &cuts);
+                            match archive::probe(path, *size) {
+                                Probe::NotArchive => {}
+                                Probe::Archive(l) => layout = Some(l),
+                                Probe::Unusable(why) => notes.push(format!(
+                                    "{}: {why}; chunked as a plain file, without cuts at its \
+                                     entries",
+                                    path.display()
+                                )),
+                            }
                         }
                         FileData::Bytes(bytes) => pieces.push(Piece::Bytes(bytes.clone())),
                     }
                     pieces.push(Piece::Bytes(padding(*size).into()));
-                    let len = pieces.iter().map(Piece::len).sum();
+                    let len: u64 = pieces.iter().map(Piece::len).sum();
+                    // A cut after the tar header (it holds the size and time),
+                    // and around the archive's entries.
+                    let mut cuts: Vec<u64> = std::iter::once(h)
+                        .chain(
+                            layout
+                                .iter()
+                                .flat_map(|l| entry_cuts(l, *size, big_file))
+                                .map(|c| c + h),
+                        )
+                        .filter(|c| *c > 0 && *c < len)
+                        .collect();
+                    cuts.sort_unstable();
+                    cuts.dedup();
+                    if let FileData::Disk(path) = data {
+                        reuse_key = file_key(path, &header, &cuts);
+                    }
+                    let region_keys =
+                        region_keys(entry.path.as_str(), layout.as_ref(), h, &cuts, len);
+                    let checks = match (data, &layout) {
+                        (FileData::Disk(path), Some(l)) => {
+                            Some(EntryChecks::new(path.clone(), h, l))
+                        }
+                        _ => None,
+                    };
                     segments.push(Segment {
                         pieces,
                         len,
                         cuts,
                         own_file: true,
                         reuse_key,
+                        region_keys,
+                        checks,
                     });
                 }
                 EntryKind::File { data, size } => {
@@ -139,7 +187,7 @@ impl SegmentPlan {
         }
         group.push(Piece::Bytes(Arc::from(&END_OF_ARCHIVE[..])));
         flush(&mut group, &mut segments);
-        Ok(SegmentPlan { segments })
+        Ok(SegmentPlan { segments, notes })
     }
 
     /// A plan of literal bytes in one segment (tests, small streams).
@@ -152,7 +200,10 @@ impl SegmentPlan {
                 cuts: Vec::new(),
                 own_file: false,
                 reuse_key: None,
+                region_keys: vec![None],
+                checks: None,
             }],
+            notes: Vec::new(),
         }
     }
 
@@ -199,51 +250,91 @@ const ENTRY_CUT_MIN: u64 = 4 * 1024;
 /// one never moves the grouping of the others.
 const TINY_ENTRY_GROUP: u64 = 8;
 
-/// Offsets inside a zip archive (a game pak) where a chunk must end: around each entry of
+/// Offsets inside an archive (a game pak) where a chunk must end: around each entry of
 /// at least [`ENTRY_CUT_MIN`] bytes, before some tiny ones (by name), and before the
-/// central directory. A re-exported or edited entry then
-/// changes only its own chunks, however many small entries the archive packs and however
-/// far the edit shifts the entries after it. Not a zip, or one that cannot be read: no
-/// cuts.
-fn archive_cuts(path: &std::path::Path, size: u64, big: u64) -> Vec<u64> {
-    let mut magic = [0u8; 4];
-    let is_zip = File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && magic == *b"PK\x03\x04";
-    if !is_zip {
-        return Vec::new();
-    }
-    let Ok(file) = File::open(path) else {
-        return Vec::new();
-    };
-    let Ok(mut archive) = zip::ZipArchive::new(io::BufReader::new(file)) else {
-        return Vec::new();
-    };
+/// directory. A re-exported or edited entry then changes only its own chunks, however many
+/// small entries the archive packs and however far the edit shifts the entries after it.
+fn entry_cuts(layout: &ArchiveLayout, size: u64, big: u64) -> Vec<u64> {
     let mut cuts = Vec::new();
     let mut data_end = 0u64;
-    for i in 0..archive.len() {
-        let Ok(entry) = archive.by_index_raw(i) else {
-            return Vec::new();
-        };
-        let Some(data_start) = entry.data_start() else {
-            return Vec::new();
-        };
-        let len = entry.compressed_size();
-        let end = data_start + len;
-        data_end = data_end.max(end);
+    for entry in &layout.entries {
+        let len = entry.data_end - entry.data_start;
+        data_end = data_end.max(entry.data_end);
         if len >= big.min(ENTRY_CUT_MIN) {
-            cuts.push(entry.header_start());
-            cuts.push(end);
-        } else if xxhash_rust::xxh3::xxh3_64(entry.name_raw()).is_multiple_of(TINY_ENTRY_GROUP) {
-            cuts.push(entry.header_start());
+            cuts.push(entry.header_start);
+            cuts.push(entry.data_end);
+        } else if xxhash_rust::xxh3::xxh3_64(entry.name.as_bytes()).is_multiple_of(TINY_ENTRY_GROUP)
+        {
+            cuts.push(entry.header_start);
         }
     }
     cuts.push(data_end);
-    cuts.retain(|c| *c > 0 && *c < size);
-    cuts.sort_unstable();
-    cuts.dedup();
+    cuts.push(layout.directory_start);
+    cuts.retain(|c| *c < size);
     cuts
+}
+
+/// The candidate key of each region of a one-file segment (see
+/// [`Segment::region_keys`]). `h` is the tar header's length, `cuts` the
+/// segment's cuts. An archive's region is keyed by what the directory says of
+/// the entries starting in it (name, checksum, sizes, place); a region holding
+/// none (the tar header, the directory) has no key. A plain file's one region
+/// after its header is keyed by the file's path in the image, whatever its
+/// length, so a file that grew or changed late keeps the chunks before the
+/// change.
+fn region_keys(
+    image_path: &str,
+    layout: Option<&ArchiveLayout>,
+    h: u64,
+    cuts: &[u64],
+    len: u64,
+) -> Vec<Option<Digest>> {
+    let mut keys = Vec::with_capacity(cuts.len() + 1);
+    let mut start = 0u64;
+    let mut entries = layout
+        .map(|l| l.entries.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .peekable();
+    for end in cuts.iter().copied().chain(std::iter::once(len)) {
+        let key = match layout {
+            _ if end <= h => None,
+            None => {
+                let mut k = DigestHasher::new();
+                k.update(b"gantry-file-region-v1\0");
+                k.update(image_path.as_bytes());
+                Some(k.finish())
+            }
+            Some(_) => {
+                let mut k = DigestHasher::new();
+                k.update(b"gantry-archive-region-v1\0");
+                k.update(&(end - start).to_le_bytes());
+                let mut any = false;
+                while let Some(e) = entries.next_if(|e| e.header_start + h < end) {
+                    if e.header_start + h < start {
+                        continue;
+                    }
+                    any = true;
+                    for v in [
+                        e.header_start + h - start,
+                        e.data_start - e.header_start,
+                        e.data_end - e.data_start,
+                        e.size,
+                        u64::from(e.crc32),
+                        u64::from(e.stored),
+                        e.name.len() as u64,
+                    ] {
+                        k.update(&v.to_le_bytes());
+                    }
+                    k.update(e.name.as_bytes());
+                }
+                any.then(|| k.finish())
+            }
+        };
+        keys.push(key);
+        start = end;
+    }
+    keys
 }
 
 /// Reads a list of pieces in order, opening files lazily and failing if a
@@ -407,8 +498,9 @@ mod tests {
         let seg = &plan.segments[0];
         assert_eq!(
             seg.cuts.len(),
-            3,
-            "cuts around the big entry and before the central directory: {:?}",
+            4,
+            "cuts after the tar header, around the big entry and before the central \
+             directory: {:?}",
             seg.cuts
         );
         let key = seg.reuse_key.unwrap();
