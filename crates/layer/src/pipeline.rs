@@ -171,19 +171,64 @@ impl WrittenLayer {
     }
 }
 
+/// A chunk's uncompressed bytes: the first `len` bytes of a buffer that
+/// goes back to the producer once hashed, so a build of gigabytes does not
+/// allocate and zero a buffer per chunk.
+struct ChunkBuf {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+impl ChunkBuf {
+    fn owned(bytes: Vec<u8>) -> Self {
+        let len = bytes.len();
+        ChunkBuf { bytes, len }
+    }
+
+    /// A buffer of `len` bytes from `pool` (or new); its contents are stale.
+    fn from_pool(pool: &Receiver<Vec<u8>>, len: usize) -> Self {
+        let mut bytes = pool.try_recv().unwrap_or_default();
+        if bytes.len() < len {
+            bytes.resize(len, 0);
+        }
+        ChunkBuf { bytes, len }
+    }
+
+    fn into_vec(mut self) -> Vec<u8> {
+        self.bytes.truncate(self.len);
+        self.bytes
+    }
+}
+
+impl std::ops::Deref for ChunkBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for ChunkBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[..self.len]
+    }
+}
+
+/// How many chunk buffers wait for reuse at most.
+const POOL: usize = 64;
+
 /// A chunk to process.
 struct WorkItem {
     seq: u64,
     segment: usize,
     region_key: Option<Digest>,
-    data: Vec<u8>,
+    data: ChunkBuf,
     /// What a cache knows of `data`, already checked against it.
     known: Option<KnownChunk>,
 }
 type Work = Result<WorkItem, LayerError>;
 /// A chunk as the producer finds it: bytes, what a cache knows of them, region key.
-type Found = Result<(Vec<u8>, Option<KnownChunk>, Option<Digest>), LayerError>;
-type Done = Result<(u64, Vec<u8>, Vec<u8>, WrittenChunk), LayerError>;
+type Found = Result<(ChunkBuf, Option<KnownChunk>, Option<Digest>), LayerError>;
+type Done = Result<(u64, ChunkBuf, Vec<u8>, WrittenChunk), LayerError>;
 
 /// Cuts each segment of the tar stream into content-defined chunks (or takes
 /// a segment's chunk boundaries from `reuse`), compresses each chunk as its
@@ -202,9 +247,10 @@ pub fn write_layer(
     let mut notes = plan.notes.clone();
     let (work_tx, work_rx) = bounded::<Work>(threads * 4);
     let (done_tx, done_rx) = bounded::<Done>(threads * 4);
+    let (pool_tx, pool_rx) = bounded::<Vec<u8>>(POOL);
     std::thread::scope(|scope| {
         let params = options.chunker;
-        let producer = scope.spawn(move || produce(plan, params, reuse, work_tx));
+        let producer = scope.spawn(move || produce(plan, params, reuse, work_tx, pool_rx));
         for _ in 0..threads {
             let rx = work_rx.clone();
             let tx = done_tx.clone();
@@ -213,7 +259,7 @@ pub fn write_layer(
         }
         drop(work_rx);
         drop(done_tx);
-        let mut written = collect(done_rx, out, options, progress)?;
+        let mut written = collect(done_rx, out, options, progress, pool_tx)?;
         notes.extend(producer.join().map_err(|_| {
             LayerError::Chunking(std::io::Error::other("chunking thread panicked"))
         })?);
@@ -231,6 +277,7 @@ fn produce(
     params: ChunkerParams,
     reuse: &dyn ChunkReuse,
     tx: Sender<Work>,
+    pool: Receiver<Vec<u8>>,
 ) -> Vec<String> {
     let mut seq = 0u64;
     let mut notes = Vec::new();
@@ -291,14 +338,14 @@ fn produce(
                 if known.len > room || (i + 1 == list.len() && known.len != room) {
                     break;
                 }
-                let mut data = vec![0u8; known.len as usize];
+                let mut data = ChunkBuf::from_pool(&pool, known.len as usize);
                 if let Err(e) = reader.read_exact(&mut data) {
                     send(Err(LayerError::Chunking(e)));
                     return notes;
                 }
                 if xxhash_rust::xxh3::xxh3_128(&data) != known.data_xxh3 {
                     // Changed from here on: cut the rest afresh.
-                    pending = data;
+                    pending = data.into_vec();
                     break;
                 }
                 done += known.len;
@@ -318,7 +365,7 @@ fn produce(
                 for chunk in chunker {
                     if !send(
                         chunk
-                            .map(|c| (c.data, None, region_key))
+                            .map(|c| (ChunkBuf::owned(c.data), None, region_key))
                             .map_err(|e| LayerError::Chunking(e.into())),
                     ) {
                         return notes;
@@ -470,15 +517,17 @@ fn collect(
     out: &mut dyn Write,
     options: &LayerOptions,
     progress: &(dyn Fn(u64) + Sync),
+    pool: Sender<Vec<u8>>,
 ) -> Result<WrittenLayer, LayerError> {
     // The uncompressed stream is hashed (diff id) on its own thread, beside
     // this one, which hashes and writes the compressed blob.
-    let (tar_tx, tar_rx) = bounded::<Vec<u8>>(16);
+    let (tar_tx, tar_rx) = bounded::<ChunkBuf>(16);
     std::thread::scope(|scope| {
         let tar_hasher = scope.spawn(move || {
             let mut h = DigestHasher::new();
             for data in tar_rx {
                 h.update(&data);
+                let _ = pool.try_send(data.bytes);
             }
             h.finish()
         });
@@ -506,13 +555,13 @@ fn write_in_order(
     rx: Receiver<Done>,
     out: &mut dyn Write,
     progress: &(dyn Fn(u64) + Sync),
-    tar_tx: Sender<Vec<u8>>,
+    tar_tx: Sender<ChunkBuf>,
 ) -> Result<(Digest, u64, u64, Vec<WrittenChunk>), LayerError> {
     let mut blob_hash = DigestHasher::new();
     let mut size = 0u64;
     let mut uncompressed_size = 0u64;
     let mut chunks = Vec::new();
-    let mut waiting: BTreeMap<u64, (Vec<u8>, Vec<u8>, WrittenChunk)> = BTreeMap::new();
+    let mut waiting: BTreeMap<u64, (ChunkBuf, Vec<u8>, WrittenChunk)> = BTreeMap::new();
     let mut next = 0u64;
     for item in rx {
         let (seq, data, member, chunk) = item?;
