@@ -28,7 +28,7 @@ use tokio::io::AsyncWriteExt;
 use crate::error::AgentError;
 use crate::metrics::{BlobRecord, Method as HowObtained, Metrics};
 use crate::partial::{FailUnlessFinished, Partial};
-use crate::store::{ChunkLocation, KnownIndex, Store};
+use crate::store::{ChunkLocation, KnownIndex, ScopedChunks, Store};
 use crate::upstream::{describe, UpstreamSpec, Upstreams};
 
 /// Longest single range request (missing chunks are coalesced up to this).
@@ -380,13 +380,15 @@ impl Fetcher<'_> {
         let (base, stop) = (first.0, last.0 + last.1);
         let layer_label = layer.to_string();
         let (store, d, wanted) = (self.store.clone(), *layer, covering.clone());
+        let (upstream, repo) = (self.up.host.clone(), self.repo.to_string());
         let (held, missing) = AgentError::blocking("reading held chunks", move || {
             let mut held = Vec::new();
             let mut missing = Vec::new();
             let mut open = HashMap::new();
+            let mut scoped = store.scoped(&upstream, &repo);
             for (offset, len, id) in wanted {
                 let mut buf = Vec::new();
-                if read_held_chunk(&store, &mut open, &d, &id, len, &mut buf) {
+                if read_held_chunk(&store, &mut scoped, &mut open, &d, &id, len, &mut buf) {
                     held.push((offset, buf));
                 } else {
                     missing.push((offset, len, id));
@@ -508,8 +510,9 @@ impl Fetcher<'_> {
     ) -> Result<u64, DeltaError> {
         let layer_label = layer.to_string();
         let (store, ix, d) = (self.store.clone(), index.clone(), *layer);
+        let (upstream, repo) = (self.up.host.clone(), self.repo.to_string());
         let (held, missing) = AgentError::blocking("looking up held chunks", move || {
-            Ok(held_elsewhere(&store, &ix, &d))
+            Ok(held_elsewhere(&mut store.scoped(&upstream, &repo), &ix, &d))
         })
         .await?;
         let (store, f, t, p) = (
@@ -694,10 +697,10 @@ impl Fetcher<'_> {
 /// where it is held).
 type HeldChunk = (u64, u64, Digest, ChunkLocation);
 
-/// Splits the chunks of `index` into those another held blob has (by the store's chunk
-/// table; nothing is read) and the missing ones. Blocking (the table's lock).
+/// Splits the chunks of `index` into those another held blob of the same repository has
+/// (by the store's chunk table; no chunk is read) and the missing ones. Blocking.
 fn held_elsewhere(
-    store: &Store,
+    scoped: &mut ScopedChunks<'_>,
     index: &ChunkIndex,
     layer: &Digest,
 ) -> (Vec<HeldChunk>, Vec<MissingChunk>) {
@@ -705,17 +708,12 @@ fn held_elsewhere(
     let mut missing = Vec::new();
     for c in index.chunks_with_offsets() {
         let (id, len) = (c.record.id, c.record.compressed_len);
-        match held_copy(store, layer, &id, len) {
+        match scoped.find(layer, &id, len) {
             Some(loc) => held.push((c.compressed_offset, len, id, loc)),
             None => missing.push((c.compressed_offset, len, id)),
         }
     }
     (held, missing)
-}
-
-/// Where another held blob than `layer` has chunk `id` of `len` bytes.
-fn held_copy(store: &Store, layer: &Digest, id: &Digest, len: u64) -> Option<ChunkLocation> {
-    store.chunk(id).filter(|l| l.blob != *layer && l.len == len)
 }
 
 /// Copies `held` chunks into `file`, each re-checked against its id first and marked in
@@ -745,18 +743,20 @@ fn copy_held_chunks(
     Ok((reused, failed))
 }
 
-/// Reads chunk `id` (`len` compressed bytes) into `buf` from a held blob other than `layer`
+/// Reads chunk `id` (`len` compressed bytes) into `buf` from a held blob of the same
+/// repository other than `layer`
 /// and checks it against its id; false when no held blob has it or the copy fails its
 /// check (then it is fetched). `open` keeps the blobs opened so far.
 fn read_held_chunk(
     store: &Store,
+    scoped: &mut ScopedChunks<'_>,
     open: &mut HashMap<Digest, std::fs::File>,
     layer: &Digest,
     id: &Digest,
     len: u64,
     buf: &mut Vec<u8>,
 ) -> bool {
-    match held_copy(store, layer, id, len) {
+    match scoped.find(layer, id, len) {
         Some(loc) => read_chunk_at(store, open, &loc, id, buf),
         None => false,
     }

@@ -54,7 +54,8 @@ pub struct KnownIndex {
 pub struct Store {
     root: PathBuf,
     max_bytes: u64,
-    chunks: Arc<RwLock<HashMap<Digest, ChunkLocation>>>,
+    /// Every held blob that has a chunk, by chunk id (usually one).
+    chunks: Arc<RwLock<HashMap<Digest, Vec<ChunkLocation>>>>,
     /// Parsed chunk indexes by digest: a range request of `gantry snapshotter` needs the
     /// layer's index each time, and parsing a large one costs milliseconds. Content
     /// addressed, so an entry can only be stale in being unused; at most
@@ -264,11 +265,14 @@ impl Store {
             return;
         };
         for c in index.chunks_with_offsets() {
-            map.entry(c.record.id).or_insert(ChunkLocation {
-                blob: index.layer_digest,
-                offset: c.compressed_offset,
-                len: c.record.compressed_len,
-            });
+            let held = map.entry(c.record.id).or_default();
+            if held.iter().all(|l| l.blob != index.layer_digest) {
+                held.push(ChunkLocation {
+                    blob: index.layer_digest,
+                    offset: c.compressed_offset,
+                    len: c.record.compressed_len,
+                });
+            }
         }
     }
 
@@ -322,9 +326,18 @@ impl Store {
         })
     }
 
-    /// Where a chunk is held, if anywhere.
-    pub fn chunk(&self, id: &Digest) -> Option<ChunkLocation> {
-        self.chunks.read().ok()?.get(id).copied()
+    /// The held chunks a request for `repository` at `upstream` may reuse: only those in
+    /// blobs a manifest of that same repository and upstream named (see [`Store::learn`];
+    /// the client fetched that manifest with its own credentials). A chunk held only in
+    /// another tenant's layer is fetched from upstream instead, so a forged index cannot
+    /// draw another repository's bytes into an assembly.
+    pub fn scoped<'a>(&'a self, upstream: &'a str, repository: &'a str) -> ScopedChunks<'a> {
+        ScopedChunks {
+            store: self,
+            upstream,
+            repository,
+            readable: HashMap::new(),
+        }
     }
 
     /// Number of chunks known.
@@ -370,7 +383,10 @@ impl Store {
             }
             // Forget its chunks first, so no assembly starts reading a blob being removed.
             if let Ok(mut map) = self.chunks.write() {
-                map.retain(|_, loc| loc.blob != digest);
+                map.retain(|_, held| {
+                    held.retain(|loc| loc.blob != digest);
+                    !held.is_empty()
+                });
             }
             let _ = std::fs::remove_file(self.root.join("layers").join(digest.hex()));
             if std::fs::remove_file(self.blob_path(&digest)).is_ok() {
@@ -379,6 +395,39 @@ impl Store {
             }
         }
         removed
+    }
+}
+
+/// Held chunks as one repository at one upstream may reuse them ([`Store::scoped`]).
+pub struct ScopedChunks<'a> {
+    store: &'a Store,
+    upstream: &'a str,
+    repository: &'a str,
+    /// Whether each blob asked about so far is named by a manifest of the repository.
+    readable: HashMap<Digest, bool>,
+}
+
+impl ScopedChunks<'_> {
+    /// Where a held blob other than `layer`, one the repository names, has chunk `id` of
+    /// `len` compressed bytes. Blocking (reads the store's records).
+    pub fn find(&mut self, layer: &Digest, id: &Digest, len: u64) -> Option<ChunkLocation> {
+        let candidates: Vec<ChunkLocation> = self
+            .store
+            .chunks
+            .read()
+            .ok()?
+            .get(id)?
+            .iter()
+            .filter(|l| l.blob != *layer && l.len == len)
+            .copied()
+            .collect();
+        candidates.into_iter().find(|l| {
+            let (store, upstream, repository) = (self.store, self.upstream, self.repository);
+            *self
+                .readable
+                .entry(l.blob)
+                .or_insert_with(|| store.known_path(upstream, repository, &l.blob).is_file())
+        })
     }
 }
 
@@ -424,6 +473,82 @@ mod tests {
         drop(store);
         let _store = Store::open(dir.path(), 0).unwrap();
         assert!(!leftover.exists());
+    }
+
+    fn index_of(layer: Digest, chunks: &[&[u8]]) -> ChunkIndex {
+        ChunkIndex {
+            schema_version: 1,
+            media_type: gantry_oci::media_types::CHUNK_INDEX_ARTIFACT.into(),
+            layer_digest: layer,
+            layer_size: chunks.iter().map(|c| c.len() as u64).sum(),
+            diff_id: Digest::of(b"tar"),
+            uncompressed_size: 1,
+            compression: gantry_layer::CompressionParams {
+                format: "gzip".into(),
+                deflate: "zlib-rs".into(),
+                level: 6,
+            },
+            chunker: gantry_layer::ChunkerParams::default(),
+            chunks: chunks
+                .iter()
+                .map(|c| gantry_layer::ChunkRecord {
+                    compressed_len: c.len() as u64,
+                    uncompressed_len: 1,
+                    id: Digest::of(c),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn held_chunks_are_reused_only_within_the_repository_that_names_their_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 0).unwrap();
+        let secret: &[u8] = b"tenant A's secret chunk";
+        let shared: &[u8] = b"a chunk both tenants have";
+        let (a, b) = (Digest::of(b"layer of A"), Digest::of(b"layer of B"));
+        store
+            .record_layer(&Digest::of(b"ia"), &index_of(a, &[secret, shared]))
+            .unwrap();
+        store
+            .record_layer(&Digest::of(b"ib"), &index_of(b, &[shared]))
+            .unwrap();
+        let known = |i: &[u8]| KnownIndex {
+            index: Digest::of(i),
+            layer_size: 1,
+        };
+        store
+            .learn("reg.example", "tenant-a/game", &a, &known(b"ia"))
+            .unwrap();
+        store
+            .learn("reg.example", "tenant-b/app", &b, &known(b"ib"))
+            .unwrap();
+        let new_layer = Digest::of(b"new layer");
+        let (sid, shid) = (Digest::of(secret), Digest::of(shared));
+        let len = |c: &[u8]| c.len() as u64;
+        // Tenant B's forged index names A's chunk: not offered to B.
+        let mut for_b = store.scoped("reg.example", "tenant-b/app");
+        assert_eq!(for_b.find(&new_layer, &sid, len(secret)), None);
+        // The chunk B's own layer holds is, from B's blob even though A's has it too.
+        assert_eq!(
+            for_b.find(&new_layer, &shid, len(shared)).map(|l| l.blob),
+            Some(b)
+        );
+        // A reuses its own chunk; the same repository at another upstream does not.
+        let mut for_a = store.scoped("reg.example", "tenant-a/game");
+        assert_eq!(
+            for_a.find(&new_layer, &sid, len(secret)).map(|l| l.blob),
+            Some(a)
+        );
+        assert_eq!(
+            store
+                .scoped("other.example", "tenant-a/game")
+                .find(&new_layer, &sid, len(secret)),
+            None
+        );
+        // Never the layer being assembled itself, nor a chunk of another length.
+        assert_eq!(for_a.find(&a, &sid, len(secret)), None);
+        assert_eq!(for_a.find(&new_layer, &sid, 3), None);
     }
 
     #[test]

@@ -756,6 +756,103 @@ mod hostile {
         assert_eq!(failures, 0.0, "evil/app's index was never tried");
     }
 
+    /// Finding: the agent's table of held chunks was shared by every repository, so a
+    /// layer pushed to one repository with an index naming a chunk of another tenant's
+    /// layer had that chunk copied from the node's store into its assembly, and streamed
+    /// to the client before the blob's digest failed. Now held chunks are reused only from
+    /// blobs the same repository's manifests name: the forged chunk is fetched from its
+    /// own layer upstream, fails its check, and the layer is served whole and exact.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_held_for_one_repository_never_enters_another_repositorys_layer() {
+        let serve = GantryServe::open().await;
+        let host = serve.host();
+        let c = client(&host, None);
+        let half = 512 * 1024usize;
+
+        // studio/game:v1 — a layer of two chunks, the first one secret.
+        let secret = noise(half, 10);
+        let rest = noise(half, 11);
+        let studio_bytes = [secret.clone(), rest.clone()].concat();
+        let studio = blob(&c, "studio/game", studio_bytes.clone()).await;
+        let size = studio_bytes.len() as u64;
+        let index = index_of(
+            &studio,
+            size,
+            &[
+                (half as u64, Digest::of(&secret)),
+                (half as u64, Digest::of(&rest)),
+            ],
+        );
+        let i = blob(&c, "studio/game", index.to_blob().unwrap()).await;
+        image(&c, "studio/game", "v1", &[(studio, size, Some(i))], 0).await;
+
+        // evil/app:v1 — its own layer, with an index that claims its first half is the
+        // studio's secret chunk (the id is all a forger needs).
+        let evil_bytes = [noise(half, 20), noise(half, 21)].concat();
+        let evil = blob(&c, "evil/app", evil_bytes.clone()).await;
+        let forged = index_of(
+            &evil,
+            size,
+            &[
+                (half as u64, Digest::of(&secret)),
+                (half as u64, Digest::of(&evil_bytes[half..])),
+            ],
+        );
+        let f = blob(&c, "evil/app", forged.to_blob().unwrap()).await;
+        image(&c, "evil/app", "v1", &[(evil, size, Some(f))], 0).await;
+
+        let root = tempdir();
+        let a = agent(root.path(), &host, &format!("http://{host}")).await;
+        let http = reqwest::Client::new();
+        let get = |path: String| {
+            let url = format!("{}{path}?ns={host}", a.url());
+            let http = http.clone();
+            async move { http.get(url).send().await.unwrap() }
+        };
+        // The node pulls the studio's image: it now holds the secret chunk.
+        assert_eq!(
+            get("/v2/studio/game/manifests/v1".into()).await.status(),
+            200
+        );
+        let r = get(format!("/v2/studio/game/blobs/{studio}")).await;
+        assert_eq!(r.status(), 200);
+        assert!(r.bytes().await.unwrap()[..] == studio_bytes[..]);
+        assert!(a.state().store.has(&studio));
+
+        // The forger's pull: never a byte of the secret. The forged chunk, fetched from its
+        // own layer, fails its check: the blob is refused (502) or served exact.
+        assert_eq!(get("/v2/evil/app/manifests/v1".into()).await.status(), 200);
+        let mut r = get(format!("/v2/evil/app/blobs/{evil}")).await;
+        let status = r.status();
+        let mut body = Vec::new();
+        while let Ok(Some(piece)) = r.chunk().await {
+            body.extend_from_slice(&piece);
+        }
+        assert!(
+            !body.windows(4096).any(|w| w == &secret[..4096]),
+            "the studio's secret chunk reached evil/app's client ({} bytes, status {status})",
+            body.len()
+        );
+        match status.as_u16() {
+            200 => assert!(
+                body[..] == evil_bytes[..],
+                "evil/app's layer is served exact"
+            ),
+            502 => {}
+            other => panic!("status {other}"),
+        }
+        let reused: Vec<_> = a
+            .state()
+            .metrics
+            .status()
+            .blobs
+            .into_iter()
+            .filter(|b| b.digest == evil.to_string())
+            .map(|b| b.reused_bytes)
+            .collect();
+        assert!(reused.iter().all(|r| *r == 0), "{reused:?}");
+    }
+
     /// Finding: `.` and `..` in names (also as `%2e%2e`) were accepted and resolved by the
     /// HTTP client, so `/v2/../../token/manifests/x` reached the upstream as
     /// `GET /token/manifests/x` with the client's `Authorization`. Now the agent checks the
