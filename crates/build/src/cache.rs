@@ -202,11 +202,13 @@ impl BuildCache {
         }
     }
 
-    /// Records a finished layer, the chunk map of its blob and how each
-    /// keyed segment (see [`gantry_layer::Segment::reuse_key`]) was cut.
+    /// Records a finished layer, the chunk map of its blob (under `map_key`,
+    /// see [`BuildCache::chunk_reuse`]) and how each keyed segment (see
+    /// [`gantry_layer::Segment::reuse_key`]) was cut.
     pub fn record_layer(
         &self,
         fingerprint: &Digest,
+        map_key: &str,
         layer: &CachedLayer,
         written: &WrittenLayer,
         segment_keys: &[Option<Digest>],
@@ -247,7 +249,7 @@ impl BuildCache {
             chunks,
             keys,
         };
-        self.write_file(&self.chunk_map_path(&layer.name), &map.encode())?;
+        self.write_file(&self.chunk_map_path(map_key), &map.encode())?;
         self.write_json(
             &self
                 .dir
@@ -257,10 +259,10 @@ impl BuildCache {
         )
     }
 
-    fn chunk_map_path(&self, layer_name: &str) -> PathBuf {
+    fn chunk_map_path(&self, map_key: &str) -> PathBuf {
         self.dir
             .join("chunks")
-            .join(format!("{}.map", Digest::of(layer_name.as_bytes()).hex()))
+            .join(format!("{}.map", Digest::of(map_key.as_bytes()).hex()))
     }
 
     fn write_json<T: Serialize>(&self, path: &Path, value: &T) -> Result<(), BuildError> {
@@ -280,10 +282,13 @@ impl BuildCache {
         Ok(())
     }
 
-    /// The chunks of the last blob built for `layer_name`, for reuse.
-    pub fn chunk_reuse(&self, layer_name: &str) -> CachedChunks {
+    /// The chunks of the last blob built under `map_key`, for reuse. The key
+    /// names the layer and every setting that shapes its chunks and members
+    /// (chunker sizes, gzip level, deflate implementation), so a build with
+    /// other settings never follows cuts or takes members made with these.
+    pub fn chunk_reuse(&self, map_key: &str) -> CachedChunks {
         let load = || -> Option<CachedChunks> {
-            let map = ChunkMap::decode(&fs::read(self.chunk_map_path(layer_name)).ok()?)?;
+            let map = ChunkMap::decode(&fs::read(self.chunk_map_path(map_key)).ok()?)?;
             let file = fs::File::open(self.blob_path(&map.blob)).ok()?;
             let known = map
                 .keys
@@ -401,7 +406,8 @@ impl CachedChunks {
 impl ChunkReuse for CachedChunks {
     fn lookup(&self, uncompressed: &Digest, len: u64) -> Option<CachedMember> {
         let c = self.chunks.get(uncompressed)?;
-        if c.uncompressed_len != len {
+        // A gzip member is never much longer than its data (stored blocks).
+        if c.uncompressed_len != len || c.compressed_len > len + len / 8 + 1024 {
             return None;
         }
         let file = self.file.as_ref()?;

@@ -460,7 +460,8 @@ fn build_layer(
         source,
     })?;
     let segment_keys: Vec<Option<Digest>> = plan.segments.iter().map(|s| s.reuse_key).collect();
-    let reuse = cache.as_ref().map(|c| c.chunk_reuse(&layer.name));
+    let map_key = format!("{}\0{salt}", layer.name);
+    let reuse = cache.as_ref().map(|c| c.chunk_reuse(&map_key));
     let name = layer.name.as_str();
     let reuse: &dyn ChunkReuse = match &reuse {
         Some(r) => r,
@@ -504,7 +505,7 @@ fn build_layer(
                 index_digest,
                 index_size: index_blob.len() as u64,
             };
-            cache.record_layer(&fingerprint, &cached, &written, &segment_keys)?;
+            cache.record_layer(&fingerprint, &map_key, &cached, &written, &segment_keys)?;
         }
         None => {
             let blob_path = writer.blob_path(&written.digest);

@@ -522,12 +522,13 @@ fn broken_paks_are_named_and_shipped_byte_for_byte() {
     // A truncated pak: its central directory is gone.
     let whole = pak_bytes(30);
     std::fs::write(paks.join("truncated.pak"), &whole[..whole.len() * 2 / 3]).unwrap();
-    // A pak whose entries overlap: entry 5's central header points into entry 4.
+    // A pak whose entries overlap: entry 5's central header points at entry 4's local
+    // header (a readable one: the names have the same length).
     let mut overlap = pak_bytes(30);
     let h4 = central_header(&overlap, 4);
     let h5 = central_header(&overlap, 5);
     let at4 = u32::from_le_bytes(overlap[h4 + 42..h4 + 46].try_into().unwrap());
-    overlap[h5 + 42..h5 + 46].copy_from_slice(&(at4 + 30).to_le_bytes());
+    overlap[h5 + 42..h5 + 46].copy_from_slice(&at4.to_le_bytes());
     std::fs::write(paks.join("overlap.pak"), &overlap).unwrap();
 
     let cache = tmp.path().join("cache");
@@ -543,7 +544,7 @@ fn broken_paks_are_named_and_shipped_byte_for_byte() {
     };
     find(&["lying.pak", "`levels/entry007.bin`", "CRC-32"]);
     find(&["truncated.pak", "truncated", "chunked as a plain file"]);
-    find(&["overlap.pak", "chunked as a plain file"]);
+    find(&["overlap.pak", "overlap", "chunked as a plain file"]);
     // Every file is in the layer as it is on disk.
     let l = layer(&first, "paks");
     let gz = std::fs::read(blob_path(&first.layout, &l.digest.to_string())).unwrap();
@@ -575,4 +576,32 @@ fn broken_paks_are_named_and_shipped_byte_for_byte() {
     assert_eq!(warm.manifest_digest, first.manifest_digest);
     assert_eq!(cold.manifest_digest, first.manifest_digest);
     assert_eq!(layer(&warm, "paks").warnings.len(), warnings.len());
+}
+
+#[test]
+fn other_chunking_settings_never_follow_the_cache_of_the_old_ones() {
+    use gantry_sample_game::{PakShape, SampleSpec};
+    let tmp = tempdir();
+    let game = tmp.path().join("game");
+    gantry_sample_game::generate(
+        &game,
+        &SampleSpec {
+            scale_bytes: 12_000_000,
+            seed: 8,
+            paks: PakShape::Single,
+        },
+    )
+    .unwrap();
+    let cache = tmp.path().join("cache");
+    common::build(&game, &tmp.path().join("v1"), Some(&cache));
+    // The same inputs with another gzip level and maximum chunk size: nothing the
+    // cache recorded under the old settings may shape the new image.
+    let spec = game.join("gantry.toml");
+    let mut text = std::fs::read_to_string(&spec).unwrap();
+    text.push_str("\n[chunking]\nmin = 16384\navg = 65536\nmax = 131072\nlarge_file_scale = 4\ngzip_level = 1\n");
+    std::fs::write(&spec, text).unwrap();
+    let warm = common::build(&game, &tmp.path().join("warm"), Some(&cache));
+    let cold = common::build(&game, &tmp.path().join("cold"), None);
+    assert_eq!(warm.manifest_digest, cold.manifest_digest);
+    assert_eq!(layer(&warm, "paks").reused_bytes, 0);
 }

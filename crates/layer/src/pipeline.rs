@@ -331,10 +331,17 @@ fn produce(
             let mut done = start;
             let mut pending = Vec::new();
             let list = list.unwrap_or_default();
+            let (region_len, old_len) = (end - start, list.iter().map(|c| c.len).sum::<u64>());
+            let max_chunk = u64::from(params.max) * scale as u64;
+            // FastCDC decides a cut on the first byte after it, and by the room left to
+            // the region's end. So a known chunk is sent only once the next one matched
+            // too (or the region's end cut it), and only while the chunker would have
+            // seen the same room; the first chunk not sent is where the chunker starts.
+            let mut held: Option<(ChunkBuf, KnownChunk)> = None;
             for (i, &known) in list.iter().enumerate() {
-                // The last chunk of a region was cut by the region's end, so
-                // it stands only where the region ends at the same place.
-                let room = end - done;
+                let (room, off) = (end - done, done - start);
+                // The last chunk of a region was cut by the region's end, so it
+                // stands only where the region ends at the same place.
                 if known.len > room || (i + 1 == list.len() && known.len != room) {
                     break;
                 }
@@ -348,9 +355,31 @@ fn produce(
                     pending = data.into_vec();
                     break;
                 }
+                // Its first byte is unchanged: the chunk before it ends where it did.
+                if let Some((d, k)) = held.take() {
+                    if !send(Ok((d, Some(k), region_key))) {
+                        return notes;
+                    }
+                }
+                let same_room = old_len == region_len
+                    || (region_len - off >= max_chunk && old_len - off >= max_chunk);
+                if !same_room {
+                    pending = data.into_vec();
+                    break;
+                }
                 done += known.len;
-                if !send(Ok((data, Some(known), region_key))) {
-                    return notes;
+                held = Some((data, known));
+            }
+            if let Some((d, k)) = held.take() {
+                if done == end {
+                    if !send(Ok((d, Some(k), region_key))) {
+                        return notes;
+                    }
+                } else {
+                    done -= k.len;
+                    let mut back = d.into_vec();
+                    back.extend_from_slice(&pending);
+                    pending = back;
                 }
             }
             if done < end {
@@ -445,13 +474,14 @@ impl Read for CheckedReader {
     }
 }
 
-/// Whether a cached member still holds what was recorded: its xxh3, and a
-/// gzip trailer giving the chunk's length.
-fn member_matches(m: &CachedMember, len: u64) -> bool {
+/// Whether a cached member still holds what was recorded (its xxh3) and was
+/// made from `data`: its gzip trailer gives the data's CRC-32 and length.
+fn member_matches(m: &CachedMember, data: &[u8]) -> bool {
     let n = m.member.len();
     n >= 18
         && xxhash_rust::xxh3::xxh3_64(&m.member) == m.member_xxh3
-        && m.member[n - 4..] == (len as u32).to_le_bytes()
+        && m.member[n - 4..] == (data.len() as u32).to_le_bytes()
+        && m.member[n - 8..n - 4] == crc32fast::hash(data).to_le_bytes()
 }
 
 fn compress_worker(level: u32, reuse: &dyn ChunkReuse, rx: Receiver<Work>, tx: Sender<Done>) {
@@ -466,18 +496,26 @@ fn compress_worker(level: u32, reuse: &dyn ChunkReuse, rx: Receiver<Work>, tx: S
                  known,
              }| {
                 // A known chunk's digest is believed because its bytes matched
-                // the xxh3-128 recorded with it; others are hashed.
-                let (uncompressed_digest, data_xxh3) = match known {
-                    Some(k) => (k.digest, k.data_xxh3),
-                    None => (Digest::of(&data), xxhash_rust::xxh3::xxh3_128(&data)),
-                };
+                // the xxh3-128 recorded with it, and kept only if the member
+                // found under it was made from these bytes; others are hashed.
                 let len = data.len() as u64;
-                let (id, member, member_xxh3, reused) = match reuse
+                let data_xxh3 = match known {
+                    Some(k) => k.data_xxh3,
+                    None => xxhash_rust::xxh3::xxh3_128(&data),
+                };
+                let mut uncompressed_digest = match known {
+                    Some(k) => k.digest,
+                    None => Digest::of(&data),
+                };
+                let found = reuse
                     .lookup(&uncompressed_digest, len)
-                    .filter(|m| member_matches(m, len))
-                {
+                    .filter(|m| member_matches(m, &data));
+                let (id, member, member_xxh3, reused) = match found {
                     Some(m) => (m.id, m.member, m.member_xxh3, true),
                     None => {
+                        if known.is_some() {
+                            uncompressed_digest = Digest::of(&data);
+                        }
                         let member = compressor.compress(&data)?;
                         let hash = xxhash_rust::xxh3::xxh3_64(&member);
                         (Digest::of(&member), member, hash, false)
@@ -820,7 +858,9 @@ mod tests {
     #[test]
     fn known_segment_chunking_is_reused_and_lies_are_caught() {
         let dir = tempfile::tempdir().unwrap();
-        let data = pseudo_random(900_000, 11);
+        // A multiple of 512 bytes: no tar padding after the file, so the old
+        // last chunk's bytes are still there, unchanged, when the file grows.
+        let data = pseudo_random(900 * 1024, 11);
         let plan = one_file_plan(dir.path(), &data);
         let key = plan.segments[0].reuse_key.unwrap();
         let mut blob = Vec::new();
@@ -879,6 +919,91 @@ mod tests {
         let out = write_layer(plan2, &mut warm, &opts, &stale, &|_| {}).unwrap();
         assert_eq!(warm, cold);
         assert!(out.chunks[1..chunks.len() - 1].iter().all(|c| c.reused));
+    }
+
+    /// Writes `data` as one file, cold and with `reuse`; returns both blobs.
+    fn cold_and_warm(data: &[u8], reuse: &dyn ChunkReuse) -> (Vec<u8>, Vec<u8>, WrittenLayer) {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = one_file_plan(dir.path(), data);
+        let opts = LayerOptions::default();
+        let mut cold = Vec::new();
+        write_layer(plan.clone(), &mut cold, &opts, &NoReuse, &|_| {}).unwrap();
+        let mut warm = Vec::new();
+        let out = write_layer(plan, &mut warm, &opts, reuse, &|_| {}).unwrap();
+        (cold, warm, out)
+    }
+
+    /// v1's chunks of its file region, offered under v2's region key.
+    fn region_reuse(v1: &[u8], v2_key: Digest) -> (SegmentReuse, WrittenLayer) {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = one_file_plan(dir.path(), v1);
+        let mut blob = Vec::new();
+        let first =
+            write_layer(plan, &mut blob, &LayerOptions::default(), &NoReuse, &|_| {}).unwrap();
+        let members = members_of(&blob, &first);
+        let chunks: Vec<KnownChunk> = known_of(&first, 0)[1..].to_vec();
+        (
+            SegmentReuse {
+                key: v2_key,
+                chunks,
+                members,
+            },
+            first,
+        )
+    }
+
+    #[test]
+    fn an_edit_on_the_first_byte_after_an_old_cut_gives_the_cold_cuts() {
+        // FastCDC decides a cut on the byte after it: a chunk whose own bytes are
+        // unchanged may still not end where it did.
+        let v1 = pseudo_random(3 * 1024 * 1024, 21);
+        let dir = tempfile::tempdir().unwrap();
+        let key = one_file_plan(dir.path(), &v1).segments[0].region_keys[1].unwrap();
+        let (reuse, first) = region_reuse(&v1, key);
+        let cuts: Vec<u64> = first.chunks[1..]
+            .iter()
+            .scan(0u64, |end, c| {
+                *end += c.record.uncompressed_len;
+                Some(*end)
+            })
+            .collect();
+        assert!(cuts.len() > 4, "{cuts:?}");
+        for at in [cuts[0], cuts[2]] {
+            let mut v2 = v1.clone();
+            v2[at as usize] ^= 0x5a;
+            let (cold, warm, out) = cold_and_warm(&v2, &reuse);
+            assert!(
+                warm == cold,
+                "an edit at the old cut {at}: the warm blob differs"
+            );
+            if at == cuts[2] {
+                assert!(
+                    out.chunks[1].known,
+                    "the first chunk, two cuts before, was known"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_lying_digest_with_true_bytes_is_not_carried_on() {
+        // The cache's xxh3 matches the bytes but its digest is another chunk's: the
+        // member found under that digest was made from other bytes, so the chunk is
+        // compressed afresh and its digest computed.
+        let v1 = pseudo_random(2 * 1024 * 1024, 22);
+        let dir = tempfile::tempdir().unwrap();
+        let key = one_file_plan(dir.path(), &v1).segments[0].region_keys[1].unwrap();
+        let (mut reuse, first) = region_reuse(&v1, key);
+        let wrong = reuse.chunks[2].digest;
+        reuse.chunks[0].digest = wrong;
+        let (cold, warm, out) = cold_and_warm(&v1, &reuse);
+        assert!(warm == cold);
+        let chunk = &out.chunks[1];
+        assert!(chunk.known && !chunk.reused);
+        assert_eq!(
+            chunk.uncompressed_digest,
+            first.chunks[1].uncompressed_digest
+        );
     }
 
     struct FailingWriter;
