@@ -215,6 +215,8 @@ impl std::ops::DerefMut for ChunkBuf {
 
 /// How many chunk buffers wait for reuse at most.
 const POOL: usize = 64;
+/// Larger buffers (chunkers set to large chunks) are not kept.
+const POOL_BUFFER_MAX: usize = 4 << 20;
 
 /// A chunk to process.
 struct WorkItem {
@@ -565,7 +567,9 @@ fn collect(
             let mut h = DigestHasher::new();
             for data in tar_rx {
                 h.update(&data);
-                let _ = pool.try_send(data.bytes);
+                if data.bytes.capacity() <= POOL_BUFFER_MAX {
+                    let _ = pool.try_send(data.bytes);
+                }
             }
             h.finish()
         });
