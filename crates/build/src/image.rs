@@ -445,21 +445,15 @@ fn build_layer(
         .map_err(BuildError::io(&scratch_parent))?;
     let resolved = resolve_layer(&opts.context, layer, staging.path())?;
     progress.layer_started(&layer.name, resolved.content_bytes);
-    let blob_tmp = tempfile::NamedTempFile::new_in(&scratch_parent)
-        .map_err(BuildError::io(&scratch_parent))?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, blob_tmp.as_file());
     // Files of at least one average chunk (and pak entries of 4 KiB or more)
     // get chunk boundaries of their own; see gantry_layer::SegmentPlan.
-    let plan = SegmentPlan::new(
-        resolved.entries,
-        tar_options,
-        u64::from(options.chunker.avg),
-    )
-    .map_err(|source| BuildError::Layer {
+    let layer_error = |source| BuildError::Layer {
         layer: layer.name.clone(),
         source,
-    })?;
-    let segment_keys: Vec<Option<Digest>> = plan.segments.iter().map(|s| s.reuse_key).collect();
+    };
+    let big_file = u64::from(options.chunker.avg);
+    let plan =
+        SegmentPlan::new(resolved.entries.clone(), tar_options, big_file).map_err(layer_error)?;
     let map_key = format!("{}\0{salt}", layer.name);
     let reuse = cache.as_ref().map(|c| c.chunk_reuse(&map_key));
     let name = layer.name.as_str();
@@ -467,14 +461,39 @@ fn build_layer(
         Some(r) => r,
         None => &NoReuse,
     };
-    let written = gantry_layer::write_layer(plan, &mut out, options, reuse, &|done| {
-        progress.layer_progress(name, done)
-    })
-    .map_err(|source| BuildError::Layer {
-        layer: layer.name.clone(),
-        source,
-    })?;
-    drop(out);
+    let write = |plan: SegmentPlan| -> Result<_, BuildError> {
+        let blob_tmp = tempfile::NamedTempFile::new_in(&scratch_parent)
+            .map_err(BuildError::io(&scratch_parent))?;
+        let keys: Vec<Option<Digest>> = plan.segments.iter().map(|s| s.reuse_key).collect();
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, blob_tmp.as_file());
+        let written = gantry_layer::write_layer(plan, &mut out, options, reuse, &|done| {
+            progress.layer_progress(name, done)
+        })
+        .map_err(layer_error)?;
+        drop(out);
+        Ok((blob_tmp, keys, written))
+    };
+    let (mut blob_tmp, mut segment_keys, mut written) = write(plan)?;
+    if !written.lying_archives.is_empty() {
+        // A pak whose directory lies is chunked as a plain file: the layer is
+        // written again (cold and warm builds alike, so they stay identical).
+        let plan = SegmentPlan::with_plain_files(
+            resolved.entries,
+            tar_options,
+            big_file,
+            &written.lying_archives,
+        )
+        .map_err(layer_error)?;
+        let first_notes = std::mem::take(&mut written.notes);
+        (blob_tmp, segment_keys, written) = write(plan)?;
+        let mut notes = first_notes;
+        for note in std::mem::take(&mut written.notes) {
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+        }
+        written.notes = notes;
+    }
     drop(staging);
     let index_blob = written
         .index()

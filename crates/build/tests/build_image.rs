@@ -543,6 +543,7 @@ fn broken_paks_are_named_and_shipped_byte_for_byte() {
         )
     };
     find(&["lying.pak", "`levels/entry007.bin`", "CRC-32"]);
+    find(&["lying.pak", "does not match", "chunked as a plain file"]);
     find(&["truncated.pak", "truncated", "chunked as a plain file"]);
     find(&["overlap.pak", "overlap", "chunked as a plain file"]);
     // Every file is in the layer as it is on disk.
@@ -565,6 +566,9 @@ fn broken_paks_are_named_and_shipped_byte_for_byte() {
         }
     }
     assert_eq!(seen, 3);
+    // All three are chunked as plain files (large-file chunks of 64 KiB and more): with
+    // cuts at their entries the 30 entries of 10 kB of each would be 30 chunks or more.
+    assert!(l.chunks < 20, "{} chunks", l.chunks);
     // Touched, then rebuilt warm: the same image as a cold build, still warned.
     for name in ["lying.pak", "truncated.pak", "overlap.pak"] {
         let p = paks.join(name);

@@ -201,9 +201,10 @@ impl EntryChecks {
         }
     }
 
-    /// What did not match.
-    pub(crate) fn into_notes(self) -> Vec<String> {
-        self.notes
+    /// What did not match, and the archive's path if anything did not.
+    pub(crate) fn finish(self) -> (Vec<String>, Option<PathBuf>) {
+        let lied = (!self.notes.is_empty()).then_some(self.file);
+        (self.notes, lied)
     }
 }
 
@@ -309,7 +310,8 @@ mod tests {
             for (i, piece) in stream.chunks(step).enumerate() {
                 checks.feed((i * step) as u64, piece);
             }
-            let notes = checks.into_notes();
+            let (notes, lied) = checks.finish();
+            assert_eq!(lied, Some(PathBuf::from("game.pak")));
             assert_eq!(notes.len(), 1, "step {step}: {notes:?}");
             assert!(
                 notes[0].contains("game.pak") && notes[0].contains("`liar`"),

@@ -131,8 +131,13 @@ pub struct WrittenLayer {
     pub options: LayerOptions,
     /// Problems found in the layer's archives (see [`SegmentPlan::notes`]),
     /// and stored archive entries whose bytes do not match the checksum
-    /// their directory gives. Neither changes the output.
+    /// their directory gives.
     pub notes: Vec<String>,
+    /// Archives whose directory does not match their entries' bytes. The
+    /// layer is exact, but their cuts followed a directory that lies: write
+    /// it again with [`SegmentPlan::with_plain_files`] naming them, so they
+    /// are chunked as plain files.
+    pub lying_archives: Vec<std::path::PathBuf>,
 }
 
 impl WrittenLayer {
@@ -262,10 +267,12 @@ pub fn write_layer(
         drop(work_rx);
         drop(done_tx);
         let mut written = collect(done_rx, out, options, progress, pool_tx)?;
-        notes.extend(producer.join().map_err(|_| {
-            LayerError::Chunking(std::io::Error::other("chunking thread panicked"))
-        })?);
+        let (found, lying) = producer
+            .join()
+            .map_err(|_| LayerError::Chunking(std::io::Error::other("chunking thread panicked")))?;
+        notes.extend(found);
         written.notes = notes;
+        written.lying_archives = lying;
         Ok(written)
     })
 }
@@ -273,16 +280,18 @@ pub fn write_layer(
 /// Reads the plan's bytes once, in order, and sends them on as chunks: where
 /// a cache knows a region's chunks and the bytes match them, along the known
 /// cuts; from the first chunk that does not match, through the chunker, as a
-/// cold build would. Returns the archive checks' findings.
+/// cold build would. Returns the archive checks' findings and the archives
+/// whose directory lied.
 fn produce(
     plan: SegmentPlan,
     params: ChunkerParams,
     reuse: &dyn ChunkReuse,
     tx: Sender<Work>,
     pool: Receiver<Vec<u8>>,
-) -> Vec<String> {
+) -> (Vec<String>, Vec<std::path::PathBuf>) {
     let mut seq = 0u64;
     let mut notes = Vec::new();
+    let mut lying = Vec::new();
     for (index, segment) in plan.segments.into_iter().enumerate() {
         let mut send = |item: Found| -> bool {
             let failed = item.is_err();
@@ -350,7 +359,7 @@ fn produce(
                 let mut data = ChunkBuf::from_pool(&pool, known.len as usize);
                 if let Err(e) = reader.read_exact(&mut data) {
                     send(Err(LayerError::Chunking(e)));
-                    return notes;
+                    return (notes, lying);
                 }
                 if xxhash_rust::xxh3::xxh3_128(&data) != known.data_xxh3 {
                     // Changed from here on: cut the rest afresh.
@@ -360,7 +369,7 @@ fn produce(
                 // Its first byte is unchanged: the chunk before it ends where it did.
                 if let Some((d, k)) = held.take() {
                     if !send(Ok((d, Some(k), region_key))) {
-                        return notes;
+                        return (notes, lying);
                     }
                 }
                 let same_room = old_len == region_len
@@ -375,7 +384,7 @@ fn produce(
             if let Some((d, k)) = held.take() {
                 if done == end {
                     if !send(Ok((d, Some(k), region_key))) {
-                        return notes;
+                        return (notes, lying);
                     }
                 } else {
                     done -= k.len;
@@ -399,17 +408,19 @@ fn produce(
                             .map(|c| (ChunkBuf::owned(c.data), None, region_key))
                             .map_err(|e| LayerError::Chunking(e.into())),
                     ) {
-                        return notes;
+                        return (notes, lying);
                     }
                 }
             }
             start = end;
         }
         if let Some(checks) = reader.checks {
-            notes.extend(checks.into_notes());
+            let (found, lied) = checks.finish();
+            notes.extend(found);
+            lying.extend(lied);
         }
     }
-    notes
+    (notes, lying)
 }
 
 /// For each region of `segment` (bounded by `bounds`), the chunks a cache
@@ -586,6 +597,7 @@ fn collect(
             chunks,
             options: *options,
             notes: Vec::new(),
+            lying_archives: Vec::new(),
         })
     })
 }

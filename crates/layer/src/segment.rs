@@ -85,6 +85,18 @@ impl SegmentPlan {
         options: TarOptions,
         big_file: u64,
     ) -> Result<Self, LayerError> {
+        Self::with_plain_files(entries, options, big_file, &[])
+    }
+
+    /// Like [`SegmentPlan::new`], with the archives in `plain` chunked as plain
+    /// files (no cuts at their entries): those whose directory was found to lie
+    /// ([`crate::WrittenLayer::lying_archives`]).
+    pub fn with_plain_files(
+        entries: Vec<LayerEntry>,
+        options: TarOptions,
+        big_file: u64,
+        plain: &[PathBuf],
+    ) -> Result<Self, LayerError> {
         let mut segments = Vec::new();
         let mut notes = Vec::new();
         let mut group: Vec<Piece> = Vec::new();
@@ -119,7 +131,15 @@ impl SegmentPlan {
                                 offset: 0,
                                 len: *size,
                             });
-                            match archive::probe(path, *size) {
+                            let probe = match plain.contains(path) {
+                                true => Probe::Unusable(
+                                    "its zip central directory does not match its entries' \
+                                     bytes"
+                                        .into(),
+                                ),
+                                false => archive::probe(path, *size),
+                            };
+                            match probe {
                                 Probe::NotArchive => {}
                                 Probe::Archive(l) => layout = Some(l),
                                 Probe::Unusable(why) => notes.push(format!(
