@@ -550,6 +550,18 @@ async fn blob(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
             state.remember_allowed(key, size);
+            let (store, upstream, repo, d) = (
+                state.store.clone(),
+                up.host.clone(),
+                name.to_string(),
+                *digest,
+            );
+            let recorded =
+                AgentError::blocking("store", move || store.record_readable(&upstream, &repo, &d))
+                    .await;
+            if let Err(e) = recorded {
+                tracing::warn!(%digest, repository = name, error = %e, "could not record that the repository holds the blob");
+            }
             size
         }
     };

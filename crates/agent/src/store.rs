@@ -70,7 +70,7 @@ impl Store {
     /// Opens (creating) the store at `root`, empties `tmp/` and rebuilds the chunk map.
     /// `max_bytes` 0 means no limit.
     pub fn open(root: &Path, max_bytes: u64) -> Result<Store, AgentError> {
-        for d in ["blobs/sha256", "layers", "known", "tmp"] {
+        for d in ["blobs/sha256", "layers", "known", "readable", "tmp"] {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(AgentError::io(&p))?;
         }
@@ -277,14 +277,38 @@ impl Store {
     }
 
     fn known_path(&self, upstream: &str, repository: &str, layer: &Digest) -> PathBuf {
-        let mut scope = gantry_oci::DigestHasher::new();
-        scope.update(upstream.as_bytes());
-        scope.update(b"\0");
-        scope.update(repository.as_bytes());
         self.root
             .join("known")
-            .join(scope.finish().hex())
+            .join(scope(upstream, repository).hex())
             .join(layer.hex())
+    }
+
+    fn readable_path(&self, upstream: &str, repository: &str, blob: &Digest) -> PathBuf {
+        self.root
+            .join("readable")
+            .join(scope(upstream, repository).hex())
+            .join(blob.hex())
+    }
+
+    /// Remembers that `upstream` answered yes to a client of `repository` for `blob` (a
+    /// `HEAD /v2/<repository>/blobs/<blob>` with the client's credentials): the repository
+    /// holds the blob, so its requests may reuse the blob's chunks ([`Store::scoped`]).
+    /// A manifest naming the blob is no such proof: a registry accepts a foreign layer
+    /// (`urls`) it does not hold.
+    pub fn record_readable(
+        &self,
+        upstream: &str,
+        repository: &str,
+        blob: &Digest,
+    ) -> Result<(), AgentError> {
+        let path = self.readable_path(upstream, repository, blob);
+        if path.is_file() {
+            return Ok(());
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(AgentError::io(dir))?;
+        }
+        std::fs::write(&path, b"").map_err(AgentError::io(&path))
     }
 
     /// Remembers, from a manifest of `repository` at `upstream` (the registry host), that `layer` has chunk
@@ -327,10 +351,9 @@ impl Store {
     }
 
     /// The held chunks a request for `repository` at `upstream` may reuse: only those in
-    /// blobs a manifest of that same repository and upstream named (see [`Store::learn`];
-    /// the client fetched that manifest with its own credentials). A chunk held only in
-    /// another tenant's layer is fetched from upstream instead, so a forged index cannot
-    /// draw another repository's bytes into an assembly.
+    /// blobs upstream said that repository holds ([`Store::record_readable`]). A chunk
+    /// held only in another tenant's layer is fetched from upstream instead, so a forged
+    /// index cannot draw another repository's bytes into an assembly.
     pub fn scoped<'a>(&'a self, upstream: &'a str, repository: &'a str) -> ScopedChunks<'a> {
         ScopedChunks {
             store: self,
@@ -398,17 +421,26 @@ impl Store {
     }
 }
 
+/// Names the records of one repository at one upstream.
+fn scope(upstream: &str, repository: &str) -> Digest {
+    let mut scope = gantry_oci::DigestHasher::new();
+    scope.update(upstream.as_bytes());
+    scope.update(b"\0");
+    scope.update(repository.as_bytes());
+    scope.finish()
+}
+
 /// Held chunks as one repository at one upstream may reuse them ([`Store::scoped`]).
 pub struct ScopedChunks<'a> {
     store: &'a Store,
     upstream: &'a str,
     repository: &'a str,
-    /// Whether each blob asked about so far is named by a manifest of the repository.
+    /// Whether each blob asked about so far is one the repository holds.
     readable: HashMap<Digest, bool>,
 }
 
 impl ScopedChunks<'_> {
-    /// Where a held blob other than `layer`, one the repository names, has chunk `id` of
+    /// Where a held blob other than `layer`, one the repository holds, has chunk `id` of
     /// `len` compressed bytes. Blocking (reads the store's records).
     pub fn find(&mut self, layer: &Digest, id: &Digest, len: u64) -> Option<ChunkLocation> {
         let candidates: Vec<ChunkLocation> = self
@@ -426,7 +458,7 @@ impl ScopedChunks<'_> {
             *self
                 .readable
                 .entry(l.blob)
-                .or_insert_with(|| store.known_path(upstream, repository, &l.blob).is_file())
+                .or_insert_with(|| store.readable_path(upstream, repository, &l.blob).is_file())
         })
     }
 }
@@ -501,7 +533,7 @@ mod tests {
     }
 
     #[test]
-    fn held_chunks_are_reused_only_within_the_repository_that_names_their_blob() {
+    fn held_chunks_are_reused_only_within_the_repository_that_holds_their_blob() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 0).unwrap();
         let secret: &[u8] = b"tenant A's secret chunk";
@@ -513,15 +545,20 @@ mod tests {
         store
             .record_layer(&Digest::of(b"ib"), &index_of(b, &[shared]))
             .unwrap();
-        let known = |i: &[u8]| KnownIndex {
-            index: Digest::of(i),
+        store
+            .record_readable("reg.example", "tenant-a/game", &a)
+            .unwrap();
+        store
+            .record_readable("reg.example", "tenant-b/app", &b)
+            .unwrap();
+        // A manifest of tenant B naming A's layer (a foreign layer a registry accepts
+        // without holding it) proves nothing.
+        let forged = KnownIndex {
+            index: Digest::of(b"forged"),
             layer_size: 1,
         };
         store
-            .learn("reg.example", "tenant-a/game", &a, &known(b"ia"))
-            .unwrap();
-        store
-            .learn("reg.example", "tenant-b/app", &b, &known(b"ib"))
+            .learn("reg.example", "tenant-b/app", &a, &forged)
             .unwrap();
         let new_layer = Digest::of(b"new layer");
         let (sid, shid) = (Digest::of(secret), Digest::of(shared));

@@ -819,6 +819,37 @@ mod hostile {
         assert!(r.bytes().await.unwrap()[..] == studio_bytes[..]);
         assert!(a.state().store.has(&studio));
 
+        // evil/app also names the studio's layer in a manifest of its own, as a foreign
+        // layer (`urls`), which a registry accepts without holding the blob. Pulled
+        // through the agent, it proves nothing: upstream never said evil/app holds it.
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let config_digest = blob(&c, "evil/app", config.to_vec()).await;
+        let foreign = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media_types::OCI_MANIFEST,
+            "config": {"mediaType": media_types::OCI_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
+            "layers": [{
+                "mediaType": media_types::OCI_LAYER_GZIP,
+                "digest": studio.to_string(),
+                "size": size,
+                "urls": ["https://cdn.example/layer"],
+                "annotations": {media_types::ANNOTATION_CHUNK_INDEX: i.to_string()},
+            }],
+        });
+        c.put_manifest(
+            "evil/app",
+            "foreign",
+            media_types::OCI_MANIFEST,
+            Bytes::from(serde_json::to_vec(&foreign).unwrap()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            get("/v2/evil/app/manifests/foreign".into()).await.status(),
+            200
+        );
+
         // The forger's pull: never a byte of the secret. The forged chunk, fetched from its
         // own layer, fails its check: the blob is refused (502) or served exact.
         assert_eq!(get("/v2/evil/app/manifests/v1".into()).await.status(), 200);

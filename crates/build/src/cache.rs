@@ -12,7 +12,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// How many finished layers the cache keeps (newest first).
+/// How many finished layers, and chunk maps, the cache keeps (newest first).
 const KEEP_LAYERS: usize = 32;
 
 /// A layer the cache holds, with its chunk index blob.
@@ -349,20 +349,26 @@ impl BuildCache {
                 }
             }
         }
+        // Chunk maps are rewritten by every build of their layer: keep the most
+        // recent ones (a map left by other chunking settings ages out with its blob).
         let chunks_dir = self.dir.join("chunks");
-        for entry in fs::read_dir(&chunks_dir)
+        let mut maps: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(&chunks_dir)
             .map_err(BuildError::io(&chunks_dir))?
             .flatten()
-        {
-            let map = fs::read(entry.path())
-                .ok()
-                .and_then(|b| ChunkMap::decode(&b));
+            .map(|e| {
+                let modified = e.metadata().and_then(|m| m.modified());
+                (modified.unwrap_or(std::time::UNIX_EPOCH), e.path())
+            })
+            .collect();
+        maps.sort_by_key(|m| std::cmp::Reverse(m.0));
+        for (i, (_, path)) in maps.iter().enumerate() {
+            let map = fs::read(path).ok().and_then(|b| ChunkMap::decode(&b));
             match map {
-                Some(m) => {
+                Some(m) if i < KEEP_LAYERS => {
                     keep.insert(m.blob.hex());
                 }
-                None => {
-                    let _ = fs::remove_file(entry.path());
+                _ => {
+                    let _ = fs::remove_file(path);
                 }
             }
         }
@@ -464,6 +470,39 @@ mod tests {
             let mut bad = bytes.clone();
             bad[at] ^= 1;
             assert!(ChunkMap::decode(&bad).is_none(), "flip at {at}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::*;
+
+    #[test]
+    fn prune_keeps_the_newest_chunk_maps_and_their_blobs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BuildCache::open(dir.path()).unwrap();
+        let t0 = std::time::SystemTime::now() - std::time::Duration::from_secs(10_000);
+        for i in 0..(KEEP_LAYERS + 3) {
+            let blob = Digest::of(format!("blob {i}").as_bytes());
+            fs::write(cache.blob_path(&blob), b"x").unwrap();
+            let map = ChunkMap {
+                blob,
+                chunks: Vec::new(),
+                keys: Vec::new(),
+            };
+            let path = cache.chunk_map_path(&format!("layer {i}"));
+            fs::write(&path, map.encode()).unwrap();
+            let f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+            f.set_modified(t0 + std::time::Duration::from_secs(i as u64))
+                .unwrap();
+        }
+        cache.prune().unwrap();
+        let maps = fs::read_dir(dir.path().join("chunks")).unwrap().count();
+        assert_eq!(maps, KEEP_LAYERS);
+        for i in 0..(KEEP_LAYERS + 3) {
+            let blob = Digest::of(format!("blob {i}").as_bytes());
+            assert_eq!(cache.blob_path(&blob).exists(), i >= 3, "blob {i}");
         }
     }
 }

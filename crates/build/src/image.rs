@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// Bumped whenever the bytes a build produces for the same inputs change,
 /// so old cache entries are not reused.
-const CACHE_FORMAT: &[u8] = b"gantry-build-cache-v2";
+const CACHE_FORMAT: &[u8] = b"gantry-build-cache-v3";
 
 /// What to build and where.
 #[derive(Clone, Debug)]
@@ -485,6 +485,7 @@ fn build_layer(
         )
         .map_err(layer_error)?;
         let first_notes = std::mem::take(&mut written.notes);
+        drop(blob_tmp);
         (blob_tmp, segment_keys, written) = write(plan)?;
         let mut notes = first_notes;
         for note in std::mem::take(&mut written.notes) {
