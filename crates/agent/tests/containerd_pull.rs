@@ -93,7 +93,7 @@ async fn containerd_pulls_v1_then_only_the_new_chunks_of_v2_through_the_agent() 
     let out = blocking({
         let (ctd, r2) = (ctd.clone(), r2.clone());
         let cmd = format!("sha256sum {inside}");
-        move || ctd.run(&r2, &["/bin/sh", "-c", &cmd])
+        move || ctd.run_sh(&r2, &[], &cmd)
     })
     .await;
     assert_success("ctr run v2", &out);

@@ -265,13 +265,10 @@ fn containerd_runs_a_command_from_the_built_image() {
         String::from_utf8_lossy(&o.stdout).trim(),
         "game server up, cfg: sv_maxplayers=16"
     );
-    let o = containerd.run(
+    let o = containerd.run_sh(
         "localhost/smallgame:v1",
-        &[
-            "/bin/sh",
-            "-c",
-            "ls -l /Engine/lib/libgame.so | awk '{print $5}'; echo $GAME",
-        ],
+        &[],
+        "ls -l /Engine/lib/libgame.so | awk '{print $5}'; echo $GAME",
     );
     assert_success("ls in the container", &o);
     assert_eq!(

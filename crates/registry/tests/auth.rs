@@ -751,7 +751,7 @@ fn containerd_pulls_with_credentials_and_runs_and_is_refused_without() {
     let out = ctd.pull(&reference, None, true, Some("alice:alicepw"));
     assert_success("ctr images pull --user", &out);
     assert_eq!(ctd.image_digest(&reference), img.manifest_digest);
-    let out = ctd.run(&reference, &["/bin/sh", "-c", "echo hello-with-auth"]);
+    let out = ctd.run_sh(&reference, &[], "echo hello-with-auth");
     assert_success("ctr run", &out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-with-auth\n");
     let text = rt.block_on(async {

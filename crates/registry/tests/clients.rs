@@ -252,10 +252,7 @@ fn containerd_pulls_and_runs_the_image() {
     let out = ctd.pull(&reference, None, true, None);
     assert_success("ctr images pull --plain-http", &out);
     assert_eq!(ctd.image_digest(&reference), img.manifest_digest);
-    let out = ctd.run(
-        &reference,
-        &["/bin/sh", "-c", "echo hello-from-gantry-registry"],
-    );
+    let out = ctd.run_sh(&reference, &[], "echo hello-from-gantry-registry");
     assert_success("ctr run", &out);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

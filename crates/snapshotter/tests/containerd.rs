@@ -518,7 +518,7 @@ fn containerd_unpacks_and_runs_on_gantry_like_on_overlayfs() {
     let script = "cat /data/a.txt /data/c.txt /data/keep/z /etc/motd; ls /data/keep; \
                   test ! -e /data/b.txt && test ! -e /data/gone && echo whiteouts-ok; \
                   echo written > /tmp/w && cat /tmp/w";
-    let out = ctd.run(name, &["sh", "-c", script]);
+    let out = ctd.run_sh(name, &[], script);
     let stdout = ok("ctr run --snapshotter gantry", &out);
     assert_eq!(
         stdout,
@@ -582,7 +582,7 @@ fn containerd_unpacks_and_runs_on_gantry_like_on_overlayfs() {
     let served = Served::start(&root, &socket);
     let deadline = Instant::now() + Duration::from_secs(60);
     let out = loop {
-        let out = ctd.run(name, &["cat", "/data/keep/z"]);
+        let out = ctd.run_sh(name, &[], "cat /data/keep/z");
         // containerd's gRPC connection to the proxy reports the restart as "connection
         // refused" while the socket is gone, or "connection closed: unavailable" when
         // the old connection broke under it; both clear once it reconnects.

@@ -396,6 +396,44 @@ impl Containerd {
         out
     }
 
+    /// Runs `script` with the image's `/bin/sh` (`ctr run --rm`, as [`Containerd::run_with`])
+    /// and returns its exit status and what it wrote to stdout and stderr, captured in files
+    /// of a host directory bind-mounted at `/.gantry-out` instead of through containerd's
+    /// stdio fifos. containerd 1.6 can drop the tail of a short-lived task's output on its
+    /// fifo path (seen in CI: the last line of a `sh -c` script missing, exit 0, nothing on
+    /// stderr), so a test that asserts on a container's output uses this. `ctr`'s own
+    /// stdout and stderr (its errors, before the script runs) follow the script's.
+    pub fn run_sh(&self, image_name: &str, ctr_flags: &[&str], script: &str) -> Output {
+        let dir = self.base.join("out").join(unique("run"));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        // The image may run as a user other than root.
+        std::fs::set_permissions(
+            &dir,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o777),
+        )
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
+        let mount = format!(
+            "type=bind,src={},dst=/.gantry-out,options=rbind:rw",
+            dir.display()
+        );
+        let mut flags = vec!["--mount", mount.as_str()];
+        flags.extend_from_slice(ctr_flags);
+        let wrapped =
+            format!("exec >/.gantry-out/stdout 2>/.gantry-out/stderr </dev/null\n{script}");
+        let out = self.run_once(image_name, &flags, &["/bin/sh", "-c", &wrapped]);
+        let read = |name: &str| std::fs::read(dir.join(name)).unwrap_or_default();
+        let mut stdout = read("stdout");
+        stdout.extend_from_slice(&out.stdout);
+        let mut stderr = read("stderr");
+        stderr.extend_from_slice(&out.stderr);
+        let _ = std::fs::remove_dir_all(&dir);
+        Output {
+            status: out.status,
+            stdout,
+            stderr,
+        }
+    }
+
     fn run_once(&self, image_name: &str, ctr_flags: &[&str], args: &[&str]) -> Output {
         let id = unique("gt");
         let runc_root = self.base.join("runc");
