@@ -29,7 +29,7 @@ use crate::error::AgentError;
 use crate::metrics::{BlobRecord, Method as HowObtained, Metrics};
 use crate::partial::{FailUnlessFinished, Partial};
 use crate::store::{ChunkLocation, KnownIndex, ScopedChunks, Store};
-use crate::upstream::{describe, UpstreamSpec, Upstreams};
+use crate::upstream::{UpstreamSpec, Upstreams};
 
 /// Longest single range request (missing chunks are coalesced up to this).
 pub const MAX_RANGE: u64 = 8 << 20;
@@ -229,13 +229,10 @@ impl Fetcher<'_> {
         fetched: &mut u64,
     ) -> Result<(), AgentError> {
         let mut file = tokio::fs::File::from_std(file);
-        let mut stream = resp.bytes_stream();
+        let mut body = self.upstreams.body(resp, url);
         let mut this_attempt = 0u64;
-        while let Some(item) = stream.next().await {
-            let chunk = item.map_err(|e| AgentError::Upstream {
-                url: url.to_string(),
-                message: describe(&e),
-            })?;
+        while let Some(item) = body.next().await {
+            let chunk = item?;
             this_attempt += chunk.len() as u64;
             *fetched += chunk.len() as u64;
             self.metrics
@@ -290,7 +287,7 @@ impl Fetcher<'_> {
                     status: resp.status().as_u16(),
                 }));
             }
-            let bytes = match read_body(resp, MAX_INDEX_BYTES, &url).await {
+            let bytes = match read_body(self.upstreams, resp, MAX_INDEX_BYTES, &url).await {
                 Ok(b) => b,
                 Err(e @ AgentError::Invalid { .. }) => return Err(DeltaError::Index(e)),
                 Err(e) => return Err(e.into()),
@@ -666,12 +663,9 @@ impl Fetcher<'_> {
         };
         let mut out = BytesMut::new();
         let mut skip = skip;
-        let mut stream = resp.bytes_stream();
-        while let Some(item) = stream.next().await {
-            let mut chunk = item.map_err(|e| AgentError::Upstream {
-                url: url.clone(),
-                message: describe(&e),
-            })?;
+        let mut body = self.upstreams.body(resp, &url);
+        while let Some(item) = body.next().await {
+            let mut chunk = item?;
             if skip > 0 {
                 let n = skip.min(chunk.len() as u64) as usize;
                 skip -= n as u64;
@@ -812,6 +806,7 @@ fn coalesce(missing: Vec<MissingChunk>) -> Vec<Run> {
 /// Reads a whole answer of at most `max` bytes: refused at once when its `Content-Length`
 /// says more, and cut off as soon as the body passes `max` ([`AgentError::Invalid`]).
 pub(crate) async fn read_body(
+    upstreams: &Upstreams,
     resp: reqwest::Response,
     max: usize,
     url: &str,
@@ -823,12 +818,9 @@ pub(crate) async fn read_body(
         });
     }
     let mut out = BytesMut::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(item) = stream.next().await {
-        let chunk = item.map_err(|e| AgentError::Upstream {
-            url: url.to_string(),
-            message: describe(&e),
-        })?;
+    let mut body = upstreams.body(resp, url);
+    while let Some(item) = body.next().await {
+        let chunk = item?;
         if out.len() + chunk.len() > max {
             return Err(AgentError::Invalid {
                 what: url.to_string(),

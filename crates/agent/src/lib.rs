@@ -27,4 +27,4 @@ pub mod upstream;
 pub use error::AgentError;
 pub use server::{bind, AgentConfig, RunningAgent};
 pub use store::Store;
-pub use upstream::UpstreamSpec;
+pub use upstream::{UpstreamLimits, UpstreamSpec};

@@ -11,6 +11,8 @@
 //! - `gantry_agent_rejected_indexes_total`: chunk indexes that failed a check (malformed,
 //!   chunk lengths out of bounds, sizes that disagree with the manifest or the registry, or
 //!   an assembly that did not give the layer): the layer was fetched whole instead
+//! - `gantry_agent_open_connections`: client connections held right now (at most
+//!   `--max-connections`)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -18,6 +20,7 @@ use std::sync::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
 use serde::Serialize;
 
@@ -91,6 +94,8 @@ pub struct Metrics {
     failures: Counter,
     rejected_indexes: Counter,
     records: Mutex<Vec<BlobRecord>>,
+    connections: gantry_net::OpenConnections,
+    connections_gauge: Gauge,
     upstream_total: AtomicU64,
     reused_total: AtomicU64,
     served_total: AtomicU64,
@@ -136,6 +141,12 @@ impl Metrics {
             "Chunk indexes that failed a check; their layers were fetched whole.",
             rejected_indexes.clone(),
         );
+        let connections_gauge = Gauge::default();
+        registry.register(
+            "gantry_agent_open_connections",
+            "Client connections held open right now.",
+            connections_gauge.clone(),
+        );
         Metrics {
             registry,
             upstream,
@@ -144,14 +155,23 @@ impl Metrics {
             failures,
             rejected_indexes,
             records: Mutex::new(Vec::new()),
+            connections: gantry_net::OpenConnections::default(),
+            connections_gauge,
             upstream_total: AtomicU64::new(0),
             reused_total: AtomicU64::new(0),
             served_total: AtomicU64::new(0),
         }
     }
 
+    /// The count of open client connections the server loop keeps.
+    pub fn open_connections(&self) -> gantry_net::OpenConnections {
+        self.connections.clone()
+    }
+
     /// OpenMetrics text.
     pub fn encode(&self) -> String {
+        self.connections_gauge
+            .set(i64::try_from(self.connections.get()).unwrap_or(i64::MAX));
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out

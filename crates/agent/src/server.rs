@@ -34,7 +34,7 @@ use crate::error::AgentError;
 use crate::metrics::{Metrics, Status};
 use crate::partial::{Partial, Progress};
 use crate::store::{KnownIndex, Store};
-use crate::upstream::{UpstreamSpec, Upstreams};
+use crate::upstream::{UpstreamLimits, UpstreamSpec, Upstreams};
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -49,6 +49,10 @@ pub struct AgentConfig {
     pub max_bytes: u64,
     /// Range requests in flight per blob.
     pub fetch_jobs: usize,
+    /// What clients may hold: connections, header and idle timeouts.
+    pub serve: gantry_net::ServeLimits,
+    /// How long upstreams are waited on.
+    pub upstream: UpstreamLimits,
 }
 
 impl AgentConfig {
@@ -65,6 +69,8 @@ impl AgentConfig {
             }],
             max_bytes: 0,
             fetch_jobs: 4,
+            serve: gantry_net::ServeLimits::default(),
+            upstream: UpstreamLimits::default(),
         }
     }
 }
@@ -197,7 +203,7 @@ pub async fn bind(config: &AgentConfig) -> Result<RunningAgent, AgentError> {
         })??;
     let state = Arc::new(AgentState {
         store,
-        upstreams: Upstreams::new(config.upstreams.clone())?,
+        upstreams: Upstreams::new(config.upstreams.clone(), config.upstream)?,
         metrics: Metrics::new(),
         jobs: config.fetch_jobs.max(1),
         inflight: std::sync::Mutex::new(HashMap::new()),
@@ -209,12 +215,12 @@ pub async fn bind(config: &AgentConfig) -> Result<RunningAgent, AgentError> {
     let addr = listener.local_addr().map_err(AgentError::io("listener"))?;
     let app = router(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (limits, open) = (config.serve, state.metrics.open_connections());
     let task = tokio::spawn(async move {
-        let _ = axum::serve(no_delay(listener), app)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await;
+        gantry_net::serve(listener, limits, gantry_net::plain, app, open, async {
+            let _ = rx.await;
+        })
+        .await;
     });
     Ok(RunningAgent {
         addr,
@@ -451,7 +457,14 @@ async fn manifest(
     }
     // At most MAX_MANIFEST_BYTES are read, whatever upstream sends.
     let url = format!("{}{path}", up.url);
-    let bytes = match crate::assemble::read_body(resp, gantry_oci::MAX_MANIFEST_BYTES, &url).await {
+    let bytes = match crate::assemble::read_body(
+        &state.upstreams,
+        resp,
+        gantry_oci::MAX_MANIFEST_BYTES,
+        &url,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(e @ AgentError::Invalid { .. }) => {
             return error_response(
@@ -632,20 +645,6 @@ async fn blob(
         return agent_error(&e);
     }
     serve_file(state, name, digest, &method, &headers).await
-}
-
-/// `listener` with Nagle's algorithm off on every connection: each small blob or range
-/// answer (headers, then body) would otherwise wait for the client's delayed ACK of its
-/// headers, about 40 ms on Linux, and the snapshotter asks for hundreds of them.
-fn no_delay(
-    listener: tokio::net::TcpListener,
-) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
-    fn set(tcp: &mut tokio::net::TcpStream) {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
-        }
-    }
-    axum::serve::ListenerExt::tap_io(listener, set as fn(&mut tokio::net::TcpStream))
 }
 
 /// Upstream's refusal of a blob HEAD, relayed with a registry error body.
@@ -949,18 +948,6 @@ async fn serve_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn accepted_connections_have_nagle_off() {
-        use axum::serve::Listener as _;
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = tcp.local_addr().unwrap();
-        let mut listener = no_delay(tcp);
-        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        assert!(!client.nodelay().unwrap(), "a fresh socket has Nagle on");
-        let (server_side, _) = listener.accept().await;
-        assert!(server_side.nodelay().unwrap());
-    }
 
     #[test]
     fn routes() {

@@ -43,15 +43,120 @@ impl FromStr for UpstreamSpec {
     }
 }
 
+/// How long the agent waits on an upstream before it gives up. An upstream that answers
+/// one byte a second would otherwise hold a fetch, and every request waiting on it, for as
+/// long as it likes (a read timeout alone resets on every byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamLimits {
+    /// Time an upstream has to answer a request with its status and headers.
+    pub answer_within: Duration,
+    /// The slowest body accepted: at least this many bytes in every [`Self::rate_window`]
+    /// (0: no floor).
+    pub min_bytes_per_window: u64,
+    /// The window [`Self::min_bytes_per_window`] is measured over.
+    pub rate_window: Duration,
+}
+
+impl Default for UpstreamLimits {
+    /// An answer within 60 s, and at least 16 KiB/s over every 30 s: far below any link a
+    /// node pulls images over, far above a trickle meant to hold the agent.
+    fn default() -> Self {
+        UpstreamLimits {
+            answer_within: Duration::from_secs(60),
+            min_bytes_per_window: 16 * 1024 * 30,
+            rate_window: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The body of an upstream answer, read piece by piece under the rate floor of
+/// [`UpstreamLimits`]: a body slower than the floor ends with [`AgentError::Upstream`].
+pub struct UpstreamBody {
+    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    url: String,
+    limits: UpstreamLimits,
+    window_start: tokio::time::Instant,
+    window_bytes: u64,
+}
+
+impl UpstreamBody {
+    /// The body of `resp`, fetched from `url` (named in errors).
+    pub fn new(resp: Response, url: &str, limits: UpstreamLimits) -> Self {
+        use futures::StreamExt;
+        UpstreamBody {
+            stream: resp.bytes_stream().boxed(),
+            url: url.to_string(),
+            limits,
+            window_start: tokio::time::Instant::now(),
+            window_bytes: 0,
+        }
+    }
+
+    /// The next piece of the body; `None` at its end.
+    pub async fn next(&mut self) -> Option<Result<bytes::Bytes, AgentError>> {
+        use futures::StreamExt;
+        loop {
+            let floor = self.limits.min_bytes_per_window;
+            let deadline = self.window_start + self.limits.rate_window;
+            let piece = if floor == 0 {
+                Ok(self.stream.next().await)
+            } else {
+                tokio::time::timeout_at(deadline, self.stream.next()).await
+            };
+            match piece {
+                Ok(Some(Ok(bytes))) => {
+                    self.window_bytes += bytes.len() as u64;
+                    if tokio::time::Instant::now() >= deadline {
+                        if let Some(e) = self.too_slow() {
+                            return Some(Err(e));
+                        }
+                    }
+                    return Some(Ok(bytes));
+                }
+                Ok(Some(Err(e))) => {
+                    return Some(Err(AgentError::Upstream {
+                        url: self.url.clone(),
+                        message: describe(&e),
+                    }))
+                }
+                Ok(None) => return None,
+                Err(_elapsed) => {
+                    if let Some(e) = self.too_slow() {
+                        return Some(Err(e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// At the end of a window: the error when it brought less than the floor, else `None`
+    /// and a new window.
+    fn too_slow(&mut self) -> Option<AgentError> {
+        if self.window_bytes < self.limits.min_bytes_per_window {
+            return Some(AgentError::Upstream {
+                url: self.url.clone(),
+                message: format!(
+                    "too slow: {} bytes in {:?}, less than the {} bytes required; given up",
+                    self.window_bytes, self.limits.rate_window, self.limits.min_bytes_per_window
+                ),
+            });
+        }
+        self.window_start = tokio::time::Instant::now();
+        self.window_bytes = 0;
+        None
+    }
+}
+
 /// The configured upstreams and one HTTP client for all of them.
 pub struct Upstreams {
     specs: Vec<UpstreamSpec>,
     http: reqwest::Client,
+    limits: UpstreamLimits,
 }
 
 impl Upstreams {
-    /// Upstreams reached with a shared connection pool.
-    pub fn new(specs: Vec<UpstreamSpec>) -> Result<Self, AgentError> {
+    /// Upstreams reached with a shared connection pool, waited on within `limits`.
+    pub fn new(specs: Vec<UpstreamSpec>, limits: UpstreamLimits) -> Result<Self, AgentError> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("gantry-agent/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
@@ -62,7 +167,16 @@ impl Upstreams {
                 url: "-".into(),
                 message: format!("building the HTTP client: {e}"),
             })?;
-        Ok(Upstreams { specs, http })
+        Ok(Upstreams {
+            specs,
+            http,
+            limits,
+        })
+    }
+
+    /// The body of `resp` (an answer from `url`), read under the configured rate floor.
+    pub fn body(&self, resp: Response, url: &str) -> UpstreamBody {
+        UpstreamBody::new(resp, url, self.limits)
     }
 
     /// The configured upstreams.
@@ -106,7 +220,19 @@ impl Upstreams {
             for (k, v) in headers {
                 req = req.header(*k, v.as_str());
             }
-            match req.send().await {
+            let answer = match tokio::time::timeout(self.limits.answer_within, req.send()).await {
+                Ok(a) => a,
+                Err(_) => {
+                    return Err(AgentError::Upstream {
+                        url,
+                        message: format!(
+                            "no answer within {:?}; given up",
+                            self.limits.answer_within
+                        ),
+                    })
+                }
+            };
+            match answer {
                 Ok(r) => return Ok(r),
                 Err(e) if attempt < 2 && (e.is_connect() || e.is_request()) => {
                     attempt += 1;

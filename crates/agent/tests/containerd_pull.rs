@@ -1014,6 +1014,177 @@ mod hostile {
         );
     }
 
+    /// A fake upstream: a HEAD of any blob says it is `size` bytes; a GET of a blob answers
+    /// its headers, then one byte every 50 ms for ever; a GET of a manifest never answers.
+    async fn trickling_upstream(size: u64) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&head)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    if line.contains("/manifests/") {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {size}\r\ncontent-type: application/octet-stream\r\n\r\n"
+                    );
+                    if tcp.write_all(answer.as_bytes()).await.is_err() || line.starts_with("HEAD") {
+                        return;
+                    }
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if tcp.write_all(b"x").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Finding: an upstream sending 1 byte/s held a blob request (and every request
+    /// waiting on the same fetch) for minutes, and one that never answered held it as long:
+    /// reqwest's read timeout resets on every byte. Now an answer must come within
+    /// `answer_within` and a body must bring `min_bytes_per_window` in every window.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trickling_or_silent_upstream_is_given_up_on_in_bounded_time() {
+        let up = trickling_upstream(1 << 20).await;
+        let host = "trickle.gantry.test";
+        let dir = tempdir();
+        let mut config =
+            gantry_agent::AgentConfig::loopback(dir.path(), host, &format!("http://{up}"));
+        config.upstream = gantry_agent::UpstreamLimits {
+            answer_within: Duration::from_secs(2),
+            min_bytes_per_window: 4096,
+            rate_window: Duration::from_secs(1),
+        };
+        let a = gantry_agent::bind(&config).await.unwrap();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let d = Digest::of(b"the blob");
+
+        // Two requests for the same blob: the second waits on the first's fetch.
+        let started = Instant::now();
+        let get = |http: reqwest::Client, url: String| async move {
+            match http.get(url).send().await {
+                Ok(r) if r.status().is_success() => {
+                    r.bytes().await.map(|b| b.len()).map_err(|e| e.to_string())
+                }
+                Ok(r) => Err(format!("status {}", r.status())),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let url = format!("{}/v2/studio/game/blobs/{d}?ns={host}", a.url());
+        let (first, second) = tokio::join!(get(http.clone(), url.clone()), get(http.clone(), url));
+        let took = started.elapsed();
+        assert!(first.is_err() && second.is_err(), "{first:?} {second:?}");
+        assert!(
+            !first.as_ref().unwrap_err().contains("timed out")
+                && !second.as_ref().unwrap_err().contains("timed out"),
+            "the client gave up before the agent did: {first:?} {second:?}"
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "the trickle held the requests {took:?}"
+        );
+        assert!(!a.state().store.has(&d));
+
+        // A manifest whose answer never comes.
+        let started = Instant::now();
+        let r = http
+            .get(format!("{}/v2/studio/game/manifests/v1?ns={host}", a.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502);
+        let text = r.text().await.unwrap();
+        assert!(text.contains("no answer within"), "{text}");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Finding: a connection that never finished its headers was kept for ever, and a few
+    /// hundred of them exhausted the agent's file descriptors. Now at most
+    /// `max_connections` are held, a client has `header_read_timeout` to send its headers,
+    /// and the agent serves others once the stalled ones are dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stalled_clients_are_capped_and_dropped() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const CAP: usize = 8;
+        let dir = tempdir();
+        let mut config = gantry_agent::AgentConfig::loopback(
+            dir.path(),
+            "unused.gantry.test",
+            "http://127.0.0.1:9",
+        );
+        config.serve = gantry_net::ServeLimits {
+            max_connections: CAP,
+            header_read_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(2),
+        };
+        let a = gantry_agent::bind(&config).await.unwrap();
+        let open = a.state().metrics.open_connections();
+        let mut stalled = Vec::new();
+        for _ in 0..3 * CAP {
+            let mut tcp = tokio::net::TcpStream::connect(a.addr()).await.unwrap();
+            tcp.write_all(b"GET /v2/ HTTP/1.1\r\nhost: x\r\n")
+                .await
+                .unwrap();
+            stalled.push(tcp);
+        }
+        // Every stalled connection is closed by the agent, a round of CAP at a time, and
+        // no more than CAP are ever held.
+        let started = Instant::now();
+        let mut most = 0;
+        let mut closed = 0;
+        for tcp in &mut stalled {
+            loop {
+                most = most.max(open.get());
+                let mut b = [0u8; 256];
+                match tokio::time::timeout(Duration::from_millis(100), tcp.read(&mut b)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    // hyper may answer a timed-out head with an error status first.
+                    Ok(Ok(_)) => continue,
+                    Err(_) => assert!(
+                        started.elapsed() < Duration::from_secs(15),
+                        "a stalled connection is still open after {:?}",
+                        started.elapsed()
+                    ),
+                }
+            }
+            closed += 1;
+        }
+        assert_eq!(closed, 3 * CAP);
+        assert!(most <= CAP, "{most} connections held, the cap is {CAP}");
+        // And the agent answers again.
+        let r = reqwest::get(format!("{}/v2/", a.url())).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
     /// Finding: chunk reads and writes, the rehash in `Store::commit` and eviction ran on
     /// the async workers, so a large assembly stalled every other request. The agent runs
     /// here on ONE async worker; `/v2/` and a manifest HEAD through it must be answered

@@ -3,10 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use gantry_agent::{AgentConfig, UpstreamSpec};
+use gantry_agent::{AgentConfig, UpstreamLimits, UpstreamSpec};
 
 use super::transfer::runtime;
 
@@ -47,6 +48,23 @@ pub struct RunArgs {
     /// Range requests in flight per blob.
     #[arg(long, default_value_t = 4)]
     pub fetch_jobs: usize,
+    /// Client connections served at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and that an idle keep-alive
+    /// connection is kept (e.g. 30s).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// Time a client may leave an answer unread before its connection is closed.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Time an upstream registry has to answer a request with its headers.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Duration,
+    /// The slowest upstream body the agent waits for, per second, averaged over 30 s
+    /// (e.g. 16KiB; 0: no floor). A slower fetch fails, and its waiters with it.
+    #[arg(long, default_value = "16KiB")]
+    pub upstream_min_rate: String,
 }
 
 /// Arguments of `gantry agent status`.
@@ -115,12 +133,32 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
         gantry_sample_game::parse_size(&args.max_size)
             .with_context(|| format!("--max-size {:?}", args.max_size))?
     };
+    let min_rate = if args.upstream_min_rate == "0" {
+        0
+    } else {
+        gantry_sample_game::parse_size(&args.upstream_min_rate)
+            .with_context(|| format!("--upstream-min-rate {:?}", args.upstream_min_rate))?
+    };
+    let window = UpstreamLimits::default().rate_window;
+    if let Err(e) = gantry_net::raise_open_file_limit() {
+        tracing::warn!(error = %e, "could not raise the open-file limit");
+    }
     let config = AgentConfig {
         addr: args.addr,
         root: args.root.clone(),
         upstreams,
         max_bytes,
         fetch_jobs: args.fetch_jobs,
+        serve: gantry_net::ServeLimits {
+            max_connections: args.max_connections,
+            header_read_timeout: args.header_timeout,
+            idle_timeout: args.idle_timeout,
+        },
+        upstream: UpstreamLimits {
+            answer_within: args.upstream_timeout,
+            min_bytes_per_window: min_rate * window.as_secs(),
+            rate_window: window,
+        },
     };
     let rt = runtime()?;
     rt.block_on(async {
