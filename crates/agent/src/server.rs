@@ -217,9 +217,17 @@ pub async fn bind(config: &AgentConfig) -> Result<RunningAgent, AgentError> {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (limits, open) = (config.serve, state.metrics.open_connections());
     let task = tokio::spawn(async move {
-        gantry_net::serve(listener, limits, gantry_net::plain, app, open, async {
-            let _ = rx.await;
-        })
+        gantry_net::serve(
+            listener,
+            limits,
+            gantry_net::plain,
+            std::convert::identity,
+            app,
+            open,
+            async {
+                let _ = rx.await;
+            },
+        )
         .await;
     });
     Ok(RunningAgent {

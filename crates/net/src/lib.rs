@@ -23,6 +23,7 @@ mod idle;
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,12 +94,13 @@ impl Drop for Counted {
 /// Serves `app` on `listener` within `limits` until `shutdown` resolves, then waits for the
 /// requests in progress. Each accepted TCP stream goes through `handshake` first (TLS, or
 /// [`plain`]); the handshake must finish within the header-read timeout. Every request
-/// carries the peer address as an `axum::extract::ConnectInfo<SocketAddr>` extension.
+/// carries `peer_info(peer address)` as an `axum::extract::ConnectInfo` extension.
 /// `open` counts the connections held.
-pub async fn serve<H, F, Io>(
+pub async fn serve<H, F, Io, C>(
     listener: TcpListener,
     limits: ServeLimits,
     handshake: H,
+    peer_info: fn(SocketAddr) -> C,
     app: Router,
     open: OpenConnections,
     shutdown: impl Future<Output = ()> + Send,
@@ -106,6 +108,7 @@ pub async fn serve<H, F, Io>(
     H: Fn(TcpStream) -> F + Send + Sync + 'static,
     F: Future<Output = io::Result<Io>> + Send + 'static,
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: Clone + Send + Sync + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
@@ -156,7 +159,7 @@ pub async fn serve<H, F, Io>(
             let idle = limits.idle_timeout;
             let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 let mut req = req.map(|body| TimeoutBody::new(idle, body));
-                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(ConnectInfo(peer_info(peer)));
                 app.clone().oneshot(req)
             });
             let conn = hyper::server::conn::http1::Builder::new()

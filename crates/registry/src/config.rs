@@ -18,6 +18,11 @@
 //! login_failures = 10           # failed logins per client IP within login_window,
 //! login_window = "5m"           # then 429 until the window passes; 0: no limit
 //!
+//! [connections]
+//! max_connections = 4096        # served at once; more wait in the listen backlog
+//! header_timeout = "30s"        # to send request headers; idle keep-alive connections
+//! idle_timeout = "60s"          # an upload body bringing nothing, an answer left unread
+//!
 //! [uploads]
 //! max_age = "24h"               # sessions idle this long are removed
 //! purge_interval = "15m"
@@ -88,6 +93,45 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// The fleet view (`/gantry/v1/fleet`, see [`crate::fleet`]).
     pub fleet: FleetConfig,
+    /// What clients may hold: connections, header and idle timeouts.
+    pub connections: ConnectionLimits,
+}
+
+/// Limits on client connections (see `gantry_net::ServeLimits`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionLimits {
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (and finish a TLS handshake), and
+    /// that an idle keep-alive connection is kept.
+    #[serde(with = "duration_str")]
+    pub header_timeout: Duration,
+    /// Time an upload body may bring no byte, and an answer may go unread.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        let d = gantry_net::ServeLimits::default();
+        ConnectionLimits {
+            max_connections: d.max_connections,
+            header_timeout: d.header_read_timeout,
+            idle_timeout: d.idle_timeout,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// The limits the server loop applies.
+    pub fn serve_limits(&self) -> gantry_net::ServeLimits {
+        gantry_net::ServeLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
 }
 
 /// Fleet view settings (see [`crate::fleet`]).
@@ -264,6 +308,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             auth: None,
             fleet: FleetConfig::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }

@@ -41,8 +41,8 @@ use gantry_oci::Digest;
 pub use api::router;
 pub use auth::{Access, Action, AllowAll, AuthError, Authorizer, Principal};
 pub use config::{
-    AccessRule, AuthConfig, Config, ConfigError, FleetConfig, GcConfig, Limits, TlsConfig,
-    UploadConfig,
+    AccessRule, AuthConfig, Config, ConfigError, ConnectionLimits, FleetConfig, GcConfig, Limits,
+    TlsConfig, UploadConfig,
 };
 pub use error::{ApiError, ErrorCode};
 pub use gc::{GcOptions, GcReport};

@@ -12,6 +12,8 @@
 //!   the per-client rate limit, `login`: too many failed logins)
 //! - `gantry_fleet_servers{repository,tag,digest,status}`: game servers in the fleet view
 //!   ([`crate::fleet`]), recomputed at each scrape (`status` includes `lost`)
+//! - `gantry_registry_open_connections`: client connections held right now (at most
+//!   `[connections] max_connections`)
 //! - `gantry_registry_uploads_purged_total`, `gantry_registry_gc_runs_total`,
 //!   `gantry_registry_gc_blobs_deleted_total`, `gantry_registry_gc_bytes_deleted_total`
 
@@ -80,6 +82,8 @@ pub struct Metrics {
     pub(crate) gc_runs: Counter,
     pub(crate) gc_blobs_deleted: Counter,
     pub(crate) gc_bytes_deleted: Counter,
+    connections: gantry_net::OpenConnections,
+    connections_gauge: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -163,7 +167,15 @@ impl Metrics {
             "Bytes deleted by garbage collection",
             gc_bytes_deleted.clone(),
         );
+        let connections_gauge = Gauge::default();
+        registry.register(
+            "gantry_registry_open_connections",
+            "Client connections held open right now",
+            connections_gauge.clone(),
+        );
         Metrics {
+            connections: gantry_net::OpenConnections::default(),
+            connections_gauge,
             registry,
             requests,
             latency,
@@ -253,8 +265,15 @@ impl Metrics {
             .inc();
     }
 
+    /// The count of open client connections the server loop keeps.
+    pub fn open_connections(&self) -> gantry_net::OpenConnections {
+        self.connections.clone()
+    }
+
     /// The metrics in OpenMetrics text format.
     pub fn encode(&self) -> String {
+        self.connections_gauge
+            .set(i64::try_from(self.connections.get()).unwrap_or(i64::MAX));
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -6,10 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
@@ -18,9 +16,6 @@ use crate::api::ClientAddr;
 use crate::config::{Config, TlsConfig};
 use crate::storage::StorageError;
 use crate::{router, Registry, RegistryOptions};
-
-/// How long a TLS handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -51,111 +46,9 @@ pub enum ServeError {
     Auth(#[from] crate::AuthSetupError),
 }
 
-/// Turns Nagle's algorithm off on an accepted connection. A response goes out as headers
-/// then body; with Nagle on, the body waits for the client's delayed ACK of the headers
-/// (about 40 ms on Linux), which made every small blob or range GET take 25-40 ms on
-/// loopback instead of well under one.
-pub fn no_delay(tcp: &mut TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY");
-    }
-}
-
-/// The plain TCP listener: every connection with [`no_delay`].
-pub struct NoDelayListener(pub TcpListener);
-
-impl Listener for NoDelayListener {
-    type Io = TcpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (mut tcp, addr) = Listener::accept(&mut self.0).await;
-        no_delay(&mut tcp);
-        (tcp, addr)
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-impl Connected<IncomingStream<'_, NoDelayListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, NoDelayListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
-
-/// A listener that hands out TLS connections whose handshake completed. Handshakes run in
-/// their own tasks so a slow client cannot hold up others.
-pub struct TlsListener {
-    incoming: mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-    acceptor_task: JoinHandle<()>,
-}
-
-impl TlsListener {
-    /// Wraps a bound TCP listener.
-    pub fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let (tx, incoming) = mpsc::channel(64);
-        let acceptor_task = tokio::spawn(async move {
-            loop {
-                let (mut stream, peer) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                no_delay(&mut stream);
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener {
-            incoming,
-            local,
-            acceptor_task,
-        })
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.acceptor_task.abort();
-    }
-}
-
-impl Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.incoming.recv().await {
-            Some(conn) => conn,
-            // The acceptor task ended (only when aborted): nothing more will come.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+impl From<SocketAddr> for ClientAddr {
+    fn from(addr: SocketAddr) -> Self {
+        ClientAddr(addr)
     }
 }
 
@@ -193,7 +86,7 @@ pub struct RunningServer {
     tls: bool,
     registry: Arc<Registry>,
     stop: watch::Sender<bool>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
     housekeeping: Vec<JoinHandle<()>>,
 }
 
@@ -228,10 +121,9 @@ impl RunningServer {
         for task in self.housekeeping {
             let _ = task.await;
         }
-        match self.server.await {
-            Ok(result) => Ok(result?),
-            Err(e) => Err(ServeError::Io(std::io::Error::other(e))),
-        }
+        self.server
+            .await
+            .map_err(|e| ServeError::Io(std::io::Error::other(e)))
     }
 }
 
@@ -274,26 +166,38 @@ pub async fn bind_registry(
         })?;
     let addr = tcp.local_addr()?;
     let (stop, mut stopped) = watch::channel(false);
-    let app = router(registry.clone()).into_make_service_with_connect_info::<ClientAddr>();
+    let app = router(registry.clone());
     let is_tls = tls.is_some();
+    let limits = config.connections.serve_limits();
+    let open = registry.metrics().open_connections();
+    let stopping = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
     let server = match tls {
         Some(acceptor) => {
-            let listener = TlsListener::new(tcp, acceptor)?;
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    })
-                    .await
-            })
+            let handshake = move |tcp: TcpStream| {
+                let acceptor = acceptor.clone();
+                async move { acceptor.accept(tcp).await }
+            };
+            tokio::spawn(gantry_net::serve(
+                tcp,
+                limits,
+                handshake,
+                ClientAddr::from,
+                app,
+                open,
+                stopping,
+            ))
         }
-        None => tokio::spawn(async move {
-            axum::serve(NoDelayListener(tcp), app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-        }),
+        None => tokio::spawn(gantry_net::serve(
+            tcp,
+            limits,
+            gantry_net::plain,
+            ClientAddr::from,
+            app,
+            open,
+            stopping,
+        )),
     };
     let mut housekeeping = Vec::new();
     let purge_every = config.uploads.purge_interval.max(Duration::from_secs(1));
@@ -357,6 +261,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 
 /// [`serve`] on a new multi-threaded tokio runtime, for callers without one (the CLI).
 pub fn serve_blocking(config: Config) -> Result<(), ServeError> {
+    // The connection cap, not EMFILE, should be what bounds the server.
+    if let Err(e) = gantry_net::raise_open_file_limit() {
+        tracing::warn!(error = %e, "could not raise the open-file limit");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -398,21 +306,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn accepted_connections_have_nagle_off() {
-        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = tcp.local_addr().unwrap();
-        let mut listener = NoDelayListener(tcp);
-        let client = TcpStream::connect(addr).await.unwrap();
-        assert!(!client.nodelay().unwrap(), "a fresh socket has Nagle on");
-        let (server_side, _) = listener.accept().await;
-        assert!(server_side.nodelay().unwrap());
     }
 }

@@ -1,4 +1,5 @@
-//! HTTPS with rustls from PEM files: skopeo pushes and lists tags, trusting the CA.
+//! HTTPS with rustls from PEM files: skopeo pushes and lists tags, trusting the CA; and the
+//! limits on client connections, over HTTP and HTTPS.
 
 mod common;
 
@@ -118,4 +119,112 @@ async fn unusable_tls_files_are_clear_errors() {
         .err()
         .expect("must fail");
     assert!(err.to_string().contains("junk.pem"), "{err}");
+}
+
+/// Opens `n` connections to `addr` that send `payload` and then nothing, and waits for the
+/// server to close each one. Returns the most connections `open` ever showed and how long
+/// the last close took. Panics when one is still open after `limit`.
+async fn stall(
+    addr: std::net::SocketAddr,
+    n: usize,
+    payload: &[u8],
+    open: &gantry_net::OpenConnections,
+    limit: Duration,
+) -> (usize, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(payload).await.unwrap();
+        conns.push(tcp);
+    }
+    let started = std::time::Instant::now();
+    let mut most = 0;
+    for tcp in &mut conns {
+        loop {
+            most = most.max(open.get());
+            let mut b = [0u8; 512];
+            match tokio::time::timeout(Duration::from_millis(100), tcp.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => continue,
+                Err(_) => assert!(
+                    started.elapsed() < limit,
+                    "a stalled connection is still open after {:?}",
+                    started.elapsed()
+                ),
+            }
+        }
+    }
+    (most, started.elapsed())
+}
+
+/// Finding: a connection that never finished its headers (or a TLS handshake, or an
+/// upload body) was kept for ever, and a few hundred of them exhausted the registry's
+/// file descriptors. Now at most `max_connections` are held, headers and handshakes must
+/// come within `header_timeout`, a body must keep moving within `idle_timeout`, and the
+/// registry serves others once the stalled ones are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_are_capped_and_dropped_on_http_and_https() {
+    const CAP: usize = 8;
+    let limits = gantry_registry::ConnectionLimits {
+        max_connections: CAP,
+        header_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(2),
+    };
+    let reg = TestRegistry::with_config(|c| c.connections = limits.clone()).await;
+    let open = reg.registry().metrics().open_connections();
+    let addr = reg.server.addr();
+
+    // Headers that never end: three rounds of CAP, a round per header timeout.
+    let (most, _) = stall(
+        addr,
+        3 * CAP,
+        b"GET /v2/ HTTP/1.1\r\nhost: x\r\n",
+        &open,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert!(most <= CAP, "{most} connections held, the cap is {CAP}");
+
+    // An upload whose body stops after a few bytes.
+    let r = client()
+        .post(reg.url("/v2/stall/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let patch = format!(
+        "PATCH {location} HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\ncontent-length: 1000\r\n\r\nonly-this"
+    );
+    let (_, took) = stall(addr, 1, patch.as_bytes(), &open, Duration::from_secs(10)).await;
+    assert!(
+        took >= Duration::from_secs(1),
+        "closed before the idle timeout: {took:?}"
+    );
+
+    // The registry answers again.
+    let r = client().get(reg.url("/v2/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    reg.server.shutdown().await.unwrap();
+
+    // TLS: connections that never send a ClientHello.
+    let certs = tempdir();
+    let tls = self_signed(certs.path());
+    let reg = TestRegistry::with_config(|c| {
+        c.tls = Some(tls.clone());
+        c.connections = limits.clone();
+    })
+    .await;
+    let open = reg.registry().metrics().open_connections();
+    let (most, _) = stall(
+        reg.server.addr(),
+        2 * CAP,
+        b"",
+        &open,
+        Duration::from_secs(12),
+    )
+    .await;
+    assert!(most <= CAP, "{most} TLS connections held, the cap is {CAP}");
+    reg.server.shutdown().await.unwrap();
 }
