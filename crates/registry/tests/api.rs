@@ -652,6 +652,41 @@ async fn range_reads_single_multi_and_unsatisfiable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_on_unknown_uploads_leave_no_lock_behind() {
+    let reg = TestRegistry::start().await;
+    let digest = Digest::of(b"");
+    for i in 0..1000 {
+        let url = reg.url(&format!("/v2/r/blobs/uploads/{}", uuid::Uuid::new_v4()));
+        let r = reg.client.delete(&url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "DELETE {i}");
+        let r = reg
+            .client
+            .put(format!("{url}?digest={digest}"))
+            .header("content-length", "0")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "PUT {i}");
+        let r = reg
+            .client
+            .patch(&url)
+            .body(vec![1u8; 10])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "PATCH {i}");
+    }
+    let locks = reg.registry().storage().upload_locks();
+    assert_eq!(
+        locks, 0,
+        "3000 requests on unknown uploads left {locks} locks"
+    );
+    // Nor does a completed push.
+    reg.push_blob("r", b"pushed").await;
+    assert_eq!(reg.registry().storage().upload_locks(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_by_tag_and_digest_with_validation() {
     let reg = TestRegistry::start().await;
     let layer = bytes(11, 5000);
