@@ -197,7 +197,8 @@ pub struct Limits {
     pub max_manifest_bytes: u64,
     /// Largest blob accepted (413 above).
     pub max_blob_bytes: u64,
-    /// Most ranges served in one multi-range GET (more: the whole blob is sent).
+    /// Most ranges asked for in one multi-range GET (more: the whole blob is sent);
+    /// overlapping or adjacent ranges are served merged.
     pub max_ranges: usize,
     /// Requests per second allowed to one client IP (a token bucket); 0: no limit.
     pub requests_per_second: u32,
