@@ -206,8 +206,8 @@ pub struct Limits {
     /// worth (`requests_per_second`).
     pub burst: u32,
     /// Failed logins (bad Basic credentials at `/token` or on `/v2/`) one client IP may
-    /// make within [`Limits::login_window`] before its logins are refused with 429; 0: no
-    /// limit.
+    /// make within [`Limits::login_window`] before its logins are refused with 429 (logins
+    /// in flight count as failures until they end); 0: no limit.
     pub login_failures: u32,
     /// The window over which failed logins are counted.
     #[serde(with = "duration_str")]
