@@ -137,18 +137,23 @@ pub(crate) fn has_basic_credentials(parts: &http::request::Parts) -> bool {
         .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
 }
 
-/// `/token`: Docker token auth (404 when the registry has no `[auth]`). Every `/token`
-/// request is a login: refused while its address has too many failed ones.
+/// `/token`: Docker token auth (404 when the registry has no `[auth]`). A `/token`
+/// request that may carry a password (Basic credentials, or a POST with its form) is a
+/// login: refused while its address has too many failed ones. An anonymous GET is not.
 async fn token_handler(State(reg): State<Arc<Registry>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let ip = peer_ip(&parts.extensions);
+    let login = parts.method == http::Method::POST || has_basic_credentials(&parts);
     let mut resp = match reg.token_auth() {
+        Some(auth) if !login => auth.token_endpoint(&parts, body).await,
         Some(auth) => match reg.begin_login(ip) {
             Err(wait) => too_many_logins(wait).into_response(),
             Ok(attempt) => {
                 let resp = auth.token_endpoint(&parts, body).await;
                 if resp.status() == StatusCode::UNAUTHORIZED {
                     attempt.failed();
+                } else {
+                    attempt.passed();
                 }
                 resp
             }
@@ -183,16 +188,15 @@ pub(crate) async fn authorize_login(
     access: &[Access],
 ) -> Result<Principal, ApiError> {
     let attempt = begin_password_login(reg, parts)?;
-    match reg.authorizer().authorize(parts, access).await {
-        Ok(p) => Ok(p),
-        Err(e) => {
-            if let (Some(attempt), AuthError::Unauthorized { .. }) = (attempt, &e) {
-                // Basic credentials that did not authenticate: a failed login.
-                attempt.failed();
-            }
-            Err(auth_error(e))
+    let result = reg.authorizer().authorize(parts, access).await;
+    if let Some(attempt) = attempt {
+        match &result {
+            // Basic credentials that did not authenticate: a failed login.
+            Err(AuthError::Unauthorized { .. }) => attempt.failed(),
+            _ => attempt.passed(),
         }
     }
+    result.map_err(auth_error)
 }
 
 fn request_id(headers: &HeaderMap) -> String {

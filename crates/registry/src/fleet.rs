@@ -618,15 +618,14 @@ async fn get_view_inner(
         (Some(auth), None) => {
             // Basic credentials are a login, limited as on the API.
             let attempt = crate::api::begin_password_login(reg, &parts)?;
-            let user = match auth.identify(&parts).await {
-                Ok(user) => user,
-                Err(e) => {
-                    if let (Some(attempt), AuthError::Unauthorized { .. }) = (attempt, &e) {
-                        attempt.failed();
-                    }
-                    return Err(crate::api::auth_error(e));
+            let identified = auth.identify(&parts).await;
+            if let Some(attempt) = attempt {
+                match &identified {
+                    Err(AuthError::Unauthorized { .. }) => attempt.failed(),
+                    _ => attempt.passed(),
                 }
-            };
+            }
+            let user = identified.map_err(crate::api::auth_error)?;
             let Some(user) = user else {
                 return Err(crate::api::auth_error(AuthError::Unauthorized {
                     challenge: Some(auth.challenge(&parts, &[], None)),

@@ -118,8 +118,10 @@ pub struct Registry {
     chunks: chunks::ChunkKnowledge,
 }
 
-/// A login in flight (see [`Registry::begin_login`]). Dropping it ends the login without
-/// a failure; [`LoginAttempt::failed`] ends it with one.
+/// A login in flight (see [`Registry::begin_login`]). [`LoginAttempt::passed`] ends it
+/// without a failure, [`LoginAttempt::failed`] with one. Dropping it unended (the client
+/// went away while its password was checked; the check runs on) counts as a failure, so
+/// a client cannot keep the password checkers busy by hanging up before the answer.
 pub struct LoginAttempt<'a> {
     reg: &'a Registry,
     /// The client, when its logins are limited.
@@ -132,6 +134,12 @@ impl LoginAttempt<'_> {
         self.end(true);
     }
 
+    /// Ends the login without a failure (the credentials were right, or the check was
+    /// refused for load).
+    pub fn passed(mut self) {
+        self.end(false);
+    }
+
     fn end(&mut self, failed: bool) {
         if let (Some(ip), Some(l)) = (self.ip.take(), &self.reg.login_limiter) {
             l.finish(ip, std::time::Instant::now(), failed);
@@ -141,7 +149,7 @@ impl LoginAttempt<'_> {
 
 impl Drop for LoginAttempt<'_> {
     fn drop(&mut self) {
-        self.end(false);
+        self.end(true);
     }
 }
 
