@@ -117,6 +117,12 @@ fn too_many_requests(wait: std::time::Duration, message: &str) -> ApiError {
     .with_header(header::RETRY_AFTER, &secs.to_string())
 }
 
+/// A 503 `TOOMANYREQUESTS`: credentials could not be checked for load.
+pub(crate) fn too_busy(wait: std::time::Duration) -> ApiError {
+    too_many_requests(wait, "too many password checks in progress")
+        .with_status(StatusCode::SERVICE_UNAVAILABLE)
+}
+
 pub(crate) fn too_many_logins(wait: std::time::Duration) -> ApiError {
     too_many_requests(wait, "too many failed logins from this address")
 }
@@ -131,29 +137,66 @@ pub(crate) fn has_basic_credentials(parts: &http::request::Parts) -> bool {
         .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
 }
 
-/// `/token`: Docker token auth (404 when the registry has no `[auth]`). Every `/token`
-/// request is a login: refused while its address has too many failed ones.
+/// `/token`: Docker token auth (404 when the registry has no `[auth]`). A `/token`
+/// request that may carry a password (Basic credentials, or a POST with its form) is a
+/// login: refused while its address has too many failed ones. An anonymous GET is not.
 async fn token_handler(State(reg): State<Arc<Registry>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let ip = peer_ip(&parts.extensions);
-    let blocked = ip.and_then(|ip| reg.login_blocked(ip));
-    let mut resp = match (reg.token_auth(), blocked) {
-        (Some(_), Some(wait)) => too_many_logins(wait).into_response(),
-        (Some(auth), None) => {
-            let resp = auth.token_endpoint(&parts, body).await;
-            if resp.status() == StatusCode::UNAUTHORIZED {
-                if let Some(ip) = ip {
-                    reg.login_failed(ip);
+    let login = parts.method == http::Method::POST || has_basic_credentials(&parts);
+    let mut resp = match reg.token_auth() {
+        Some(auth) if !login => auth.token_endpoint(&parts, body).await,
+        Some(auth) => match reg.begin_login(ip) {
+            Err(wait) => too_many_logins(wait).into_response(),
+            Ok(attempt) => {
+                let resp = auth.token_endpoint(&parts, body).await;
+                if resp.status() == StatusCode::UNAUTHORIZED {
+                    attempt.failed();
+                } else {
+                    attempt.passed();
                 }
+                resp
             }
-            resp
-        }
-        (None, _) => ApiError::new(ErrorCode::Unsupported, "token auth is not configured")
+        },
+        None => ApiError::new(ErrorCode::Unsupported, "token auth is not configured")
             .with_status(StatusCode::NOT_FOUND)
             .into_response(),
     };
     resp.extensions_mut().insert(RouteKind("token"));
     resp
+}
+
+/// Starts a login when the request carries a password (Basic credentials); refused with
+/// 429 when its address is over the failed-login limit.
+pub(crate) fn begin_password_login<'a>(
+    reg: &'a Registry,
+    parts: &http::request::Parts,
+) -> Result<Option<crate::LoginAttempt<'a>>, ApiError> {
+    if !has_basic_credentials(parts) {
+        return Ok(None);
+    }
+    reg.begin_login(peer_ip(&parts.extensions))
+        .map(Some)
+        .map_err(too_many_logins)
+}
+
+/// Authorizes a request; one with a password (Basic credentials) is a login, counted
+/// against its address's failed-login limit while it is checked, and refused when over it.
+pub(crate) async fn authorize_login(
+    reg: &Registry,
+    parts: &http::request::Parts,
+    access: &[Access],
+) -> Result<Principal, ApiError> {
+    let attempt = begin_password_login(reg, parts)?;
+    let result = reg.authorizer().authorize(parts, access).await;
+    if let Some(attempt) = attempt {
+        match &result {
+            // Basic credentials that did not authenticate: a failed login.
+            Err(AuthError::Unauthorized { .. }) => attempt.failed(),
+            _ => attempt.passed(),
+        }
+    }
+    result.map_err(auth_error)
 }
 
 fn request_id(headers: &HeaderMap) -> String {
@@ -393,6 +436,7 @@ pub(crate) fn auth_error(e: AuthError) -> ApiError {
             ErrorCode::Denied,
             "requested access to the resource is denied",
         ),
+        AuthError::Busy { retry_after } => too_busy(retry_after),
     }
 }
 
@@ -418,25 +462,7 @@ async fn handle(
         .into_iter()
         .rev()
         .collect();
-    let password = has_basic_credentials(&parts);
-    let ip = peer_ip(&parts.extensions);
-    if password {
-        if let Some(wait) = ip.and_then(|ip| reg.login_blocked(ip)) {
-            return Err(too_many_logins(wait));
-        }
-    }
-    let principal = match reg.authorizer().authorize(&parts, &access).await {
-        Ok(p) => p,
-        Err(e) => {
-            if password && matches!(e, AuthError::Unauthorized { .. }) {
-                // Basic credentials that did not authenticate: a failed login.
-                if let Some(ip) = ip {
-                    reg.login_failed(ip);
-                }
-            }
-            return Err(auth_error(e));
-        }
-    };
+    let principal = authorize_login(&reg, &parts, &access).await?;
     let ctx = Ctx {
         reg,
         parts,

@@ -62,6 +62,13 @@ pub enum AuthError {
     /// Authenticated but not allowed: answered 403.
     #[error("access denied")]
     Denied,
+    /// The credentials could not be checked for load (too many password checks queued):
+    /// answered 503 with `Retry-After`.
+    #[error("too busy to check credentials; retry in {retry_after:?}")]
+    Busy {
+        /// How long the client should wait.
+        retry_after: std::time::Duration,
+    },
 }
 
 /// Decides whether a request may do what it asks. `access` is empty for `/v2/` (which

@@ -241,7 +241,8 @@ pub struct Limits {
     pub max_manifest_bytes: u64,
     /// Largest blob accepted (413 above).
     pub max_blob_bytes: u64,
-    /// Most ranges served in one multi-range GET (more: the whole blob is sent).
+    /// Most ranges asked for in one multi-range GET (more: the whole blob is sent);
+    /// overlapping or adjacent ranges are served merged.
     pub max_ranges: usize,
     /// Requests per second allowed to one client IP (a token bucket); 0: no limit.
     pub requests_per_second: u32,
@@ -249,8 +250,8 @@ pub struct Limits {
     /// worth (`requests_per_second`).
     pub burst: u32,
     /// Failed logins (bad Basic credentials at `/token` or on `/v2/`) one client IP may
-    /// make within [`Limits::login_window`] before its logins are refused with 429; 0: no
-    /// limit.
+    /// make within [`Limits::login_window`] before its logins are refused with 429 (logins
+    /// in flight count as failures until they end); 0: no limit.
     pub login_failures: u32,
     /// The window over which failed logins are counted.
     #[serde(with = "duration_str")]

@@ -491,25 +491,10 @@ async fn authorize_report(
             return Err(crate::api::auth_error(AuthError::Denied));
         }
     }
-    let basic = crate::api::has_basic_credentials(parts);
-    let ip = crate::api::peer_ip(&parts.extensions);
-    if basic {
-        if let Some(wait) = ip.and_then(|ip| reg.login_blocked(ip)) {
-            return Err(crate::api::too_many_logins(wait));
-        }
-    }
     // Basic credentials, or a registry token with the `report` scope.
-    match reg.authorizer().authorize(parts, &access).await {
-        Ok(p) => Ok(p.user),
-        Err(e) => {
-            if basic && matches!(e, AuthError::Unauthorized { .. }) {
-                if let Some(ip) = ip {
-                    reg.login_failed(ip);
-                }
-            }
-            Err(crate::api::auth_error(e))
-        }
-    }
+    crate::api::authorize_login(reg, parts, &access)
+        .await
+        .map(|p| p.user)
 }
 
 /// `POST /gantry/v1/fleet/events`: one event object, or an array of them.
@@ -627,17 +612,20 @@ async fn get_view_inner(
                 name: f.repository.clone(),
                 action: Action::Pull,
             }];
-            reg.authorizer()
-                .authorize(&parts, &access)
-                .await
-                .map_err(crate::api::auth_error)?;
+            crate::api::authorize_login(reg, &parts, &access).await?;
             Box::new(|_| true)
         }
         (Some(auth), None) => {
-            let user = auth
-                .identify(&parts)
-                .await
-                .map_err(crate::api::auth_error)?;
+            // Basic credentials are a login, limited as on the API.
+            let attempt = crate::api::begin_password_login(reg, &parts)?;
+            let identified = auth.identify(&parts).await;
+            if let Some(attempt) = attempt {
+                match &identified {
+                    Err(AuthError::Unauthorized { .. }) => attempt.failed(),
+                    _ => attempt.passed(),
+                }
+            }
+            let user = identified.map_err(crate::api::auth_error)?;
             let Some(user) = user else {
                 return Err(crate::api::auth_error(AuthError::Unauthorized {
                     challenge: Some(auth.challenge(&parts, &[], None)),

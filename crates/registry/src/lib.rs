@@ -118,6 +118,41 @@ pub struct Registry {
     chunks: chunks::ChunkKnowledge,
 }
 
+/// A login in flight (see [`Registry::begin_login`]). [`LoginAttempt::passed`] ends it
+/// without a failure, [`LoginAttempt::failed`] with one. Dropping it unended (the client
+/// went away while its password was checked; the check runs on) counts as a failure, so
+/// a client cannot keep the password checkers busy by hanging up before the answer.
+pub struct LoginAttempt<'a> {
+    reg: &'a Registry,
+    /// The client, when its logins are limited.
+    ip: Option<std::net::IpAddr>,
+}
+
+impl LoginAttempt<'_> {
+    /// Ends the login as failed (bad credentials).
+    pub fn failed(mut self) {
+        self.end(true);
+    }
+
+    /// Ends the login without a failure (the credentials were right, or the check was
+    /// refused for load).
+    pub fn passed(mut self) {
+        self.end(false);
+    }
+
+    fn end(&mut self, failed: bool) {
+        if let (Some(ip), Some(l)) = (self.ip.take(), &self.reg.login_limiter) {
+            l.finish(ip, std::time::Instant::now(), failed);
+        }
+    }
+}
+
+impl Drop for LoginAttempt<'_> {
+    fn drop(&mut self) {
+        self.end(true);
+    }
+}
+
 /// A manifest found by tag or digest.
 #[derive(Debug, Clone)]
 pub struct FoundManifest {
@@ -214,22 +249,20 @@ impl Registry {
         }
     }
 
-    /// How long logins from `ip` stay refused after too many failures; `None` when
-    /// allowed.
-    pub fn login_blocked(&self, ip: std::net::IpAddr) -> Option<Duration> {
-        let wait = self
-            .login_limiter
-            .as_ref()?
-            .blocked(ip, std::time::Instant::now())?;
-        self.metrics.rate_limited("login");
-        Some(wait)
-    }
-
-    /// Records a failed login from `ip`.
-    pub fn login_failed(&self, ip: std::net::IpAddr) {
-        if let Some(l) = &self.login_limiter {
-            l.record_failure(ip, std::time::Instant::now());
-        }
+    /// Starts a login (a request with a password) from `ip`: it counts against the
+    /// failed-login limit until the returned attempt ends. When the address has too many
+    /// failed logins, or too many in flight, how long it must wait instead.
+    pub fn begin_login(&self, ip: Option<std::net::IpAddr>) -> Result<LoginAttempt<'_>, Duration> {
+        let ip = match (&self.login_limiter, ip) {
+            (Some(l), Some(ip)) => {
+                l.begin(ip, std::time::Instant::now()).inspect_err(|_| {
+                    self.metrics.rate_limited("login");
+                })?;
+                Some(ip)
+            }
+            _ => None,
+        };
+        Ok(LoginAttempt { reg: self, ip })
     }
 
     /// Restarts a blob's grace period when it is old enough that garbage collection could

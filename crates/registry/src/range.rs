@@ -6,15 +6,18 @@ pub enum RangeRequest {
     /// No usable `Range` header: serve the whole blob (a malformed header is ignored, as
     /// RFC 9110 allows).
     Whole,
-    /// Serve these `(start, length)` ranges, in request order, each non-empty and inside
-    /// the blob.
+    /// Serve these `(start, length)` ranges, each non-empty and inside the blob, never
+    /// overlapping nor adjacent (so they add up to at most the blob): in request order, or
+    /// sorted when some had to be merged.
     Ranges(Vec<(u64, u64)>),
     /// No range overlaps the blob: answer 416.
     Unsatisfiable,
 }
 
 /// Parses a `Range` header value for a blob of `size` bytes. More than `max_ranges` ranges
-/// are treated as no range at all.
+/// are treated as no range at all. Overlapping or adjacent ranges are merged (RFC 9110
+/// §14.2 allows it), so that repeating a range cannot multiply what is sent; when several
+/// ranges merge into the whole blob, it is served whole (200).
 pub fn parse(header: &str, size: u64, max_ranges: usize) -> RangeRequest {
     let Some((unit, specs)) = header.split_once('=') else {
         return RangeRequest::Whole;
@@ -69,9 +72,31 @@ pub fn parse(header: &str, size: u64, max_ranges: usize) -> RangeRequest {
         return RangeRequest::Whole;
     }
     if ranges.is_empty() {
-        RangeRequest::Unsatisfiable
+        return RangeRequest::Unsatisfiable;
+    }
+    let requested = ranges.len();
+    let ranges = coalesce(ranges);
+    if requested > 1 && ranges == [(0, size)] {
+        return RangeRequest::Whole;
+    }
+    RangeRequest::Ranges(ranges)
+}
+
+/// `ranges` as they are when none overlaps or touches another; else sorted and merged.
+fn coalesce(ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    let mut sorted = ranges.clone();
+    sorted.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(sorted.len());
+    for (start, len) in sorted {
+        match merged.last_mut() {
+            Some((s, l)) if start <= *s + *l => *l = (*l).max(start + len - *s),
+            _ => merged.push((start, len)),
+        }
+    }
+    if merged.len() == ranges.len() {
+        ranges
     } else {
-        RangeRequest::Ranges(ranges)
+        merged
     }
 }
 
@@ -132,6 +157,29 @@ mod tests {
             parse("bytes=200-300,0-1", 100, 8),
             RangeRequest::Ranges(vec![(0, 2)])
         );
+        // Disjoint ranges keep their order.
+        assert_eq!(
+            parse("bytes=50-59,0-9", 100, 8),
+            RangeRequest::Ranges(vec![(50, 10), (0, 10)])
+        );
+    }
+
+    #[test]
+    fn overlapping_ranges_are_merged() {
+        // Repeats of the whole blob: served once, whole.
+        assert_eq!(
+            parse(&format!("bytes={}", ["0-"; 64].join(",")), 100, 64),
+            RangeRequest::Whole
+        );
+        assert_eq!(parse("bytes=0-49,-50", 100, 8), RangeRequest::Whole);
+        assert_eq!(
+            parse("bytes=10-19,0-9,15-29,50-59,55-", 100, 8),
+            RangeRequest::Ranges(vec![(0, 30), (50, 50)])
+        );
+        assert_eq!(
+            parse("bytes=-1,99-99", 100, 8),
+            RangeRequest::Ranges(vec![(99, 1)])
+        );
     }
 
     #[test]
@@ -163,24 +211,37 @@ mod tests {
         assert_eq!(parse_content_range("x"), None);
     }
 
+    /// Non-empty, inside the blob, apart from each other, at most the blob in all.
+    fn check_ranges(
+        rs: &[(u64, u64)],
+        size: u64,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        for &(start, len) in rs {
+            proptest::prop_assert!(len > 0 && start + len <= size);
+        }
+        let mut sorted = rs.to_vec();
+        sorted.sort_unstable();
+        for w in sorted.windows(2) {
+            proptest::prop_assert!(w[0].0 + w[0].1 < w[1].0, "{rs:?}");
+        }
+        proptest::prop_assert!(rs.iter().map(|r| r.1).sum::<u64>() <= size);
+        Ok(())
+    }
+
     proptest::proptest! {
         #[test]
         fn ranges_stay_inside_the_blob(h in "\\PC{0,60}", size in 0u64..1000) {
             if let RangeRequest::Ranges(rs) = parse(&h, size, 16) {
-                for (start, len) in rs {
-                    proptest::prop_assert!(len > 0 && start + len <= size);
-                }
+                check_ranges(&rs, size)?;
             }
             let _ = parse_content_range(&h);
         }
 
         #[test]
         fn structured_ranges(a in 0u64..300, b in 0u64..300, size in 0u64..200) {
-            let h = format!("bytes={a}-{b},-{b},{a}-");
+            let h = format!("bytes={a}-{b},-{b},{a}-,{b}-{b},0-{a}");
             if let RangeRequest::Ranges(rs) = parse(&h, size, 16) {
-                for (start, len) in rs {
-                    proptest::prop_assert!(len > 0 && start + len <= size);
-                }
+                check_ranges(&rs, size)?;
             }
         }
     }

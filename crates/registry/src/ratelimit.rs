@@ -5,7 +5,8 @@
 //!   `burst`); off by default.
 //! - [`LoginLimiter`]: failed logins (bad Basic credentials at `/token` or on `/v2/`
 //!   requests) per client IP; after `login_failures` within `login_window`, further login
-//!   attempts from that IP are refused until the oldest failure leaves the window.
+//!   attempts from that IP are refused until the oldest failure leaves the window. Logins
+//!   in flight count as failures until they end.
 //!
 //! Both answer 429 `TOOMANYREQUESTS` with `Retry-After` (see [`crate::api`]). Clients are
 //! told apart by the TCP peer address: behind a proxy they share one bucket.
@@ -82,15 +83,27 @@ impl RateLimiter {
     }
 }
 
-/// Times of recent failures per client IP, and when the map was last swept.
-type FailureLog = (HashMap<IpAddr, VecDeque<Instant>>, Option<Instant>);
+/// How long a client whose logins are all in flight is told to wait.
+const IN_FLIGHT_RETRY: Duration = Duration::from_secs(1);
 
-/// Failed logins per client IP within a sliding window.
+/// A client's recent failed logins and the logins it has in flight.
+#[derive(Debug, Default)]
+struct Client {
+    failures: VecDeque<Instant>,
+    in_flight: usize,
+}
+
+/// Clients by IP, and when the map was last swept.
+type ClientLog = (HashMap<IpAddr, Client>, Option<Instant>);
+
+/// Failed logins per client IP within a sliding window. A login in flight counts as a
+/// failure until it ends, so that parallel attempts cannot get past the limit before any
+/// of them has failed.
 #[derive(Debug)]
 pub struct LoginLimiter {
     max_failures: usize,
     window: Duration,
-    state: Mutex<FailureLog>,
+    state: Mutex<ClientLog>,
 }
 
 impl LoginLimiter {
@@ -116,41 +129,55 @@ impl LoginLimiter {
         }
     }
 
-    /// How long logins from `ip` stay refused, `None` when they are allowed.
-    pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let failures = guard.0.get_mut(&ip)?;
-        self.expire(failures, now);
-        if failures.len() < self.max_failures {
-            return None;
-        }
-        // Allowed again once enough failures have left the window.
-        let oldest_relevant = failures[failures.len() - self.max_failures];
-        Some(
-            self.window
-                .saturating_sub(now.saturating_duration_since(oldest_relevant)),
-        )
-    }
-
-    /// Records a failed login from `ip`.
-    pub fn record_failure(&self, ip: IpAddr, now: Instant) {
+    /// Starts a login from `ip`: counted against the limit until [`LoginLimiter::finish`].
+    /// When the recent failures plus the logins in flight reach the limit, how long to
+    /// wait instead.
+    pub fn begin(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (all, last_prune) = &mut *guard;
         if all.len() > PRUNE_ABOVE
             && last_prune.is_none_or(|t| now.saturating_duration_since(t) >= PRUNE_EVERY)
         {
-            all.retain(|_, f| {
-                f.back()
-                    .is_some_and(|t| now.saturating_duration_since(*t) < self.window)
+            all.retain(|_, c| {
+                c.in_flight > 0
+                    || c.failures
+                        .back()
+                        .is_some_and(|t| now.saturating_duration_since(*t) < self.window)
             });
             *last_prune = Some(now);
         }
-        let failures = all.entry(ip).or_default();
-        self.expire(failures, now);
-        failures.push_back(now);
-        // Only the newest `max_failures` matter.
-        while failures.len() > self.max_failures {
-            failures.pop_front();
+        let client = all.entry(ip).or_default();
+        self.expire(&mut client.failures, now);
+        let failures = client.failures.len();
+        if failures + client.in_flight < self.max_failures {
+            client.in_flight += 1;
+            return Ok(());
+        }
+        if failures >= self.max_failures {
+            // Allowed again once enough failures have left the window.
+            let oldest_relevant = client.failures[failures - self.max_failures];
+            return Err(self
+                .window
+                .saturating_sub(now.saturating_duration_since(oldest_relevant)));
+        }
+        // Refused for the logins in flight: they end within seconds.
+        Err(IN_FLIGHT_RETRY)
+    }
+
+    /// Ends a login begun with [`LoginLimiter::begin`], recording a failure if it `failed`.
+    pub fn finish(&self, ip: IpAddr, now: Instant, failed: bool) {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(client) = guard.0.get_mut(&ip) else {
+            return;
+        };
+        client.in_flight = client.in_flight.saturating_sub(1);
+        if failed {
+            self.expire(&mut client.failures, now);
+            client.failures.push_back(now);
+            // Only the newest `max_failures` matter.
+            while client.failures.len() > self.max_failures {
+                client.failures.pop_front();
+            }
         }
     }
 }
@@ -211,29 +238,51 @@ mod tests {
         assert!(l.state.lock().unwrap().0.len() <= 2);
     }
 
+    /// A login from `ip` at `t` that fails.
+    fn fail(l: &LoginLimiter, ip: IpAddr, t: Instant) {
+        l.begin(ip, t).unwrap();
+        l.finish(ip, t, true);
+    }
+
     #[test]
     fn logins_are_refused_after_n_failures_until_the_window_passes() {
         assert!(LoginLimiter::new(0, Duration::from_secs(60)).is_none());
         let l = LoginLimiter::new(3, Duration::from_secs(60)).unwrap();
         let t0 = Instant::now();
-        assert_eq!(l.blocked(ip(1), t0), None);
-        l.record_failure(ip(1), t0);
-        l.record_failure(ip(1), t0 + Duration::from_secs(10));
-        assert_eq!(l.blocked(ip(1), t0 + Duration::from_secs(10)), None);
-        l.record_failure(ip(1), t0 + Duration::from_secs(20));
+        fail(&l, ip(1), t0);
+        fail(&l, ip(1), t0 + Duration::from_secs(10));
+        // A success is not counted.
+        l.begin(ip(1), t0 + Duration::from_secs(10)).unwrap();
+        l.finish(ip(1), t0 + Duration::from_secs(10), false);
+        fail(&l, ip(1), t0 + Duration::from_secs(20));
         assert_eq!(
-            l.blocked(ip(1), t0 + Duration::from_secs(20)),
-            Some(Duration::from_secs(40))
+            l.begin(ip(1), t0 + Duration::from_secs(20)),
+            Err(Duration::from_secs(40))
         );
-        assert_eq!(l.blocked(ip(2), t0 + Duration::from_secs(20)), None);
+        fail(&l, ip(2), t0 + Duration::from_secs(20));
         // The first failure leaves the window at 60 s: one more attempt is allowed.
-        assert!(l.blocked(ip(1), t0 + Duration::from_secs(59)).is_some());
-        assert_eq!(l.blocked(ip(1), t0 + Duration::from_secs(60)), None);
-        l.record_failure(ip(1), t0 + Duration::from_secs(61));
+        assert!(l.begin(ip(1), t0 + Duration::from_secs(59)).is_err());
+        fail(&l, ip(1), t0 + Duration::from_secs(61));
         assert_eq!(
-            l.blocked(ip(1), t0 + Duration::from_secs(61)),
-            Some(Duration::from_secs(9))
+            l.begin(ip(1), t0 + Duration::from_secs(61)),
+            Err(Duration::from_secs(9))
         );
+    }
+
+    #[test]
+    fn logins_in_flight_count_against_the_limit() {
+        let l = LoginLimiter::new(3, Duration::from_secs(60)).unwrap();
+        let t0 = Instant::now();
+        fail(&l, ip(1), t0);
+        l.begin(ip(1), t0).unwrap();
+        l.begin(ip(1), t0).unwrap();
+        assert_eq!(l.begin(ip(1), t0), Err(IN_FLIGHT_RETRY));
+        // One in flight succeeds: room for another attempt.
+        l.finish(ip(1), t0, false);
+        l.begin(ip(1), t0).unwrap();
+        l.finish(ip(1), t0, true);
+        l.finish(ip(1), t0, true);
+        assert_eq!(l.begin(ip(1), t0), Err(Duration::from_secs(60)));
     }
 
     #[test]

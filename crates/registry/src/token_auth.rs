@@ -32,12 +32,16 @@ use crate::auth::{Access, Action, AuthError, Authorizer, Principal};
 use crate::config::{AccessRule, AuthConfig};
 use crate::report_tokens::ReportTokens;
 use crate::token::{challenge_scopes, parse_scopes, ResourceActions, TokenKey};
-use crate::users::Users;
+use crate::users::{Users, VerifyMemory};
 
 /// How long a successful Basic check is remembered.
 const BASIC_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Most remembered Basic checks.
 const BASIC_CACHE_MAX: usize = 4096;
+/// How long a password check may wait for a free verifier before it is refused (503).
+const VERIFY_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// `Retry-After` of a password check refused for load.
+const VERIFY_RETRY: Duration = Duration::from_secs(1);
 /// Largest `/token` POST body.
 const MAX_FORM_BYTES: usize = 64 * 1024;
 
@@ -260,6 +264,11 @@ pub struct TokenAuth {
     report_tokens_path: PathBuf,
     report_tokens: RwLock<ReportTokensState>,
     basic_cache: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    /// Argon2 verifications that may run at once (each takes about 19 MiB and a core).
+    verifiers: Arc<tokio::sync::Semaphore>,
+    /// Argon2 working memory, one per verification running: kept for the next rather than
+    /// left to the allocator, which would keep some per thread.
+    verify_memory: Arc<Mutex<Vec<VerifyMemory>>>,
 }
 
 impl std::fmt::Debug for TokenAuth {
@@ -334,6 +343,10 @@ impl TokenAuth {
             }),
             users_path,
             basic_cache: Mutex::new(HashMap::new()),
+            verifiers: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
+            verify_memory: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -422,7 +435,7 @@ impl TokenAuth {
         }
         if request.headers.contains_key(header::AUTHORIZATION) {
             return match basic_credentials(request) {
-                Some((user, password)) if self.check_password(&user, &password).await => {
+                Some((user, password)) if self.check_password(&user, &password).await? => {
                     Ok(Some(user))
                 }
                 _ => Err(unauthorized(None)),
@@ -431,8 +444,10 @@ impl TokenAuth {
         Ok(None)
     }
 
-    /// Whether `user`/`password` are valid.
-    pub async fn check_password(&self, user: &str, password: &str) -> bool {
+    /// Whether `user`/`password` are valid. Argon2 runs on the blocking pool, at most one
+    /// check per core at a time; a check that waits longer than [`VERIFY_QUEUE_TIMEOUT`] for
+    /// its turn fails with [`AuthError::Busy`].
+    pub async fn check_password(&self, user: &str, password: &str) -> Result<bool, AuthError> {
         let users = self.users();
         let mut h = Sha256::new();
         h.update(user.as_bytes());
@@ -443,14 +458,40 @@ impl TokenAuth {
             let cache = self.basic_cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((u, at)) = cache.get(&id) {
                 if u == user && at.elapsed() < BASIC_CACHE_TTL {
-                    return true;
+                    return Ok(true);
                 }
             }
         }
+        let busy = AuthError::Busy {
+            retry_after: VERIFY_RETRY,
+        };
+        let permit = match tokio::time::timeout(
+            VERIFY_QUEUE_TIMEOUT,
+            self.verifiers.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            // Timed out, or the semaphore is closed (never).
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!(user = %user, "password check refused: too many in progress");
+                return Err(busy);
+            }
+        };
         let (u, p) = (user.to_string(), password.to_string());
-        let ok = tokio::task::spawn_blocking(move || users.verify(&u, &p))
-            .await
-            .unwrap_or(false);
+        // The permit is held until argon2 is done, even when the request is dropped.
+        let pool = self.verify_memory.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            let take = || pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let mut memory = take().unwrap_or_default();
+            let ok = users.verify_with(&u, &p, &mut memory);
+            // At most one memory per permit: the pool stays within the permits.
+            pool.lock().unwrap_or_else(|e| e.into_inner()).push(memory);
+            drop(permit);
+            ok
+        })
+        .await
+        .unwrap_or(false);
         if ok {
             let mut cache = self.basic_cache.lock().unwrap_or_else(|e| e.into_inner());
             if cache.len() >= BASIC_CACHE_MAX {
@@ -458,7 +499,7 @@ impl TokenAuth {
             }
             cache.insert(id, (user.to_string(), Instant::now()));
         }
-        ok
+        Ok(ok)
     }
 
     /// The token endpoint URL for a request.
@@ -574,7 +615,11 @@ impl TokenAuth {
         }
         let user = match &user_pass {
             Some((u, p)) => {
-                if !self.check_password(u, p).await {
+                let ok = match self.check_password(u, p).await {
+                    Ok(ok) => ok,
+                    Err(e) => return crate::api::auth_error(e).into_response(),
+                };
+                if !ok {
                     tracing::info!(user = %u, "token request with bad credentials");
                     let mut resp = oauth_error(
                         StatusCode::UNAUTHORIZED,
@@ -732,7 +777,7 @@ impl Authorizer for TokenAuth {
             let Some((user, password)) = basic_credentials(request) else {
                 return Err(unauthorized(None));
             };
-            if !self.check_password(&user, &password).await {
+            if !self.check_password(&user, &password).await? {
                 tracing::info!(user = %user, "bad credentials");
                 return Err(unauthorized(None));
             }

@@ -8,8 +8,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{Output, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 /// A users file that cannot be read, parsed or written.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +65,67 @@ pub fn hash_password(password: &str) -> Result<String, UsersError> {
         .map_err(|e| UsersError::Hash(e.to_string()))
 }
 
+/// The hash unknown users are checked against: of a random password, with the parameters
+/// of [`hash_password`] (computed once).
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::generate(&mut OsRng);
+        let password = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.as_str().as_bytes(), &salt)
+            .map(|h| h.to_string())
+            // Hashing with default parameters does not fail; an empty string only makes
+            // unknown users fast to refuse.
+            .unwrap_or_default()
+    })
+}
+
+/// Working memory of argon2, reused from one password check to the next.
+#[derive(Default)]
+pub struct VerifyMemory(Vec<Block>);
+
+impl std::fmt::Debug for VerifyMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VerifyMemory({} blocks)", self.0.len())
+    }
+}
+
+/// Whether `password` hashes to the PHC string `hash`, working in `memory` (grown as the
+/// hash's parameters need). The comparison is constant-time.
+fn check_hash(hash: &str, password: &[u8], memory: &mut Vec<Block>) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        Algorithm::try_from(parsed.algorithm),
+        Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    if memory.len() < params.block_count() {
+        memory.resize(params.block_count(), Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..])
+        .is_ok()
+        // `Output` compares in constant time.
+        && Output::new(&out).is_ok_and(|o| o == expected)
+}
+
 /// Users and their password hashes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Users {
@@ -113,16 +174,20 @@ impl Users {
     }
 
     /// Whether `user` exists and `password` is theirs (constant-time comparison by argon2).
+    /// An unknown user is checked against a dummy hash, so that the time taken does not
+    /// tell which users exist.
     pub fn verify(&self, user: &str, password: &str) -> bool {
-        let Some(hash) = self.hashes.get(user) else {
-            return false;
+        self.verify_with(user, password, &mut VerifyMemory::default())
+    }
+
+    /// [`Users::verify`] in `memory`, which is kept for the next check rather than
+    /// allocated and freed each time (about 19 MiB with default parameters).
+    pub fn verify_with(&self, user: &str, password: &str, memory: &mut VerifyMemory) -> bool {
+        let (hash, known) = match self.hashes.get(user) {
+            Some(h) => (h.as_str(), true),
+            None => (dummy_hash(), false),
         };
-        let Ok(parsed) = PasswordHash::new(hash) else {
-            return false;
-        };
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
+        check_hash(hash, password.as_bytes(), &mut memory.0) && known
     }
 
     /// The user names, sorted.

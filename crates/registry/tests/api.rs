@@ -652,6 +652,96 @@ async fn range_reads_single_multi_and_unsatisfiable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_ranges_do_not_multiply_what_is_sent() {
+    let reg = TestRegistry::start().await;
+    let size = 1_000_000usize;
+    let data = bytes(4, size);
+    let digest = reg.push_blob("r", &data).await;
+    let url = reg.url(&format!("/v2/r/blobs/{digest}"));
+    let get = |range: String| reg.client.get(&url).header("range", range).send();
+    let mut received = 0usize;
+
+    // The whole blob 64 times over: sent once, whole.
+    let r = get(format!("bytes={}", ["0-"; 64].join(",")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.bytes().await.unwrap();
+    received += body.len();
+    assert_eq!(body.len(), size, "64 overlapping whole-blob ranges");
+    assert_eq!(body.as_ref(), data.as_slice());
+    // Ranges that overlap into the whole blob.
+    let r = get("bytes=0-599999,400000-,-10".into()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    received += r.bytes().await.unwrap().len();
+    // Overlapping parts are merged, in order; disjoint ones kept.
+    let r = get("bytes=100-199,0-149,500000-500099,500050-500149,-5".into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    let ct = h(&r, "content-type").to_string();
+    let body = r.bytes().await.unwrap();
+    received += body.len();
+    assert!(body.len() < 200 + 150 + 5 + 3 * 200, "{} bytes", body.len());
+    assert_eq!(
+        parse_multipart(&ct, &body),
+        vec![
+            ("bytes 0-199/1000000".to_string(), data[..200].to_vec()),
+            (
+                "bytes 500000-500149/1000000".to_string(),
+                data[500_000..500_150].to_vec()
+            ),
+            (
+                "bytes 999995-999999/1000000".to_string(),
+                data[999_995..].to_vec()
+            ),
+        ]
+    );
+    // What the metrics count is what was sent (the push's own reads aside).
+    let sent = gantry_test_support::metric(&reg.url("/metrics"), "gantry_registry_bytes_sent_total")
+        .await as usize;
+    assert!(
+        sent <= received && received <= 2 * size + 2000,
+        "sent {sent} B, received {received} B for a {size} B blob"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_on_unknown_uploads_leave_no_lock_behind() {
+    let reg = TestRegistry::start().await;
+    let digest = Digest::of(b"");
+    for i in 0..1000 {
+        let url = reg.url(&format!("/v2/r/blobs/uploads/{}", uuid::Uuid::new_v4()));
+        let r = reg.client.delete(&url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "DELETE {i}");
+        let r = reg
+            .client
+            .put(format!("{url}?digest={digest}"))
+            .header("content-length", "0")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "PUT {i}");
+        let r = reg
+            .client
+            .patch(&url)
+            .body(vec![1u8; 10])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "PATCH {i}");
+    }
+    let locks = reg.registry().storage().upload_locks();
+    assert_eq!(
+        locks, 0,
+        "3000 requests on unknown uploads left {locks} locks"
+    );
+    // Nor does a completed push.
+    reg.push_blob("r", b"pushed").await;
+    assert_eq!(reg.registry().storage().upload_locks(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_by_tag_and_digest_with_validation() {
     let reg = TestRegistry::start().await;
     let layer = bytes(11, 5000);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use common::*;
+use futures::FutureExt;
 use gantry_registry::{add_user, AccessRule, AuthConfig, TokenAuth};
 use reqwest::StatusCode;
 
@@ -189,4 +190,130 @@ async fn failed_basic_logins_on_v2_count_but_denials_do_not() {
     // Requests without a password are not logins.
     let r = reg.client.get(reg.url("/v2/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// The process's resident set size in bytes.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Sends `n` requests at once (made by `request(i)`), sampling the resident set size
+/// meanwhile; the statuses and the largest growth of the RSS.
+async fn burst<F, Fut>(n: usize, request: F) -> (Vec<StatusCode>, u64)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = reqwest::Response> + Send + 'static,
+{
+    let base = rss_bytes();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = base;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_bytes());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(request(i))).collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap().status());
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    (statuses, peak.saturating_sub(base))
+}
+
+fn count(statuses: &[StatusCode], status: StatusCode) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+/// Parallel bad passwords: argon2 runs a few at a time (memory bound), and no more than
+/// the failed-login limit of them are checked. One test, as the allocator keeps what a
+/// burst took: a second burst in the same process would hardly grow the RSS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_bad_logins_are_bounded_in_memory_and_by_the_limit() {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    // Argon2 takes 19 MiB per check; allow for the checks of the other tests.
+    let bound = (cores + 6) * 19 * 1024 * 1024;
+
+    // No failed-login limit to speak of: only the bound on argon2 work applies.
+    let reg = with_login_limit(100_000, Duration::from_secs(60)).await;
+    let (statuses, growth) = burst(64, |i| {
+        reg.client
+            .get(reg.url("/v2/"))
+            .header("authorization", basic("ci", &format!("wrong{i}")))
+            .send()
+            .map(Result::unwrap)
+    })
+    .await;
+    eprintln!("RSS growth {growth} B for 64 parallel checks, bound {bound} B");
+    assert!(
+        growth <= bound,
+        "64 parallel password checks grew the RSS by {growth} B (bound {bound} B)"
+    );
+    // Every check either ran (401) or was refused for load (503 with Retry-After).
+    assert_eq!(
+        count(&statuses, StatusCode::UNAUTHORIZED)
+            + count(&statuses, StatusCode::SERVICE_UNAVAILABLE),
+        64,
+        "{statuses:?}"
+    );
+
+    let reg = with_login_limit(10, Duration::from_secs(60)).await;
+    let url = format!(
+        "{}?service=gantry&scope=repository:game/a:pull",
+        reg.url("/token")
+    );
+    let (statuses, growth) = burst(100, |i| {
+        reg.client
+            .get(&url)
+            .header("authorization", basic("ci", &format!("wrong{i}")))
+            .send()
+            .map(Result::unwrap)
+    })
+    .await;
+    let unauthorized = count(&statuses, StatusCode::UNAUTHORIZED);
+    let refused = count(&statuses, StatusCode::TOO_MANY_REQUESTS);
+    eprintln!("401: {unauthorized}, 429: {refused}, RSS growth {growth} B");
+    assert!(
+        unauthorized <= 10,
+        "{unauthorized} of 100 parallel bad logins were checked, the limit is 10"
+    );
+    assert_eq!(unauthorized + refused, 100, "{statuses:?}");
+    assert!(growth <= bound, "RSS growth {growth} B (bound {bound} B)");
+    // Now locked out for the window, right password or not.
+    let r = token_status(&reg, "ci", "cipw").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn unknown_users_take_as_long_to_refuse_as_known_ones() {
+    let reg = with_login_limit(100_000, Duration::from_secs(60)).await;
+    // Known and unknown in turn, so that both see the same load (other tests of this
+    // binary run password checks at the same time); the fastest of each counts.
+    let (mut known, mut unknown) = (Duration::MAX, Duration::MAX);
+    for i in 0..5 {
+        for (user, best) in [("ci", &mut known), ("nobody", &mut unknown)] {
+            let t = std::time::Instant::now();
+            let r = token_status(&reg, user, &format!("wrong{i}")).await;
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+            *best = (*best).min(t.elapsed());
+        }
+    }
+    eprintln!("bad password: known user {known:?}, unknown user {unknown:?}");
+    assert!(
+        unknown * 4 >= known,
+        "an unknown user is refused in {unknown:?}, a known one in {known:?}"
+    );
 }

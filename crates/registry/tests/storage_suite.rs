@@ -355,6 +355,47 @@ async fn cancel_removes_the_session(b: Backend) {
     ));
 }
 
+/// Requests on upload ids that name no session leave no lock behind, nor do sessions
+/// that are finished, cancelled or purged.
+async fn upload_locks_do_not_outlive_their_sessions(b: Backend) {
+    let s = b.open().await;
+    for _ in 0..200 {
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        assert!(s
+            .append_upload("r", &id, 0, body(&[b"x"]), 100)
+            .await
+            .is_err());
+        assert!(s.finish_upload("r", &id, &Digest::of(b"")).await.is_err());
+        assert!(!s.cancel_upload("r", &id).await.unwrap());
+    }
+    assert_eq!(s.upload_locks(), 0, "locks of unknown upload ids");
+    let done = s.create_upload("r").await.unwrap();
+    s.append_upload("r", &done.id, 0, body(&[b"abc"]), 100)
+        .await
+        .unwrap();
+    // Out of order and from another repository: refused, the session kept.
+    assert!(s
+        .append_upload("r", &done.id, 9, body(&[b"d"]), 100)
+        .await
+        .is_err());
+    assert!(s
+        .append_upload("q", &done.id, 3, body(&[b"d"]), 100)
+        .await
+        .is_err());
+    s.finish_upload("r", &done.id, &Digest::of(b"abc"))
+        .await
+        .unwrap();
+    let cancelled = s.create_upload("r").await.unwrap();
+    assert!(s.cancel_upload("r", &cancelled.id).await.unwrap());
+    let purged = s.create_upload("r").await.unwrap();
+    s.append_upload("r", &purged.id, 0, body(&[b"x"]), 100)
+        .await
+        .unwrap();
+    b.tick().await;
+    assert_eq!(s.purge_uploads(SystemTime::now()).await.unwrap(), 1);
+    assert_eq!(s.upload_locks(), 0, "locks of ended sessions");
+}
+
 async fn purge_removes_only_stale_sessions(b: Backend) {
     let s = b.open().await;
     let old = s.create_upload("r").await.unwrap();
@@ -664,6 +705,7 @@ suite!(
     size_limit_refuses_the_chunk_and_keeps_the_session,
     broken_body_keeps_received_bytes_and_a_new_instance_resumes,
     cancel_removes_the_session,
+    upload_locks_do_not_outlive_their_sessions,
     purge_removes_only_stale_sessions,
     touch_restarts_the_blob_time,
     links_manifests_tags_referrers_and_repositories,

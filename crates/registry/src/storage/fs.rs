@@ -27,10 +27,9 @@
 //! themselves survive a process crash but are not made durable against power loss (no
 //! directory fsync): a lost session or offset only makes the client upload again.
 
-use std::collections::HashMap;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -39,6 +38,7 @@ use futures::StreamExt;
 use gantry_oci::{Digest, DigestHasher};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
+use super::upload_locks::{SessionState, UploadLocks};
 use super::{
     digest_record, BlobMeta, ByteStream, Storage, StorageError, StorageResult, UploadInfo,
 };
@@ -61,7 +61,7 @@ pub struct FsStorage {
     _lock: std::fs::File,
     /// Per-upload locks, each with the running hash of the bytes persisted so far (so that
     /// finishing an upload need not read it back).
-    uploads: StdMutex<HashMap<String, Arc<tokio::sync::Mutex<RunningHash>>>>,
+    uploads: UploadLocks<RunningHash>,
 }
 
 #[derive(Default)]
@@ -69,6 +69,12 @@ struct RunningHash {
     /// Offset the hasher has seen, valid only with `hasher`.
     offset: u64,
     hasher: Option<DigestHasher>,
+}
+
+impl SessionState for RunningHash {
+    fn is_empty(&self) -> bool {
+        self.hasher.is_none()
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -113,7 +119,7 @@ impl FsStorage {
         Ok(FsStorage {
             root,
             _lock: lock,
-            uploads: StdMutex::new(HashMap::new()),
+            uploads: UploadLocks::new(),
         })
     }
 
@@ -164,16 +170,6 @@ impl FsStorage {
             Ok(u) if u.hyphenated().to_string() == id => Ok(self.root.join("uploads").join(id)),
             _ => Err(StorageError::UploadNotFound(id.to_string())),
         }
-    }
-
-    fn upload_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<RunningHash>> {
-        let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(id.to_string()).or_default().clone()
-    }
-
-    fn forget_upload(&self, id: &str) {
-        let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(id);
     }
 
     async fn read_state(
@@ -831,8 +827,7 @@ impl Storage for FsStorage {
         limit: u64,
     ) -> StorageResult<u64> {
         let dir = self.upload_dir(id)?;
-        let lock = self.upload_lock(id);
-        let mut running = lock.lock().await;
+        let mut running = self.uploads.lock(id).await;
         let (mut state, _) = self.read_state(Some(repo), id).await?;
         if state.offset != start {
             return Err(StorageError::OutOfOrder {
@@ -918,8 +913,7 @@ impl Storage for FsStorage {
         digest: &Digest,
     ) -> StorageResult<BlobMeta> {
         let dir = self.upload_dir(id)?;
-        let lock = self.upload_lock(id);
-        let mut running = lock.lock().await;
+        let mut running = self.uploads.lock(id).await;
         let (state, _) = self.read_state(Some(repo), id).await?;
         let data = dir.join("data");
         let cached = match running.hasher.take() {
@@ -967,23 +961,20 @@ impl Storage for FsStorage {
                 .map_err(io_ctx("stat", &blob))
         })
         .await;
-        drop(running);
-        self.forget_upload(id);
+        running.forget();
         result
     }
 
     async fn cancel_upload(&self, repo: &str, id: &str) -> StorageResult<bool> {
         let dir = self.upload_dir(id)?;
-        let lock = self.upload_lock(id);
-        let _running = lock.lock().await;
+        let running = self.uploads.lock(id).await;
         match self.read_state(Some(repo), id).await {
             Ok(_) => {}
             Err(StorageError::UploadNotFound(_)) => return Ok(false),
             Err(e) => return Err(e),
         }
         blocking(move || std::fs::remove_dir_all(&dir).map_err(io_ctx("remove", &dir))).await?;
-        drop(_running);
-        self.forget_upload(id);
+        running.forget();
         Ok(true)
     }
 
@@ -1019,8 +1010,7 @@ impl Storage for FsStorage {
                 // Not ours (a stray file): leave it alone.
                 continue;
             };
-            let lock = self.upload_lock(&id);
-            let guard = lock.lock().await;
+            let guard = self.uploads.lock(&id).await;
             let stale = {
                 let dir = dir.clone();
                 blocking(move || {
@@ -1047,11 +1037,14 @@ impl Storage for FsStorage {
                 })
                 .await?;
                 purged += 1;
+                guard.forget();
             }
-            drop(guard);
-            self.forget_upload(&id);
         }
         Ok(purged)
+    }
+
+    fn upload_locks(&self) -> usize {
+        self.uploads.len()
     }
 }
 

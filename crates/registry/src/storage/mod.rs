@@ -15,6 +15,7 @@
 
 mod fs;
 mod s3;
+mod upload_locks;
 
 pub use fs::FsStorage;
 pub use s3::{S3Config, S3Storage};
@@ -302,6 +303,13 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Removes upload sessions that received nothing since `before`; returns how many.
     async fn purge_uploads(&self, before: SystemTime) -> StorageResult<usize>;
+
+    /// Upload sessions with state in memory (locks, running hashes), for tests: requests
+    /// naming sessions that do not exist must leave none.
+    #[doc(hidden)]
+    fn upload_locks(&self) -> usize {
+        0
+    }
 }
 
 /// Opens the storage `config` asks for: the filesystem under `root`, or the bucket of

@@ -34,7 +34,7 @@
 //! [`S3Storage`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -48,6 +48,7 @@ use object_store::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::upload_locks::{SessionState, UploadLocks};
 use super::{
     digest_record, BlobMeta, ByteStream, Storage, StorageError, StorageResult, UploadInfo,
 };
@@ -147,7 +148,7 @@ pub struct S3Storage {
     /// Number of path parts of `prefix`.
     prefix_parts: usize,
     /// Per-upload locks with the running hash of the bytes stored so far.
-    uploads: StdMutex<HashMap<String, Arc<tokio::sync::Mutex<RunningHash>>>>,
+    uploads: UploadLocks<RunningHash>,
 }
 
 #[derive(Default)]
@@ -156,6 +157,12 @@ struct RunningHash {
     offset: u64,
     last_part: Option<String>,
     hasher: Option<DigestHasher>,
+}
+
+impl SessionState for RunningHash {
+    fn is_empty(&self) -> bool {
+        self.hasher.is_none()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -292,7 +299,7 @@ impl S3Storage {
             store,
             prefix,
             prefix_parts,
-            uploads: StdMutex::new(HashMap::new()),
+            uploads: UploadLocks::new(),
         }
     }
 
@@ -350,16 +357,6 @@ impl S3Storage {
             Ok(u) if u.hyphenated().to_string() == id => Ok(self.key(&format!("uploads/{id}"))),
             _ => Err(StorageError::UploadNotFound(id.to_string())),
         }
-    }
-
-    fn upload_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<RunningHash>> {
-        let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(id.to_string()).or_default().clone()
-    }
-
-    fn forget_upload(&self, id: &str) {
-        let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(id);
     }
 
     async fn head(&self, key: &Path) -> StorageResult<Option<ObjectMeta>> {
@@ -928,8 +925,7 @@ impl Storage for S3Storage {
         limit: u64,
     ) -> StorageResult<u64> {
         let session = self.upload_key(id)?;
-        let lock = self.upload_lock(id);
-        let mut running = lock.lock().await;
+        let mut running = self.uploads.lock(id).await;
         let (mut state, _) = self.read_state(Some(repo), id).await?;
         if state.offset != start {
             return Err(StorageError::OutOfOrder {
@@ -1013,8 +1009,7 @@ impl Storage for S3Storage {
         digest: &Digest,
     ) -> StorageResult<BlobMeta> {
         let session = self.upload_key(id)?;
-        let lock = self.upload_lock(id);
-        let mut running = lock.lock().await;
+        let mut running = self.uploads.lock(id).await;
         let (state, _) = self.read_state(Some(repo), id).await?;
         let cached = match running.hasher.take() {
             Some(h)
@@ -1067,8 +1062,7 @@ impl Storage for S3Storage {
             }
             Err(_) => {}
         }
-        drop(running);
-        self.forget_upload(id);
+        running.forget();
         result?;
         self.stat_blob(digest)
             .await?
@@ -1077,16 +1071,14 @@ impl Storage for S3Storage {
 
     async fn cancel_upload(&self, repo: &str, id: &str) -> StorageResult<bool> {
         let session = self.upload_key(id)?;
-        let lock = self.upload_lock(id);
-        let running = lock.lock().await;
+        let running = self.uploads.lock(id).await;
         match self.read_state(Some(repo), id).await {
             Ok(_) => {}
             Err(StorageError::UploadNotFound(_)) => return Ok(false),
             Err(e) => return Err(e),
         }
         self.delete_prefix(&session).await?;
-        drop(running);
-        self.forget_upload(id);
+        running.forget();
         Ok(true)
     }
 
@@ -1135,8 +1127,7 @@ impl Storage for S3Storage {
                 // Not ours: leave it alone.
                 continue;
             };
-            let lock = self.upload_lock(&id);
-            let guard = lock.lock().await;
+            let guard = self.uploads.lock(&id).await;
             // Look again under the session's lock: an append may have landed meanwhile.
             let objects = self.list(&session).await?;
             let stale = objects.iter().all(|m| modified(m) < before);
@@ -1145,10 +1136,13 @@ impl Storage for S3Storage {
                     self.delete(&meta.location).await?;
                 }
                 purged += 1;
+                guard.forget();
             }
-            drop(guard);
-            self.forget_upload(&id);
         }
         Ok(purged)
+    }
+
+    fn upload_locks(&self) -> usize {
+        self.uploads.len()
     }
 }
