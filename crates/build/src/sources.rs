@@ -9,6 +9,7 @@ use gantry_oci::{Digest, DigestHasher};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
+use std::ops::Bound;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -28,12 +29,68 @@ struct Ctx<'a> {
     staging: &'a Path,
     staged: usize,
     entries: BTreeMap<ImagePath, LayerEntry>,
+    /// Which source put each symlink in the tree, for errors.
+    symlink_origins: BTreeMap<ImagePath, String>,
+    /// The source being resolved (`archive x.tar`, `dir assets`), for errors.
+    source: String,
 }
 
 impl Ctx<'_> {
-    fn insert(&mut self, path: ImagePath, kind: EntryKind, mode: u32) {
+    /// Adds an entry; a later source wins on the same path. Refuses an entry
+    /// that would land beneath a symlink (or other non-directory) already in
+    /// the tree, and a non-directory that would replace a directory holding
+    /// entries: either way a file would end up at a path other than its name.
+    /// The error is a sentence naming both paths, for the caller to wrap.
+    fn insert(&mut self, path: ImagePath, kind: EntryKind, mode: u32) -> Result<(), String> {
         if path.is_root() {
-            return;
+            return Ok(());
+        }
+        let mut ancestor = path.parent();
+        while let Some(a) = ancestor {
+            if a.is_root() {
+                break;
+            }
+            if let Some(existing) = self.entries.get(&a) {
+                match &existing.kind {
+                    EntryKind::Directory => {}
+                    EntryKind::Symlink { target } => {
+                        let origin = self
+                            .symlink_origins
+                            .get(&a)
+                            .map(String::as_str)
+                            .unwrap_or("an earlier source");
+                        return Err(format!(
+                            "{path} would land beneath {a}, a symlink to {target:?} from \
+                             {origin}; nothing may be written beneath a symlink"
+                        ));
+                    }
+                    EntryKind::File { .. } => {
+                        return Err(format!(
+                            "{path} would land beneath {a}, which is a regular file"
+                        ));
+                    }
+                }
+            }
+            ancestor = a.parent();
+        }
+        if !matches!(kind, EntryKind::Directory) {
+            if let Some(child) = self.first_descendant(&path) {
+                return Err(match &kind {
+                    EntryKind::Symlink { target } => format!(
+                        "symlink {path} -> {target:?} would replace a directory that already \
+                         holds {child}; nothing may be written beneath a symlink"
+                    ),
+                    _ => {
+                        format!("file {path} would replace a directory that already holds {child}")
+                    }
+                });
+            }
+        }
+        if matches!(kind, EntryKind::Symlink { .. }) {
+            self.symlink_origins
+                .insert(path.clone(), self.source.clone());
+        } else {
+            self.symlink_origins.remove(&path);
         }
         let entry = LayerEntry {
             path: path.clone(),
@@ -43,6 +100,21 @@ impl Ctx<'_> {
             gid: self.gid,
         };
         self.entries.insert(path, entry);
+        Ok(())
+    }
+
+    /// Some entry beneath `dir`, if any.
+    fn first_descendant(&self, dir: &ImagePath) -> Option<ImagePath> {
+        // Paths beneath `dir` sort from `dir/` up to `dir0` ('0' follows '/').
+        let start = format!("{}/", dir.as_str());
+        let end = format!("{}0", dir.as_str());
+        self.entries
+            .range::<str, _>((
+                Bound::Included(start.as_str()),
+                Bound::Excluded(end.as_str()),
+            ))
+            .next()
+            .map(|(k, _)| k.clone())
     }
 
     fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -82,11 +154,20 @@ pub fn resolve_layer(
         staging,
         staged: 0,
         entries: BTreeMap::new(),
+        symlink_origins: BTreeMap::new(),
+        source: String::new(),
     };
     for (i, source) in layer.sources.iter().enumerate() {
         let dest =
             ImagePath::parse(&source.dest, true).map_err(|e| BuildError::Spec(e.to_string()))?;
-        match source.kind(&layer.name, i + 1)? {
+        let kind = source.kind(&layer.name, i + 1)?;
+        ctx.source = match &kind {
+            SourceKind::Dir(p) => format!("source {} (dir {})", i + 1, repo.join(p).display()),
+            SourceKind::File(p) => format!("source {} (file {})", i + 1, repo.join(p).display()),
+            SourceKind::Tar(p) => format!("source {} (archive {})", i + 1, repo.join(p).display()),
+            SourceKind::Split(p) => format!("source {} (split {})", i + 1, repo.join(p).display()),
+        };
+        match kind {
             SourceKind::Dir(dir) => add_dir(&mut ctx, &repo.join(dir), &dest)?,
             SourceKind::File(file) => {
                 let into_dir = source.dest.ends_with('/');
@@ -125,7 +206,7 @@ pub fn resolve_layer(
             }
         }
     }
-    add_missing_parents(&mut ctx);
+    add_missing_parents(&mut ctx)?;
     let mut entries: Vec<LayerEntry> = ctx.entries.into_values().collect();
     entries.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     let content_bytes = entries
@@ -141,7 +222,7 @@ pub fn resolve_layer(
     })
 }
 
-fn add_missing_parents(ctx: &mut Ctx) {
+fn add_missing_parents(ctx: &mut Ctx) -> Result<(), BuildError> {
     let paths: Vec<ImagePath> = ctx.entries.keys().cloned().collect();
     for path in paths {
         let mut parent = path.parent();
@@ -149,10 +230,15 @@ fn add_missing_parents(ctx: &mut Ctx) {
             if p.is_root() || ctx.entries.contains_key(&p) {
                 break;
             }
-            ctx.insert(p.clone(), EntryKind::Directory, 0o755);
+            ctx.insert(p.clone(), EntryKind::Directory, 0o755)
+                .map_err(|message| BuildError::Source {
+                    layer: ctx.layer.into(),
+                    message,
+                })?;
             parent = p.parent();
         }
     }
+    Ok(())
 }
 
 fn add_dir(ctx: &mut Ctx, dir: &Path, dest: &ImagePath) -> Result<(), BuildError> {
@@ -187,8 +273,8 @@ fn add_dir(ctx: &mut Ctx, dir: &Path, dest: &ImagePath) -> Result<(), BuildError
             .map_err(ctx.io(item.path()))?;
         let mode = meta.permissions().mode();
         let ft = meta.file_type();
-        if ft.is_dir() {
-            ctx.insert(path, EntryKind::Directory, mode);
+        let inserted = if ft.is_dir() {
+            ctx.insert(path, EntryKind::Directory, mode)
         } else if ft.is_file() {
             let data = FileData::Disk(item.path().to_path_buf());
             ctx.insert(
@@ -198,7 +284,7 @@ fn add_dir(ctx: &mut Ctx, dir: &Path, dest: &ImagePath) -> Result<(), BuildError
                     size: meta.len(),
                 },
                 mode,
-            );
+            )
         } else if ft.is_symlink() {
             let target = fs::read_link(item.path()).map_err(ctx.io(item.path()))?;
             let target = target.to_string_lossy().into_owned();
@@ -207,7 +293,7 @@ fn add_dir(ctx: &mut Ctx, dir: &Path, dest: &ImagePath) -> Result<(), BuildError
                     layer: ctx.layer.into(),
                     message: format!("{}: {e}", item.path().display()),
                 })?;
-            ctx.insert(path, EntryKind::Symlink { target }, 0o777);
+            ctx.insert(path, EntryKind::Symlink { target }, 0o777)
         } else {
             return Err(BuildError::Source {
                 layer: ctx.layer.into(),
@@ -216,7 +302,11 @@ fn add_dir(ctx: &mut Ctx, dir: &Path, dest: &ImagePath) -> Result<(), BuildError
                     item.path().display()
                 ),
             });
-        }
+        };
+        inserted.map_err(|message| BuildError::Source {
+            layer: ctx.layer.into(),
+            message: format!("{}: {}: {message}", ctx.source, item.path().display()),
+        })?;
     }
     Ok(())
 }
@@ -250,8 +340,11 @@ fn add_file(
             size: meta.len(),
         },
         mode,
-    );
-    Ok(())
+    )
+    .map_err(|message| BuildError::Source {
+        layer: ctx.layer.into(),
+        message: format!("{}: {message}", ctx.source),
+    })
 }
 
 /// Extracts a tar or gzip-compressed tar into the staging area, refusing
@@ -303,7 +396,7 @@ fn extract_archive(
         let mode = header.mode().unwrap_or(0o644);
         let kind = header.entry_type();
         count += 1;
-        match kind {
+        let inserted = match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 ctx.staged += 1;
                 let staged = ctx
@@ -320,7 +413,7 @@ fn extract_archive(
                         size,
                     },
                     mode,
-                );
+                )
             }
             tar::EntryType::Directory => ctx.insert(path, EntryKind::Directory, mode),
             tar::EntryType::Symlink => {
@@ -330,7 +423,7 @@ fn extract_archive(
                     .ok_or_else(|| archive_err(format!("symlink {raw:?} has no target")))?;
                 path.check_symlink_target(&target)
                     .map_err(|e| archive_err(e.to_string()))?;
-                ctx.insert(path, EntryKind::Symlink { target }, 0o777);
+                ctx.insert(path, EntryKind::Symlink { target }, 0o777)
             }
             tar::EntryType::Link => {
                 let target = entry
@@ -354,20 +447,22 @@ fn extract_archive(
                         size,
                     },
                     mode,
-                );
+                )
             }
             tar::EntryType::XGlobalHeader
             | tar::EntryType::XHeader
             | tar::EntryType::GNULongName
             | tar::EntryType::GNULongLink => {
                 count -= 1;
+                Ok(())
             }
             other => {
                 return Err(archive_err(format!(
                 "member {raw:?} has unsupported type {other:?} (devices and FIFOs are not allowed)"
             )))
             }
-        }
+        };
+        inserted.map_err(|message| archive_err(format!("member {raw:?}: {message}")))?;
     }
     // Read to the end so a truncated or corrupt gzip trailer is noticed too.
     let mut rest = archive.into_inner();

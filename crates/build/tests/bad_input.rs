@@ -198,3 +198,126 @@ fn refuses_to_replace_a_directory_that_is_not_a_layout() {
         "keep me"
     );
 }
+
+/// Appends a layer named `extra` with the given `[[layers.sources]]` tables.
+fn add_layer(game: &Path, sources: &str) {
+    let mut spec = std::fs::read_to_string(game.join("gantry.toml")).unwrap();
+    spec.push_str("\n[[layers]]\nname = \"extra\"\n");
+    spec.push_str(sources);
+    std::fs::write(game.join("gantry.toml"), spec).unwrap();
+}
+
+#[test]
+fn member_beneath_a_symlink_in_the_same_archive_is_refused() {
+    assert_fails(
+        |g| {
+            write_tar(&g.join("evil.tar"), |b| {
+                raw_member(b, b"a", tar::EntryType::Symlink, Some(b"/etc"), b"");
+                raw_member(b, b"a/passwd", tar::EntryType::Regular, None, b"x");
+            });
+            add_tar_layer(g, "evil.tar");
+        },
+        &[
+            "evil.tar",
+            "member \"a/passwd\"",
+            "beneath /opt/a, a symlink to \"/etc\"",
+        ],
+    );
+}
+
+#[test]
+fn member_beneath_a_symlink_from_an_earlier_source_is_refused() {
+    assert_fails(
+        |g| {
+            std::fs::create_dir_all(g.join("confdir")).unwrap();
+            std::os::unix::fs::symlink("/etc", g.join("confdir/conf")).unwrap();
+            write_tar(&g.join("more.tar"), |b| {
+                raw_member(b, b"conf/passwd", tar::EntryType::Regular, None, b"x")
+            });
+            add_layer(
+                g,
+                "[[layers.sources]]\ndir = \"confdir\"\ndest = \"/opt\"\n\
+                 [[layers.sources]]\ntar = \"more.tar\"\ndest = \"/opt\"\n",
+            );
+        },
+        &[
+            "more.tar",
+            "member \"conf/passwd\"",
+            "beneath /opt/conf",
+            "source 1 (dir",
+            "confdir",
+        ],
+    );
+}
+
+#[test]
+fn file_source_beneath_a_symlink_from_an_archive_is_refused() {
+    assert_fails(
+        |g| {
+            write_tar(&g.join("links.tar"), |b| {
+                raw_member(b, b"conf", tar::EntryType::Symlink, Some(b"/etc"), b"")
+            });
+            std::fs::write(g.join("passwd"), "root::0:0::/:/bin/sh\n").unwrap();
+            add_layer(
+                g,
+                "[[layers.sources]]\ntar = \"links.tar\"\ndest = \"/opt\"\n\
+                 [[layers.sources]]\nfile = \"passwd\"\ndest = \"/opt/conf/passwd\"\n",
+            );
+        },
+        &["source 2 (file", "/opt/conf/passwd", "symlink", "links.tar"],
+    );
+}
+
+#[test]
+fn symlink_over_a_directory_with_contents_is_refused() {
+    assert_fails(
+        |g| {
+            std::fs::create_dir_all(g.join("confdir/conf")).unwrap();
+            std::fs::write(g.join("confdir/conf/passwd"), "x").unwrap();
+            write_tar(&g.join("links.tar"), |b| {
+                raw_member(b, b"conf", tar::EntryType::Symlink, Some(b"/etc"), b"")
+            });
+            add_layer(
+                g,
+                "[[layers.sources]]\ndir = \"confdir\"\ndest = \"/opt\"\n\
+                 [[layers.sources]]\ntar = \"links.tar\"\ndest = \"/opt\"\n",
+            );
+        },
+        &[
+            "links.tar",
+            "member \"conf\"",
+            "/opt/conf/passwd",
+            "symlink",
+        ],
+    );
+}
+
+#[test]
+fn symlinks_with_nothing_beneath_them_still_build() {
+    let tmp = tempdir();
+    let game = common::small_game(&tmp.path().join("game"));
+    write_tar(&game.join("links.tar"), |b| {
+        raw_member(b, b"usr/bin/tool", tar::EntryType::Regular, None, b"x");
+        raw_member(b, b"bin", tar::EntryType::Symlink, Some(b"usr/bin"), b"");
+        raw_member(
+            b,
+            b"tool",
+            tar::EntryType::Symlink,
+            Some(b"usr/bin/tool"),
+            b"",
+        );
+        // A directory replacing a symlink on the same path: later wins, and
+        // what follows lands in the directory.
+        raw_member(b, b"x", tar::EntryType::Symlink, Some(b"/etc"), b"");
+        raw_member(b, b"x", tar::EntryType::Directory, None, b"");
+        raw_member(b, b"x/f", tar::EntryType::Regular, None, b"y");
+    });
+    std::fs::create_dir_all(game.join("linkdir")).unwrap();
+    std::os::unix::fs::symlink("/etc", game.join("linkdir/etc-link")).unwrap();
+    add_layer(
+        &game,
+        "[[layers.sources]]\ntar = \"links.tar\"\ndest = \"/opt\"\n\
+         [[layers.sources]]\ndir = \"linkdir\"\ndest = \"/opt\"\n",
+    );
+    common::build(&game, &tmp.path().join("image"), None);
+}

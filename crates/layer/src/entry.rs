@@ -105,6 +105,13 @@ impl ImagePath {
     }
 }
 
+/// Lets maps keyed by `ImagePath` be searched by path text (the order is the text's).
+impl std::borrow::Borrow<str> for ImagePath {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::fmt::Display for ImagePath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "/{}", self.0)

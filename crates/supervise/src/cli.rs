@@ -6,6 +6,7 @@ use crate::config::{
     parse_duration, Config, HealthCheck, PortSpec, Protocol, DEFAULT_METADATA_URL,
 };
 use clap::Args;
+use std::path::PathBuf;
 use std::time::Duration;
 
 const EVENTS_HELP: &str = "\
@@ -64,13 +65,15 @@ pub struct SuperviseArgs {
         value_name = "URL"
     )]
     pub report_urls: Vec<String>,
-    /// Bearer token for the report URLs (removed from the game's environment).
-    #[arg(
-        long,
-        env = "GANTRY_REPORT_TOKEN",
-        hide_env_values = true,
-        value_name = "TOKEN"
-    )]
+    /// File holding the bearer token for the report URLs (a mounted Secret, say); surrounding
+    /// whitespace is ignored. Wins over --report-token and GANTRY_REPORT_TOKEN.
+    #[arg(long, env = crate::REPORT_TOKEN_FILE_ENV, value_name = "PATH")]
+    pub report_token_file: Option<PathBuf>,
+    /// Deprecated, use --report-token-file: the bearer token itself, which then shows in the
+    /// process list. GANTRY_REPORT_TOKEN is read too (also deprecated); either is removed from
+    /// the game's environment and scrubbed from the supervisor's /proc/<pid>/cmdline and
+    /// environ before the game starts.
+    #[arg(long, value_name = "TOKEN")]
     pub report_token: Option<String>,
     /// Events queued per report URL while it is slow or down; further ones are dropped.
     #[arg(long, default_value_t = 256, value_name = "N")]
@@ -159,6 +162,7 @@ impl SuperviseArgs {
             stdout_events: !self.no_stdout_events,
             report_urls: self.report_urls,
             report_token: self.report_token,
+            report_token_file: self.report_token_file,
             report_queue: self.report_queue,
             report_flush_timeout: self.report_flush_timeout,
             report_interval: self.report_interval,
@@ -183,11 +187,41 @@ impl SuperviseArgs {
 /// Supervises the game until it exits, then exits the process with its code (or the error's
 /// exit code, with `error: {program}: …` on stderr).
 pub fn run_and_exit(args: SuperviseArgs, program: &str) -> ! {
-    match crate::run(args.into_config()) {
+    let config = protect_report_token(args, program);
+    match crate::run(config) {
         Ok(outcome) => std::process::exit(outcome.exit_code()),
         Err(err) => {
             eprintln!("error: {program}: {err}");
             std::process::exit(err.exit_code())
         }
     }
+}
+
+/// Keeps the report token from the game (see [`crate::secret`]): marks the process not
+/// dumpable, takes `GANTRY_REPORT_TOKEN` out of the environment and scrubs the token from the
+/// process's argument and environment blocks, warns about `--report-token`, and returns the
+/// [`Config`] holding the token. Runs while the process has one thread, before any spawn.
+fn protect_report_token(args: SuperviseArgs, program: &str) -> Config {
+    if let Err(e) = crate::secret::set_not_dumpable() {
+        eprintln!("warning: {program}: cannot mark the supervisor not dumpable: {e}");
+    }
+    if args.report_token.is_some() {
+        eprintln!(
+            "warning: {program}: --report-token is deprecated: the token shows in the process \
+             list; put it in a file and pass --report-token-file PATH (or {})",
+            crate::REPORT_TOKEN_FILE_ENV
+        );
+    }
+    let env_token = crate::secret::take_env_token(crate::REPORT_TOKEN_ENV);
+    if let Err(e) =
+        crate::secret::scrub_process_blocks(crate::REPORT_TOKEN_ENV, args.report_token.as_deref())
+    {
+        eprintln!(
+            "warning: {program}: cannot scrub the report token from /proc/self/cmdline and \
+             environ: {e}"
+        );
+    }
+    let mut config = args.into_config();
+    config.report_token = config.report_token.or(env_token);
+    config
 }

@@ -3,6 +3,7 @@
 use crate::error::Error;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -42,6 +43,9 @@ pub struct Config {
     pub report_urls: Vec<String>,
     /// Bearer token for the report endpoints; `None` reads `GANTRY_REPORT_TOKEN`.
     pub report_token: Option<String>,
+    /// File holding the bearer token (surrounding whitespace ignored); when set, it wins over
+    /// `report_token` and `GANTRY_REPORT_TOKEN`.
+    pub report_token_file: Option<PathBuf>,
     /// Events buffered per endpoint while it is slow or down; more are dropped.
     pub report_queue: usize,
     /// Time given to the sinks to deliver the last events once the game exited.
@@ -100,6 +104,7 @@ impl Default for Config {
             stdout_events: true,
             report_urls: Vec::new(),
             report_token: None,
+            report_token_file: None,
             report_queue: 256,
             report_flush_timeout: Duration::from_secs(2),
             report_interval: Duration::from_secs(30),

@@ -56,6 +56,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The report token file could not be read, or is empty.
+    #[error("cannot read the report token file {path}: {source}")]
+    ReportTokenFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// The async runtime could not be built.
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),

@@ -80,6 +80,7 @@ impl Probe {
             .arg(cmd)
             .env(&self.port_env, self.port.to_string())
             .env_remove(crate::REPORT_TOKEN_ENV)
+            .env_remove(crate::REPORT_TOKEN_FILE_ENV)
             .stdin(Stdio::null())
             .process_group(0);
         let (pid, rx) = self

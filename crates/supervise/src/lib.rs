@@ -27,6 +27,7 @@ pub mod metadata;
 pub mod port;
 pub mod process;
 pub mod report;
+pub mod secret;
 mod supervisor;
 
 pub use config::{parse_duration, Config, HealthCheck, PortSpec, Protocol};
@@ -37,9 +38,14 @@ pub use port::substitute;
 pub use process::ChildExit;
 pub use supervisor::{run, supervise, Outcome};
 
-/// Environment variable holding the bearer token of the HTTP report sinks. `gantry
-/// supervise` reads it, and removes it from the game's environment: the game has no use for it.
+/// Environment variable holding the bearer token of the HTTP report sinks (deprecated in
+/// favour of [`REPORT_TOKEN_FILE_ENV`]). `gantry supervise` reads it, removes it from its own
+/// environment and scrubs it from its `/proc/<pid>/environ` before starting the game.
 pub const REPORT_TOKEN_ENV: &str = "GANTRY_REPORT_TOKEN";
+
+/// Environment variable naming a file that holds the bearer token of the HTTP report sinks
+/// (`--report-token-file`; `gantry deploy render` mounts the report Secret there).
+pub const REPORT_TOKEN_FILE_ENV: &str = "GANTRY_REPORT_TOKEN_FILE";
 
 /// Environment variable (and `${NAME}` placeholder in the command's arguments) carrying the
 /// port players connect to: Agones' host port under Agones, else the game port. A game that

@@ -49,9 +49,34 @@ pub fn run(config: Config) -> Result<Outcome, Error> {
     runtime.block_on(supervise(config))
 }
 
+/// The report token in `path`, without surrounding whitespace (a trailing newline).
+async fn read_token_file(path: &std::path::Path) -> Result<String, Error> {
+    let err = |source| Error::ReportTokenFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = tokio::fs::read_to_string(path).await.map_err(err)?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is empty",
+        )));
+    }
+    Ok(token.to_string())
+}
+
 /// The async body of [`run`], for callers that own a runtime (same process-wide effects).
 pub async fn supervise(config: Config) -> Result<Outcome, Error> {
     let program = config.command.first().ok_or(Error::NoCommand)?.clone();
+    let token = match &config.report_token_file {
+        Some(path) => Some(read_token_file(path).await?),
+        None => config.report_token.clone().or_else(|| {
+            std::env::var(crate::REPORT_TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.is_empty())
+        }),
+    };
     if !process::become_subreaper() {
         tracing::warn!("cannot become a child subreaper: orphans of the game will not be reaped");
     }
@@ -68,11 +93,6 @@ pub async fn supervise(config: Config) -> Result<Outcome, Error> {
     let port = ports.listen;
     let metadata = metadata::gather(&config, ports.address.clone()).await;
 
-    let token = config.report_token.clone().or_else(|| {
-        std::env::var(crate::REPORT_TOKEN_ENV)
-            .ok()
-            .filter(|t| !t.is_empty())
-    });
     let mut reporter = Reporter::start(
         config.stdout_events,
         HttpSinkConfig {
@@ -108,7 +128,8 @@ pub async fn supervise(config: Config) -> Result<Outcome, Error> {
     cmd.args(&argv[1..])
         .env(&config.port_env, &port_value)
         .env(crate::PUBLIC_PORT_ENV, &public_value)
-        .env_remove(crate::REPORT_TOKEN_ENV);
+        .env_remove(crate::REPORT_TOKEN_ENV)
+        .env_remove(crate::REPORT_TOKEN_FILE_ENV);
     process::own_process_group(&mut cmd);
     let (pid, mut exit_rx) = match reaper.spawn(&mut cmd) {
         Ok(started) => started,

@@ -706,3 +706,190 @@ fn sighup_and_sigquit_are_forwarded_without_terminating() {
         ]
     );
 }
+
+/// The real `gantry-supervise` binary (what images run), with only `env` in its environment.
+fn supervisor_binary(env: &[(&str, &str)]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gantry-supervise"));
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("GANTRY_TEST_MARKER", "visible");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.args([
+        "--port",
+        "free",
+        "--protocol",
+        "tcp",
+        "--health",
+        "none",
+        "--metadata-url",
+        "none",
+        "--report-interval",
+        "0s",
+    ]);
+    cmd
+}
+
+/// A game that copies its parent's (the supervisor's) /proc environ and cmdline to `out`.
+fn proc_snooping_game(dir: &std::path::Path, out: &std::path::Path) -> std::path::PathBuf {
+    script(
+        dir,
+        "snoop.sh",
+        &format!(
+            "cat /proc/$PPID/environ > {o}/environ 2>/dev/null; echo $? > {o}/environ.rc\n\
+             cat /proc/$PPID/cmdline > {o}/cmdline; echo $? > {o}/cmdline.rc\n\
+             echo \"game env: token=${{GANTRY_REPORT_TOKEN:-unset}} file=${{GANTRY_REPORT_TOKEN_FILE:-unset}}\"",
+            o = out.display()
+        ),
+    )
+}
+
+/// How the token is given, its value, environment, extra arguments.
+type TokenCase<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+
+#[test]
+fn report_token_is_in_neither_the_supervisors_environ_nor_its_cmdline() {
+    let dir = gantry_test_support::tempdir();
+    let token_file = dir.path().join("report-token");
+    std::fs::write(&token_file, "tok-from-file-5e1\n").unwrap();
+    let token_file = token_file.to_str().unwrap().to_string();
+    // (how the token is given, its value, extra arguments)
+    let cases: [TokenCase; 3] = [
+        (
+            "env",
+            "tok-from-env-9f3",
+            vec![("GANTRY_REPORT_TOKEN", "tok-from-env-9f3")],
+            vec![],
+        ),
+        (
+            "flag",
+            "tok-from-flag-7c2",
+            vec![],
+            vec!["--report-token", "tok-from-flag-7c2"],
+        ),
+        (
+            "file",
+            "tok-from-file-5e1",
+            vec![("GANTRY_REPORT_TOKEN_FILE", token_file.as_str())],
+            vec![],
+        ),
+    ];
+    for (how, token, env, args) in cases {
+        let out = dir.path().join(how);
+        std::fs::create_dir_all(&out).unwrap();
+        let game = proc_snooping_game(dir.path(), &out);
+        let sink = FakeHttp::start(|_, _| (204, String::new()));
+        let mut cmd = supervisor_binary(&env);
+        cmd.args(&args)
+            .args(["--report-url", &format!("{}/events", sink.url()), "--"])
+            .arg(&game);
+        let output = gantry_test_support::output_with_timeout(&mut cmd, T);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let shown = format!("{how}: {:?}\n{stdout}\n{stderr}", output.status);
+        assert_eq!(output.status.code(), Some(0), "{shown}");
+        assert!(
+            stdout.contains("game env: token=unset file=unset"),
+            "{shown}"
+        );
+
+        let cmdline = std::fs::read(out.join("cmdline")).unwrap();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(cmdline.contains("--report-url"), "{how}: {cmdline}");
+        assert!(
+            !cmdline.contains(token),
+            "{how}: token in cmdline: {cmdline}"
+        );
+        // Running as root the game may read environ despite PR_SET_DUMPABLE (CAP_SYS_PTRACE):
+        // then it must not hold the token. Another user cannot read it at all.
+        let environ_rc = std::fs::read_to_string(out.join("environ.rc")).unwrap();
+        if environ_rc.trim() == "0" {
+            let environ = std::fs::read(out.join("environ")).unwrap();
+            let environ = String::from_utf8_lossy(&environ).replace('\0', "\n");
+            assert!(
+                environ.contains("GANTRY_TEST_MARKER=visible"),
+                "{how}: {environ}"
+            );
+            assert!(
+                !environ.contains(token),
+                "{how}: token in environ: {environ}"
+            );
+        } else {
+            // SAFETY: geteuid has no preconditions.
+            assert_ne!(unsafe { libc::geteuid() }, 0, "{how}: environ unreadable");
+        }
+        if how == "flag" {
+            assert!(
+                stderr.contains("--report-token is deprecated")
+                    && stderr.contains("--report-token-file"),
+                "{shown}"
+            );
+        } else {
+            assert!(!stderr.contains("deprecated"), "{shown}");
+        }
+        // The token still authenticates the report requests.
+        let posts: Vec<_> = sink
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST")
+            .collect();
+        assert!(!posts.is_empty(), "{shown}");
+        let bearer = format!("Bearer {token}");
+        assert!(
+            posts
+                .iter()
+                .all(|r| r.header("authorization") == Some(bearer.as_str())),
+            "{how}: {posts:?}"
+        );
+    }
+}
+
+#[test]
+fn a_game_of_the_supervisors_user_cannot_read_its_environ() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = gantry_test_support::tempdir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let game = proc_snooping_game(dir.path(), dir.path());
+    let mut cmd = supervisor_binary(&[("GANTRY_REPORT_TOKEN", "tok-dumpable-1d4")]);
+    cmd.arg("--").arg(&game);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // As root the game could read it anyway (CAP_SYS_PTRACE): run both as `nobody`.
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let output = gantry_test_support::output_with_timeout(&mut cmd, T);
+    let shown = format!(
+        "{:?}\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(0), "{shown}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("cmdline.rc"))
+            .unwrap()
+            .trim(),
+        "0",
+        "{shown}"
+    );
+    assert_ne!(
+        std::fs::read_to_string(dir.path().join("environ.rc"))
+            .unwrap()
+            .trim(),
+        "0",
+        "the game read /proc/<supervisor>/environ: the supervisor is dumpable\n{shown}"
+    );
+}
