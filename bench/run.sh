@@ -22,6 +22,8 @@
 # generates the sample game once (`gantry sample-game --scale SIZE --seed 1` and a copy turned
 # into v2 by `gantry sample-game --update --mb N`); then runs, each on that workload:
 #   bench/registry.sh   figure 6 (docker-registry against gantry serve, loopback);
+#   bench/abuse.sh      gantry serve's normal pulls alone and under slow clients, overlapping
+#                       ranges and login floods (45 s per phase, 5 s with --quick);
 #   bench/build.sh      figures 3 and 4 (buildah bud of the two-stage Dockerfile against
 #                       gantry build), --workload;
 #   bench/delivery.sh   figures 1, 2, 5 and 7 (buildah push to docker-registry and containerd
@@ -156,6 +158,14 @@ log "bench/registry.sh ${QFLAG[*]} (figure 6)"
 BENCH_DIR="$BENCH_DIR" CARGO_TARGET_DIR="$TGT" bash "$REPO/bench/registry.sh" "${QFLAG[@]}" \
   --gantry "$G" --out "$RESULTS/registry.json" > "$WORK/registry.stdout" 2> "$WORK/registry.log" \
   || { tail -n 40 "$WORK/registry.log" >&2; die "bench/registry.sh"; }
+
+# --- abuse: slow clients, overlapping ranges, login floods beside normal pulls ----------------
+ABUSE_SECONDS=45; ((QUICK)) && ABUSE_SECONDS=5
+log "bench/abuse.sh --duration $ABUSE_SECONDS (normal pulls under attack)"
+BENCH_DIR="$BENCH_DIR" CARGO_TARGET_DIR="$TGT" bash "$REPO/bench/abuse.sh" --duration "$ABUSE_SECONDS" \
+  --gantry "$G" --out "$RESULTS/abuse.json" > "$WORK/abuse.stdout" 2> "$WORK/abuse.log" \
+  || { tail -n 40 "$WORK/abuse.log" >&2; die "bench/abuse.sh"; }
+log "  $(jq -r '"normal pulls p99 loaded/unloaded: manifest \(.verdict.manifest_p99_ratio * 100 | round / 100)×, blob \(.verdict.blob_p99_ratio * 100 | round / 100)×"' "$RESULTS/abuse.json")"
 
 # --- figures 3 and 4: builds ------------------------------------------------------------------
 log "bench/build.sh --runs $RUNS (figures 3 and 4)"

@@ -3,7 +3,13 @@
 //! ```text
 //! loadgen get URL --concurrency N --duration SECS [--warmup SECS] --expect-size BYTES [--accept TYPE]
 //! loadgen push BASE_URL REPO --size BYTES [--seed N]
+//! loadgen hammer URL --concurrency N --duration SECS [--header 'Name: value']... [--sources IP/COUNT]
+//! loadgen slow URL --connections N --duration SECS [--sources IP/COUNT]
 //! ```
+//!
+//! `--sources IP/COUNT` (get, hammer, slow): client i connects from the loopback address IP + (i
+//! mod COUNT), so a server that limits per client address sees COUNT clients (a fleet of nodes,
+//! or an attacker with several addresses) instead of one.
 //!
 //! `get`: N clients, each on its own keep-alive HTTP/1.1 connection, send GET URL back to back
 //! for the warm-up and then for the duration (the window). Throughput counts what happens
@@ -20,7 +26,16 @@
 //! `PUT <Location>&digest=sha256:…` with the whole body, expecting 202 then 201; then checks
 //! `HEAD /v2/REPO/blobs/<digest>` answers 200 with the right Content-Length. Prints one JSON
 //! object with the digest, the seconds and MB/s (1 MB = 10^6 bytes).
-
+//!
+//! `hammer`: N clients send GET URL with the given headers back to back for the duration, on
+//! keep-alive connections, and count the answers by status, the body bytes and the largest
+//! body: an abusive client (overlapping ranges, wrong passwords) whose cost the server must
+//! bound. Prints one JSON object.
+//!
+//! `slow`: N connections that each send the start of a request's headers and then one more
+//! header byte every second, never finishing (slowloris); when the server closes one, it is
+//! counted with how long it was held, and a new one takes its place. Prints one JSON object:
+//! connections opened, closed by the server, and the longest and mean time held.
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -100,6 +115,8 @@ async fn main() {
     let result = match args.positional.first().map(String::as_str) {
         Some("get") => get(&args).await,
         Some("push") => push(&args).await,
+        Some("hammer") => hammer(&args).await,
+        Some("slow") => slow(&args).await,
         _ => usage(),
     };
     match result {
@@ -111,9 +128,51 @@ async fn main() {
     }
 }
 
-async fn connect(host: &str) -> Result<http1::SendRequest<Empty<Bytes>>, Error> {
-    let stream = TcpStream::connect(host).await?;
+/// `--sources IP/COUNT`: the first loopback address and how many to use.
+fn sources(args: &Args) -> Option<(std::net::Ipv4Addr, u32)> {
+    let v = args.flag("sources")?;
+    let (ip, n) = v.split_once('/').unwrap_or((v, "1"));
+    match (ip.parse::<std::net::Ipv4Addr>(), n.parse::<u32>()) {
+        (Ok(ip), Ok(n)) if n > 0 => Some((ip, n)),
+        _ => {
+            eprintln!("--sources: expected IPV4/COUNT, got {v}");
+            usage()
+        }
+    }
+}
+
+/// The source address of client `i`, from `--sources`.
+fn source_of(sources: Option<(std::net::Ipv4Addr, u32)>, i: usize) -> Option<std::net::IpAddr> {
+    sources.map(|(ip, n)| {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+            u32::from(ip).wrapping_add(i as u32 % n),
+        ))
+    })
+}
+
+/// A TCP connection to `host`, from `source` when given.
+async fn tcp(host: &str, source: Option<std::net::IpAddr>) -> Result<TcpStream, Error> {
+    let stream = match source {
+        None => TcpStream::connect(host).await?,
+        Some(ip) => {
+            let addr = tokio::net::lookup_host(host)
+                .await?
+                .find(|a| a.is_ipv4())
+                .ok_or_else(|| format!("{host}: no IPv4 address"))?;
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await?
+        }
+    };
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn connect(
+    host: &str,
+    source: Option<std::net::IpAddr>,
+) -> Result<http1::SendRequest<Empty<Bytes>>, Error> {
+    let stream = tcp(host, source).await?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -142,6 +201,8 @@ struct WorkerStats {
 struct GetParams {
     host: String,
     path: String,
+    /// Extra request headers (name, value).
+    headers: Vec<(String, String)>,
     accept: Option<String>,
     expect_size: u64,
     start: Instant,
@@ -172,7 +233,7 @@ async fn drain(
     Ok((status, n))
 }
 
-async fn get_worker(p: std::sync::Arc<GetParams>) -> WorkerStats {
+async fn get_worker(p: std::sync::Arc<GetParams>, source: Option<std::net::IpAddr>) -> WorkerStats {
     let mut st = WorkerStats::default();
     let mut sender: Option<http1::SendRequest<Empty<Bytes>>> = None;
     loop {
@@ -192,7 +253,7 @@ async fn get_worker(p: std::sync::Arc<GetParams>) -> WorkerStats {
                     st.reconnects += 1;
                 }
                 sender = None;
-                match connect(&p.host).await {
+                match connect(&p.host, source).await {
                     Ok(s) => sender.insert(s),
                     Err(e) => {
                         st.errors += 1;
@@ -206,6 +267,9 @@ async fn get_worker(p: std::sync::Arc<GetParams>) -> WorkerStats {
         let mut req = Request::get(&p.path).header(hyper::header::HOST, &p.host);
         if let Some(a) = &p.accept {
             req = req.header(hyper::header::ACCEPT, a);
+        }
+        for (name, value) in &p.headers {
+            req = req.header(name.as_str(), value.as_str());
         }
         let req = req.body(Empty::new()).expect("request");
         // t0 was taken before any reconnect: a reconnect counts in this request's latency.
@@ -263,16 +327,18 @@ async fn get(args: &Args) -> Result<serde_json::Value, Error> {
 
     let now = Instant::now();
     let start = now + Duration::from_secs_f64(warmup);
+    let src = sources(args);
     let p = std::sync::Arc::new(GetParams {
         host,
         path,
+        headers: Vec::new(),
         accept: accept.clone(),
         expect_size,
         start,
         deadline: start + Duration::from_secs_f64(duration),
     });
     let handles: Vec<_> = (0..concurrency)
-        .map(|_| tokio::spawn(get_worker(p.clone())))
+        .map(|i| tokio::spawn(get_worker(p.clone(), source_of(src, i))))
         .collect();
     let mut all = WorkerStats::default();
     for h in handles {
@@ -288,7 +354,9 @@ async fn get(args: &Args) -> Result<serde_json::Value, Error> {
         }
         all.end = all.end.max(st.end);
     }
-    let tail = all.end.map_or(0.0, |e| (e.max(p.deadline) - p.deadline).as_secs_f64());
+    let tail = all
+        .end
+        .map_or(0.0, |e| (e.max(p.deadline) - p.deadline).as_secs_f64());
     all.latencies_us.sort_unstable();
     let l = &all.latencies_us;
     let mean_ms = if l.is_empty() {
@@ -432,4 +500,177 @@ async fn push(args: &Args) -> Result<serde_json::Value, Error> {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `hammer`: see the module doc.
+async fn hammer(args: &Args) -> Result<serde_json::Value, Error> {
+    let url = args.positional.get(1).unwrap_or_else(|| usage()).clone();
+    let (host, path) = split_url(&url);
+    let concurrency: usize = args.num("concurrency", None);
+    let duration: f64 = args.num("duration", None);
+    let headers: Vec<(String, String)> = args
+        .flags
+        .iter()
+        .filter(|(n, _)| n == "header")
+        .map(|(_, v)| match v.split_once(':') {
+            Some((n, v)) => (n.trim().to_string(), v.trim().to_string()),
+            None => {
+                eprintln!("--header: expected 'Name: value', got {v}");
+                usage()
+            }
+        })
+        .collect();
+    let src = sources(args);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(duration);
+    let p = std::sync::Arc::new((host, path, headers, deadline));
+    let handles: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let p = p.clone();
+            let source = source_of(src, i);
+            tokio::spawn(async move {
+                let (host, path, headers, deadline) = &*p;
+                let mut by_status = std::collections::BTreeMap::<String, u64>::new();
+                let (mut bytes, mut max_body, mut errors) = (0u64, 0u64, 0u64);
+                let mut sender: Option<http1::SendRequest<Empty<Bytes>>> = None;
+                while Instant::now() < *deadline {
+                    let alive = match sender.as_mut() {
+                        Some(s) => s.ready().await.is_ok(),
+                        None => false,
+                    };
+                    if !alive {
+                        sender = match connect(host, source).await {
+                            Ok(s) => Some(s),
+                            Err(_) => {
+                                errors += 1;
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                continue;
+                            }
+                        };
+                    }
+                    let Some(s) = sender.as_mut() else { continue };
+                    let mut req = Request::get(path.as_str()).header(hyper::header::HOST, host);
+                    for (name, value) in headers {
+                        req = req.header(name.as_str(), value.as_str());
+                    }
+                    let req = req.body(Empty::new()).expect("request");
+                    let outcome = match s.send_request(req).await {
+                        Ok(resp) => drain(resp, None, &mut 0).await,
+                        Err(e) => Err(e.into()),
+                    };
+                    match outcome {
+                        Ok((status, n)) => {
+                            *by_status.entry(status.as_u16().to_string()).or_default() += 1;
+                            bytes += n;
+                            max_body = max_body.max(n);
+                        }
+                        Err(_) => {
+                            errors += 1;
+                            sender = None;
+                        }
+                    }
+                }
+                (by_status, bytes, max_body, errors)
+            })
+        })
+        .collect();
+    let mut by_status = std::collections::BTreeMap::<String, u64>::new();
+    let (mut bytes, mut max_body, mut errors) = (0u64, 0u64, 0u64);
+    for h in handles {
+        let (s, b, m, e) = h.await?;
+        for (k, v) in s {
+            *by_status.entry(k).or_default() += v;
+        }
+        bytes += b;
+        max_body = max_body.max(m);
+        errors += e;
+    }
+    Ok(json!({
+        "url": url,
+        "concurrency": concurrency,
+        "duration_s": duration,
+        "requests": by_status.values().sum::<u64>(),
+        "by_status": by_status,
+        "body_bytes": bytes,
+        "max_body_bytes": max_body,
+        "errors": errors,
+        "elapsed_s": start.elapsed().as_secs_f64(),
+    }))
+}
+
+/// `slow`: see the module doc.
+async fn slow(args: &Args) -> Result<serde_json::Value, Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = args.positional.get(1).unwrap_or_else(|| usage()).clone();
+    let (host, path) = split_url(&url);
+    let connections: usize = args.num("connections", None);
+    let duration: f64 = args.num("duration", None);
+    let src = sources(args);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(duration);
+    let p = std::sync::Arc::new((host, path, deadline));
+    let handles: Vec<_> = (0..connections)
+        .map(|i| {
+            let p = p.clone();
+            let source = source_of(src, i);
+            tokio::spawn(async move {
+                let (host, path, deadline) = &*p;
+                let (mut opened, mut failed) = (0u64, 0u64);
+                let mut held: Vec<f64> = Vec::new();
+                while Instant::now() < *deadline {
+                    let mut stream = match tcp(host, source).await {
+                        Ok(s) => s,
+                        Err(_) => {
+                            failed += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    opened += 1;
+                    let t0 = Instant::now();
+                    let head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nX-Slow: ");
+                    let mut closed = stream.write_all(head.as_bytes()).await.is_err();
+                    let mut buf = [0u8; 512];
+                    while !closed && Instant::now() < *deadline {
+                        // One header byte a second; a read that ends (EOF or an answer
+                        // such as 408) or a failed write means the server let go.
+                        tokio::select! {
+                            _ = stream.read(&mut buf) => closed = true,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                                closed = stream.write_all(b"a").await.is_err();
+                            }
+                        }
+                    }
+                    if closed {
+                        held.push(t0.elapsed().as_secs_f64());
+                    }
+                }
+                (opened, failed, held)
+            })
+        })
+        .collect();
+    let (mut opened, mut failed) = (0u64, 0u64);
+    let mut held: Vec<f64> = Vec::new();
+    for h in handles {
+        let (o, f, h) = h.await?;
+        opened += o;
+        failed += f;
+        held.extend(h);
+    }
+    let max_held = held.iter().cloned().fold(0.0, f64::max);
+    let mean_held = if held.is_empty() {
+        0.0
+    } else {
+        held.iter().sum::<f64>() / held.len() as f64
+    };
+    Ok(json!({
+        "url": url,
+        "connections": connections,
+        "duration_s": duration,
+        "opened": opened,
+        "connect_failures": failed,
+        "closed_by_server": held.len(),
+        "max_held_s": max_held,
+        "mean_held_s": mean_held,
+    }))
 }
