@@ -562,6 +562,35 @@ mod tests {
         }
     }
 
+    /// A login whose request is dropped before its answer (the client hung up while the
+    /// password was being checked) counts as failed: otherwise a client could try
+    /// passwords without limit by hanging up before each 401.
+    #[test]
+    fn a_login_dropped_before_its_answer_counts_as_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(storage::FsStorage::open(dir.path()).unwrap());
+        let mut options = RegistryOptions::default();
+        options.limits.login_failures = 3;
+        let reg = Registry::new(storage, options);
+        let ip: std::net::IpAddr = [192, 0, 2, 7].into();
+        // Right passwords never count.
+        for _ in 0..5 {
+            reg.begin_login(Some(ip)).unwrap().passed();
+        }
+        // Three logins abandoned mid-check use up the limit, as three 401s would.
+        for _ in 0..3 {
+            drop(reg.begin_login(Some(ip)).unwrap());
+        }
+        assert!(
+            reg.begin_login(Some(ip)).is_err(),
+            "dropped logins were not counted as failures"
+        );
+        // Another client is not affected.
+        reg.begin_login(Some([192, 0, 2, 8].into()))
+            .unwrap()
+            .failed();
+    }
+
     proptest::proptest! {
         #[test]
         fn manifest_reference_parsing_never_panics(s in "\\PC{0,140}") {

@@ -34,16 +34,60 @@ impl<T: SessionState> UploadLocks<T> {
             let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(id.to_string()).or_default().clone()
         };
+        // Declared before the wait, so dropped after it when the request is cancelled
+        // while it waits (a client that hung up): it then removes the entry if nobody
+        // else holds, waits for or keeps state in it.
+        let waiting = Waiting {
+            locks: self,
+            id,
+            mutex: Some(mutex.clone()),
+        };
+        let guard = mutex.lock_owned().await;
+        waiting.done();
         UploadGuard {
             locks: self,
             id: id.to_string(),
-            guard: Some(mutex.lock_owned().await),
+            guard: Some(guard),
         }
     }
 
     /// How many sessions have an entry.
     pub(crate) fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// A request waiting for an upload session's lock; see [`UploadLocks::lock`].
+struct Waiting<'a, T: SessionState> {
+    locks: &'a UploadLocks<T>,
+    id: &'a str,
+    /// `None` once the lock was taken.
+    mutex: Option<Arc<Mutex<T>>>,
+}
+
+impl<T: SessionState> Waiting<'_, T> {
+    /// The lock was taken: the guard cleans up from now on.
+    fn done(mut self) {
+        self.mutex = None;
+    }
+}
+
+impl<T: SessionState> Drop for Waiting<'_, T> {
+    fn drop(&mut self) {
+        let Some(mutex) = self.mutex.take() else {
+            return;
+        };
+        let mut map = self.locks.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = map.get(self.id) {
+            // Two: the map's and this waiter's. Clones are made under the map's lock,
+            // so nobody can start waiting while this runs.
+            let unused = Arc::ptr_eq(entry, &mutex)
+                && Arc::strong_count(entry) == 2
+                && mutex.try_lock().is_ok_and(|state| state.is_empty());
+            if unused {
+                map.remove(self.id);
+            }
+        }
     }
 }
 
@@ -138,5 +182,46 @@ mod tests {
         assert_eq!(locks.len(), 1);
         waiter.await.unwrap();
         assert_eq!(locks.lock("b").await.0, 1);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_cancelled_while_it_waits_leaves_nothing_behind() {
+        let locks = Arc::new(UploadLocks::<State>::new());
+        let held = locks.lock("c").await;
+        let waiter = {
+            let locks = locks.clone();
+            tokio::spawn(async move {
+                let _never = locks.lock("c").await;
+            })
+        };
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        // The holder lets go while the waiter still waits: the entry must stay.
+        drop(held);
+        assert_eq!(locks.len(), 1);
+        // The waiter's request is cancelled (its client hung up) before it runs again.
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert_eq!(
+            locks.len(),
+            0,
+            "the cancelled waiter removed the unused entry"
+        );
+
+        // A waiter cancelled while another request still holds the lock leaves the entry
+        // to that holder, which removes it.
+        let held = locks.lock("d").await;
+        let waiter = {
+            let locks = locks.clone();
+            tokio::spawn(async move {
+                let _never = locks.lock("d").await;
+            })
+        };
+        tokio::task::yield_now().await;
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(locks.len(), 1);
+        drop(held);
+        assert_eq!(locks.len(), 0);
     }
 }
