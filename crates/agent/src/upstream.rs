@@ -50,10 +50,10 @@ impl FromStr for UpstreamSpec {
 pub struct UpstreamLimits {
     /// Time an upstream has to answer a request with its status and headers.
     pub answer_within: Duration,
-    /// The slowest body accepted: at least this many bytes in every [`Self::rate_window`]
-    /// (0: no floor).
-    pub min_bytes_per_window: u64,
-    /// The window [`Self::min_bytes_per_window`] is measured over.
+    /// The slowest body accepted, in bytes per second, averaged over every
+    /// [`Self::rate_window`] (0: no floor).
+    pub min_bytes_per_second: u64,
+    /// The window [`Self::min_bytes_per_second`] is averaged over.
     pub rate_window: Duration,
 }
 
@@ -63,7 +63,7 @@ impl Default for UpstreamLimits {
     fn default() -> Self {
         UpstreamLimits {
             answer_within: Duration::from_secs(60),
-            min_bytes_per_window: 16 * 1024 * 30,
+            min_bytes_per_second: 16 * 1024,
             rate_window: Duration::from_secs(30),
         }
     }
@@ -96,7 +96,7 @@ impl UpstreamBody {
     pub async fn next(&mut self) -> Option<Result<bytes::Bytes, AgentError>> {
         use futures::StreamExt;
         loop {
-            let floor = self.limits.min_bytes_per_window;
+            let floor = self.limits.min_bytes_per_second;
             let deadline = self.window_start + self.limits.rate_window;
             let piece = if floor == 0 {
                 Ok(self.stream.next().await)
@@ -132,12 +132,15 @@ impl UpstreamBody {
     /// At the end of a window: the error when it brought less than the floor, else `None`
     /// and a new window.
     fn too_slow(&mut self) -> Option<AgentError> {
-        if self.window_bytes < self.limits.min_bytes_per_window {
+        let window = self.limits.rate_window;
+        let required = (self.limits.min_bytes_per_second as f64 * window.as_secs_f64()) as u64;
+        if self.window_bytes < required {
             return Some(AgentError::Upstream {
                 url: self.url.clone(),
                 message: format!(
-                    "too slow: {} bytes in {:?}, less than the {} bytes required; given up",
-                    self.window_bytes, self.limits.rate_window, self.limits.min_bytes_per_window
+                    "too slow: {} bytes in {window:?}, less than the {required} bytes required \
+                     ({} bytes/s); given up",
+                    self.window_bytes, self.limits.min_bytes_per_second
                 ),
             });
         }

@@ -1064,7 +1064,7 @@ mod hostile {
     /// Finding: an upstream sending 1 byte/s held a blob request (and every request
     /// waiting on the same fetch) for minutes, and one that never answered held it as long:
     /// reqwest's read timeout resets on every byte. Now an answer must come within
-    /// `answer_within` and a body must bring `min_bytes_per_window` in every window.
+    /// `answer_within` and a body must bring `min_bytes_per_second` over every window.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_trickling_or_silent_upstream_is_given_up_on_in_bounded_time() {
         let up = trickling_upstream(1 << 20).await;
@@ -1074,7 +1074,7 @@ mod hostile {
             gantry_agent::AgentConfig::loopback(dir.path(), host, &format!("http://{up}"));
         config.upstream = gantry_agent::UpstreamLimits {
             answer_within: Duration::from_secs(2),
-            min_bytes_per_window: 4096,
+            min_bytes_per_second: 4096,
             rate_window: Duration::from_secs(1),
         };
         let a = gantry_agent::bind(&config).await.unwrap();
@@ -1133,7 +1133,7 @@ mod hostile {
     /// and the agent serves others once the stalled ones are dropped.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stalled_clients_are_capped_and_dropped() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use gantry_test_support::stall_connections;
         const CAP: usize = 8;
         let dir = tempdir();
         let mut config = gantry_agent::AgentConfig::loopback(
@@ -1148,37 +1148,16 @@ mod hostile {
         };
         let a = gantry_agent::bind(&config).await.unwrap();
         let open = a.state().metrics.open_connections();
-        let mut stalled = Vec::new();
-        for _ in 0..3 * CAP {
-            let mut tcp = tokio::net::TcpStream::connect(a.addr()).await.unwrap();
-            tcp.write_all(b"GET /v2/ HTTP/1.1\r\nhost: x\r\n")
-                .await
-                .unwrap();
-            stalled.push(tcp);
-        }
         // Every stalled connection is closed by the agent, a round of CAP at a time, and
         // no more than CAP are ever held.
-        let started = Instant::now();
-        let mut most = 0;
-        let mut closed = 0;
-        for tcp in &mut stalled {
-            loop {
-                most = most.max(open.get());
-                let mut b = [0u8; 256];
-                match tokio::time::timeout(Duration::from_millis(100), tcp.read(&mut b)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) => break,
-                    // hyper may answer a timed-out head with an error status first.
-                    Ok(Ok(_)) => continue,
-                    Err(_) => assert!(
-                        started.elapsed() < Duration::from_secs(15),
-                        "a stalled connection is still open after {:?}",
-                        started.elapsed()
-                    ),
-                }
-            }
-            closed += 1;
-        }
-        assert_eq!(closed, 3 * CAP);
+        let (most, _) = stall_connections(
+            a.addr(),
+            3 * CAP,
+            b"GET /v2/ HTTP/1.1\r\nhost: x\r\n",
+            || open.get(),
+            Duration::from_secs(15),
+        )
+        .await;
         assert!(most <= CAP, "{most} connections held, the cap is {CAP}");
         // And the agent answers again.
         let r = reqwest::get(format!("{}/v2/", a.url())).await.unwrap();

@@ -37,16 +37,20 @@ impl<S> IdleTimeout<S> {
     }
 }
 
-/// What a write that returned `Pending` becomes: still pending, or timed out when nothing
-/// moved for the whole timeout.
-fn stalled<T>(
-    sleep: Pin<&mut Sleep>,
-    last: Instant,
+/// What a write or flush that returned `poll` becomes: a step forward restarts the clock;
+/// `Pending` stays pending, or times out when nothing moved for the whole timeout.
+fn progress<T>(
+    poll: Poll<io::Result<T>>,
+    mut sleep: Pin<&mut Sleep>,
+    last: &mut Instant,
     timeout: Duration,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<T>> {
-    let mut sleep = sleep;
-    let deadline = last + timeout;
+    if poll.is_ready() {
+        *last = Instant::now();
+        return poll;
+    }
+    let deadline = *last + timeout;
     if sleep.deadline() != deadline {
         sleep.as_mut().reset(deadline);
     }
@@ -78,13 +82,8 @@ impl<S: AsyncWrite> AsyncWrite for IdleTimeout<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        match this.inner.poll_write(cx, buf) {
-            Poll::Pending => stalled(this.sleep.as_mut(), *this.last, *this.timeout, cx),
-            ready => {
-                *this.last = Instant::now();
-                ready
-            }
-        }
+        let poll = this.inner.poll_write(cx, buf);
+        progress(poll, this.sleep.as_mut(), this.last, *this.timeout, cx)
     }
 
     fn poll_write_vectored(
@@ -93,13 +92,8 @@ impl<S: AsyncWrite> AsyncWrite for IdleTimeout<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        match this.inner.poll_write_vectored(cx, bufs) {
-            Poll::Pending => stalled(this.sleep.as_mut(), *this.last, *this.timeout, cx),
-            ready => {
-                *this.last = Instant::now();
-                ready
-            }
-        }
+        let poll = this.inner.poll_write_vectored(cx, bufs);
+        progress(poll, this.sleep.as_mut(), this.last, *this.timeout, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -108,13 +102,8 @@ impl<S: AsyncWrite> AsyncWrite for IdleTimeout<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
-        match this.inner.poll_flush(cx) {
-            Poll::Pending => stalled(this.sleep.as_mut(), *this.last, *this.timeout, cx),
-            ready => {
-                *this.last = Instant::now();
-                ready
-            }
-        }
+        let poll = this.inner.poll_flush(cx);
+        progress(poll, this.sleep.as_mut(), this.last, *this.timeout, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

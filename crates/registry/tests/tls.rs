@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::*;
 use gantry_registry::{ServeError, TlsConfig};
 use gantry_test_support::{
-    assert_success, command, output_with_timeout, require_tool, tempdir, write_busybox_oci_layout,
+    assert_success, command, output_with_timeout, require_tool, stall_connections, tempdir,
+    write_busybox_oci_layout,
 };
 
 /// A self-signed certificate for 127.0.0.1 (and its key) made with openssl.
@@ -121,43 +122,6 @@ async fn unusable_tls_files_are_clear_errors() {
     assert!(err.to_string().contains("junk.pem"), "{err}");
 }
 
-/// Opens `n` connections to `addr` that send `payload` and then nothing, and waits for the
-/// server to close each one. Returns the most connections `open` ever showed and how long
-/// the last close took. Panics when one is still open after `limit`.
-async fn stall(
-    addr: std::net::SocketAddr,
-    n: usize,
-    payload: &[u8],
-    open: &gantry_net::OpenConnections,
-    limit: Duration,
-) -> (usize, Duration) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conns = Vec::new();
-    for _ in 0..n {
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(payload).await.unwrap();
-        conns.push(tcp);
-    }
-    let started = std::time::Instant::now();
-    let mut most = 0;
-    for tcp in &mut conns {
-        loop {
-            most = most.max(open.get());
-            let mut b = [0u8; 512];
-            match tokio::time::timeout(Duration::from_millis(100), tcp.read(&mut b)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => break,
-                Ok(Ok(_)) => continue,
-                Err(_) => assert!(
-                    started.elapsed() < limit,
-                    "a stalled connection is still open after {:?}",
-                    started.elapsed()
-                ),
-            }
-        }
-    }
-    (most, started.elapsed())
-}
-
 /// Finding: a connection that never finished its headers (or a TLS handshake, or an
 /// upload body) was kept for ever, and a few hundred of them exhausted the registry's
 /// file descriptors. Now at most `max_connections` are held, headers and handshakes must
@@ -176,11 +140,11 @@ async fn stalled_clients_are_capped_and_dropped_on_http_and_https() {
     let addr = reg.server.addr();
 
     // Headers that never end: three rounds of CAP, a round per header timeout.
-    let (most, _) = stall(
+    let (most, _) = stall_connections(
         addr,
         3 * CAP,
         b"GET /v2/ HTTP/1.1\r\nhost: x\r\n",
-        &open,
+        || open.get(),
         Duration::from_secs(15),
     )
     .await;
@@ -197,7 +161,14 @@ async fn stalled_clients_are_capped_and_dropped_on_http_and_https() {
     let patch = format!(
         "PATCH {location} HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\ncontent-length: 1000\r\n\r\nonly-this"
     );
-    let (_, took) = stall(addr, 1, patch.as_bytes(), &open, Duration::from_secs(10)).await;
+    let (_, took) = stall_connections(
+        addr,
+        1,
+        patch.as_bytes(),
+        || open.get(),
+        Duration::from_secs(10),
+    )
+    .await;
     assert!(
         took >= Duration::from_secs(1),
         "closed before the idle timeout: {took:?}"
@@ -217,11 +188,11 @@ async fn stalled_clients_are_capped_and_dropped_on_http_and_https() {
     })
     .await;
     let open = reg.registry().metrics().open_connections();
-    let (most, _) = stall(
+    let (most, _) = stall_connections(
         reg.server.addr(),
         2 * CAP,
         b"",
-        &open,
+        || open.get(),
         Duration::from_secs(12),
     )
     .await;

@@ -36,7 +36,7 @@ pub use containerd::{CriOptions, CRI_SANDBOX_IMAGE};
 pub use cri::{cri_api, cri_log_stream, CriClient, PodSandbox};
 pub use http_stub::{HttpStub, StubRequest};
 pub use moto::{MotoServer, MOTO_ACCESS_KEY_ID, MOTO_REGION, MOTO_SECRET_ACCESS_KEY};
-pub use proxy::{raw_http, RawResponse, TcpProxy};
+pub use proxy::{raw_http, stall_connections, RawResponse, TcpProxy};
 pub use registry::DistributionRegistry;
 pub use rootfs::{
     busybox_rootfs_tar, chain_ids, host_oci_arch, write_busybox_oci_layout,

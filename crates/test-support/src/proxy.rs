@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A running proxy; it serves until the test process ends.
 pub struct TcpProxy {
@@ -215,4 +215,48 @@ pub fn raw_http(
         head: head.to_string(),
         body: body.to_string(),
     }
+}
+
+/// Opens `n` connections to `addr`, sends `payload` on each (the start of a request that
+/// never ends), then waits for the server to close every one of them, failing when one is
+/// still open after `limit`. Returns the most connections `open` reported during the wait
+/// (the server's own count of held connections) and how long the wait took: a test of
+/// connection caps and header or body timeouts.
+pub async fn stall_connections(
+    addr: std::net::SocketAddr,
+    n: usize,
+    payload: &[u8],
+    open: impl Fn() -> usize,
+    limit: Duration,
+) -> (usize, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conns = Vec::new();
+    for i in 0..n {
+        let mut tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connection {i} to {addr}: {e}"));
+        tcp.write_all(payload)
+            .await
+            .unwrap_or_else(|e| panic!("writing on connection {i} to {addr}: {e}"));
+        conns.push(tcp);
+    }
+    let started = Instant::now();
+    let mut most = 0;
+    for tcp in &mut conns {
+        loop {
+            most = most.max(open());
+            let mut b = [0u8; 512];
+            match tokio::time::timeout(Duration::from_millis(100), tcp.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                // The server may answer a timed-out head with an error status first.
+                Ok(Ok(_)) => continue,
+                Err(_) => assert!(
+                    started.elapsed() < limit,
+                    "a stalled connection is still open after {:?}",
+                    started.elapsed()
+                ),
+            }
+        }
+    }
+    (most, started.elapsed())
 }

@@ -139,7 +139,6 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
         gantry_sample_game::parse_size(&args.upstream_min_rate)
             .with_context(|| format!("--upstream-min-rate {:?}", args.upstream_min_rate))?
     };
-    let window = UpstreamLimits::default().rate_window;
     if let Err(e) = gantry_net::raise_open_file_limit() {
         tracing::warn!(error = %e, "could not raise the open-file limit");
     }
@@ -156,8 +155,8 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
         },
         upstream: UpstreamLimits {
             answer_within: args.upstream_timeout,
-            min_bytes_per_window: min_rate * window.as_secs(),
-            rate_window: window,
+            min_bytes_per_second: min_rate,
+            ..UpstreamLimits::default()
         },
     };
     let rt = runtime()?;
