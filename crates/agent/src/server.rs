@@ -879,27 +879,45 @@ fn blob_headers(digest: &Digest) -> http::response::Builder {
 }
 
 /// Parses a single `Range: bytes=…` against `size`: `Some(Ok((start, len)))`, `Some(Err)`
-/// when unsatisfiable, `None` for no (or a multi-) range.
+/// when unsatisfiable, `None` for no (or a multi-) range, and for a malformed one (RFC 9110
+/// has it ignored): positions of digits only, a last position not before the first. What
+/// it serves is what `gantry serve` would (the `range` fuzz target checks both agree).
 fn parse_range(headers: &HeaderMap, size: u64) -> Option<Result<(u64, u64), ()>> {
-    let v = headers.get("range")?.to_str().ok()?.trim();
-    let spec = v.strip_prefix("bytes=")?;
+    parse_range_value(headers.get("range")?.to_str().ok()?, size)
+}
+
+/// `parse_range` on the header's value: public so that the fuzz targets (`fuzz/`) reach it
+/// without an HTTP request.
+#[doc(hidden)]
+pub fn parse_range_value(value: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = value.trim().strip_prefix("bytes=")?;
     if spec.contains(',') {
         return None;
     }
     let (a, b) = spec.split_once('-')?;
+    // Digits only: `u64::from_str` would also take a leading `+`.
+    let number = |s: &str| -> Option<u64> {
+        match !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            true => s.parse().ok(),
+            false => None,
+        }
+    };
     let (start, end) = match (a.trim(), b.trim()) {
         ("", n) => {
-            let n: u64 = n.parse().ok()?;
+            let n = number(n)?;
             if n == 0 {
                 return Some(Err(()));
             }
             (size.saturating_sub(n), size.checked_sub(1)?)
         }
-        (s, "") => (s.parse().ok()?, size.checked_sub(1)?),
-        (s, e) => (
-            s.parse().ok()?,
-            e.parse::<u64>().ok()?.min(size.saturating_sub(1)),
-        ),
+        (s, "") => (number(s)?, size.checked_sub(1)?),
+        (s, e) => {
+            let (s, e) = (number(s)?, number(e)?);
+            if e < s {
+                return None;
+            }
+            (s, e.min(size.saturating_sub(1)))
+        }
     };
     if start >= size || end < start {
         return Some(Err(()));
@@ -999,5 +1017,24 @@ mod tests {
         assert_eq!(parse_range(&h, 10), Some(Err(())));
         h.insert("range", "bytes=0-1,3-4".parse().unwrap());
         assert!(parse_range(&h, 10).is_none());
+    }
+
+    /// Found by the `range` fuzz target (`bytes=20-13`, in fuzz/corpus/range): the agent
+    /// answered 416 to a range whose last position is before its first, where `gantry serve`
+    /// (and RFC 9110) ignore such a header and send the whole blob. It also took `+5` for 5
+    /// (`u64::from_str` allows the sign), which the registry refuses.
+    #[test]
+    fn malformed_ranges_are_ignored_like_the_registry_does() {
+        for malformed in [
+            "bytes=+2-4",
+            "bytes=2-+4",
+            "bytes=-+3",
+            "bytes=5-3",
+            "bytes=x-",
+        ] {
+            assert_eq!(parse_range_value(malformed, 10), None, "{malformed}");
+        }
+        assert_eq!(parse_range_value("bytes= 2 - 4 ", 10), Some(Ok((2, 3))));
+        assert_eq!(parse_range_value("bytes=12-14", 10), Some(Err(())));
     }
 }
