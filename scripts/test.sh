@@ -33,6 +33,7 @@ PACKAGES=(
   chromium          # the demo's HTML report checked in a real browser (crates/cli/tests/demo.rs)
   protobuf-compiler # protoc: containerd's snapshots and CRI gRPC APIs are generated at build time
   xfsprogs          # mkfs.xfs: the snapshotter's tests on a loop-mounted XFS with reflink
+  g++               # libFuzzer, compiled by libfuzzer-sys for scripts/fuzz.sh
 )
 
 step "Checking privileges"
@@ -153,5 +154,10 @@ rm -rf "$prefix"
 step "bash bench/run.sh --quick (benchmark harness at test scale)"
 bash bench/run.sh --quick --gantry "${CARGO_TARGET_DIR:-target}/debug/gantry" \
   --out "${TMPDIR:-/tmp}/gantry-bench-quick/BENCHMARKS.md" < /dev/null || fail "bench/run.sh --quick"
+
+# The fuzz targets of the parsers that face the network, a few seconds each over their
+# committed corpus (fuzz/README.md): a crash found once stays found.
+step "bash scripts/fuzz.sh (cargo fuzz on stable, FUZZ_SECONDS=${FUZZ_SECONDS:-5} per target)"
+bash scripts/fuzz.sh < /dev/null || fail "scripts/fuzz.sh"
 
 step "All checks passed"
