@@ -123,8 +123,18 @@ pub(crate) fn too_busy(wait: std::time::Duration) -> ApiError {
         .with_status(StatusCode::SERVICE_UNAVAILABLE)
 }
 
-pub(crate) fn too_many_logins(wait: std::time::Duration) -> ApiError {
-    too_many_requests(wait, "too many failed logins from this address")
+/// How long a login refused for too many failures waits before its 429 goes out: a
+/// client that retries as soon as it is answered (a password-guessing loop) then costs the
+/// registry a few answers a second per connection instead of thousands, while a client that
+/// honours `Retry-After` loses nothing.
+pub(crate) const LOGIN_REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A 429 for a login over the failed-login limit, answered after [`LOGIN_REFUSAL_DELAY`]
+/// (or `wait`, when shorter).
+pub(crate) async fn too_many_logins(wait: std::time::Duration) -> ApiError {
+    let delay = wait.min(LOGIN_REFUSAL_DELAY);
+    tokio::time::sleep(delay).await;
+    too_many_requests(wait - delay, "too many failed logins from this address")
 }
 
 /// Whether a request carries `Authorization: Basic` (a password login).
@@ -147,7 +157,7 @@ async fn token_handler(State(reg): State<Arc<Registry>>, req: Request) -> Respon
     let mut resp = match reg.token_auth() {
         Some(auth) if !login => auth.token_endpoint(&parts, body).await,
         Some(auth) => match reg.begin_login(ip) {
-            Err(wait) => too_many_logins(wait).into_response(),
+            Err(wait) => too_many_logins(wait).await.into_response(),
             Ok(attempt) => {
                 let resp = auth.token_endpoint(&parts, body).await;
                 if resp.status() == StatusCode::UNAUTHORIZED {
@@ -168,16 +178,17 @@ async fn token_handler(State(reg): State<Arc<Registry>>, req: Request) -> Respon
 
 /// Starts a login when the request carries a password (Basic credentials); refused with
 /// 429 when its address is over the failed-login limit.
-pub(crate) fn begin_password_login<'a>(
+pub(crate) async fn begin_password_login<'a>(
     reg: &'a Registry,
     parts: &http::request::Parts,
 ) -> Result<Option<crate::LoginAttempt<'a>>, ApiError> {
     if !has_basic_credentials(parts) {
         return Ok(None);
     }
-    reg.begin_login(peer_ip(&parts.extensions))
-        .map(Some)
-        .map_err(too_many_logins)
+    match reg.begin_login(peer_ip(&parts.extensions)) {
+        Ok(attempt) => Ok(Some(attempt)),
+        Err(wait) => Err(too_many_logins(wait).await),
+    }
 }
 
 /// Authorizes a request; one with a password (Basic credentials) is a login, counted
@@ -187,7 +198,7 @@ pub(crate) async fn authorize_login(
     parts: &http::request::Parts,
     access: &[Access],
 ) -> Result<Principal, ApiError> {
-    let attempt = begin_password_login(reg, parts)?;
+    let attempt = begin_password_login(reg, parts).await?;
     let result = reg.authorizer().authorize(parts, access).await;
     if let Some(attempt) = attempt {
         match &result {

@@ -617,7 +617,7 @@ async fn get_view_inner(
         }
         (Some(auth), None) => {
             // Basic credentials are a login, limited as on the API.
-            let attempt = crate::api::begin_password_login(reg, &parts)?;
+            let attempt = crate::api::begin_password_login(reg, &parts).await?;
             let identified = auth.identify(&parts).await;
             if let Some(attempt) = attempt {
                 match &identified {

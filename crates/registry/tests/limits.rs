@@ -192,6 +192,34 @@ async fn failed_basic_logins_on_v2_count_but_denials_do_not() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// Finding (abuse bench): a password-guessing loop that retried as soon as it got its 429
+/// had thousands of refusals a second answered, and the CPU they took slowed everyone's
+/// pulls. A refused login is now answered after a delay (1 s), so such a loop gets about
+/// one answer a second per connection.
+#[tokio::test]
+async fn refused_logins_are_answered_slowly() {
+    let reg = with_login_limit(2, Duration::from_secs(60)).await;
+    for _ in 0..2 {
+        let r = token_status(&reg, "ci", "wrong").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let r = token_status(&reg, "ci", "wrong").await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2900),
+        "three refused logins were answered in {took:?}"
+    );
+    // A request without a password is not a login and is not delayed.
+    let started = std::time::Instant::now();
+    let r = reg.client.get(reg.url("/v2/")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(started.elapsed() < Duration::from_millis(900));
+}
+
 /// The process's resident set size in bytes.
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
