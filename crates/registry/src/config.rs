@@ -17,6 +17,8 @@
 //! burst = 0                     # bucket size; 0: one second's worth
 //! login_failures = 10           # failed logins per client IP within login_window,
 //! login_window = "5m"           # then 429 until the window passes; 0: no limit
+//! max_ranges_patch_bytes = 4294967296  # bytes one delta-push ranges PATCH may append
+//!                               # (413 beyond); 0: only max_blob_bytes
 //!
 //! [connections]
 //! max_connections = 4096        # served at once; more wait in the listen backlog
@@ -26,6 +28,10 @@
 //! [uploads]
 //! max_age = "24h"               # sessions idle this long are removed
 //! purge_interval = "15m"
+//! max_sessions_per_repository = 128     # open sessions; a new upload POST beyond
+//! max_sessions_per_client = 256         # gets 429 (client: the user, or the address
+//! max_open_bytes_per_repository = 274877906944  # when anonymous); bytes held by open
+//! max_open_bytes_per_client = 274877906944      # sessions likewise; 0: no limit
 //!
 //! [gc]
 //! grace_period = "1h"           # blobs written or touched this recently are kept
@@ -256,6 +262,10 @@ pub struct Limits {
     /// The window over which failed logins are counted.
     #[serde(with = "duration_str")]
     pub login_window: Duration,
+    /// Bytes one delta-push ranges `PATCH` may append to its session (the body is at most
+    /// 1 MiB, but its ranges may name far more); a request asking for more is refused with
+    /// 413 before anything is appended. 0: only [`Limits::max_blob_bytes`] applies.
+    pub max_ranges_patch_bytes: u64,
 }
 
 /// Upload session housekeeping.
@@ -268,6 +278,19 @@ pub struct UploadConfig {
     /// How often stale sessions are looked for.
     #[serde(with = "duration_str")]
     pub purge_interval: Duration,
+    /// Open upload sessions one repository may have; a new upload `POST` beyond gets 429
+    /// with `Retry-After`. A session stops counting when it is completed, cancelled, or idle
+    /// for [`UploadConfig::max_age`]. 0: no limit. Counted per server process.
+    pub max_sessions_per_repository: usize,
+    /// Open upload sessions one client (the authenticated user, else the client address)
+    /// may have; as [`UploadConfig::max_sessions_per_repository`].
+    pub max_sessions_per_client: usize,
+    /// Bytes the open upload sessions of one repository may hold: a new upload `POST` when
+    /// they hold this much, and an append that would pass it, get 429. 0: no limit.
+    pub max_open_bytes_per_repository: u64,
+    /// Bytes the open upload sessions of one client may hold; as
+    /// [`UploadConfig::max_open_bytes_per_repository`].
+    pub max_open_bytes_per_client: u64,
 }
 
 /// Garbage collection settings.
@@ -324,6 +347,9 @@ impl Default for Limits {
             burst: 0,
             login_failures: 10,
             login_window: Duration::from_secs(300),
+            // Well above a layer's worth of reused chunks in one request (Gantry's client
+            // sends at most 1 GiB of ranges per request), far below the blob limit.
+            max_ranges_patch_bytes: 4 << 30,
         }
     }
 }
@@ -333,6 +359,12 @@ impl Default for UploadConfig {
         UploadConfig {
             max_age: Duration::from_secs(24 * 3600),
             purge_interval: Duration::from_secs(15 * 60),
+            // Room for many concurrent pushes and for sessions of failed pushes waiting to
+            // expire; the bytes fit a few uploads of the largest blob (64 GiB) at once.
+            max_sessions_per_repository: 128,
+            max_sessions_per_client: 256,
+            max_open_bytes_per_repository: 256 << 30,
+            max_open_bytes_per_client: 256 << 30,
         }
     }
 }
@@ -462,6 +494,19 @@ mod tests {
         assert_eq!(c.limits.burst, 200);
         assert_eq!(c.limits.login_failures, 3);
         assert_eq!(c.limits.login_window, Duration::from_secs(600));
+        let d = Config::default();
+        assert_eq!(d.limits.max_ranges_patch_bytes, 4 << 30);
+        assert_eq!(d.uploads.max_sessions_per_repository, 128);
+        assert_eq!(d.uploads.max_open_bytes_per_client, 256 << 30);
+        let c = Config::from_toml(
+            "[limits]\nmax_ranges_patch_bytes = 0\n[uploads]\nmax_sessions_per_client = 5\n\
+             max_open_bytes_per_repository = 1000",
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_ranges_patch_bytes, 0);
+        assert_eq!(c.uploads.max_sessions_per_client, 5);
+        assert_eq!(c.uploads.max_sessions_per_repository, 128);
+        assert_eq!(c.uploads.max_open_bytes_per_repository, 1000);
     }
 
     #[test]
