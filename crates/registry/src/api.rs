@@ -86,7 +86,31 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .with_state(registry)
 }
 
-async fn metrics_handler(State(reg): State<Arc<Registry>>) -> Response {
+/// `/metrics`. With `[auth]` its labels name private repositories and users, so it needs
+/// the credentials (Basic or a token) of an admin or a configured metrics user: 401 with a
+/// challenge without them, 403 for another user. Without `[auth]` it is open.
+async fn metrics_handler(State(reg): State<Arc<Registry>>, req: Request) -> Response {
+    if let Err(e) = authorize_metrics(&reg, req).await {
+        let mut resp = e.into_response();
+        resp.extensions_mut().insert(RouteKind("metrics"));
+        return resp;
+    }
+    metrics_page(&reg)
+}
+
+/// The application of the metrics listener ([`crate::Config::metrics_address`]): `/metrics`
+/// without authentication, nothing else.
+pub fn metrics_router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(reg): State<Arc<Registry>>| async move { metrics_page(&reg) }),
+        )
+        .with_state(registry)
+}
+
+/// The metrics in OpenMetrics text.
+fn metrics_page(reg: &Registry) -> Response {
     reg.metrics()
         .set_fleet_servers(&reg.fleet().counts(crate::fleet::now_ms()));
     let mut resp = (
@@ -99,6 +123,38 @@ async fn metrics_handler(State(reg): State<Arc<Registry>>) -> Response {
         .into_response();
     resp.extensions_mut().insert(RouteKind("metrics"));
     resp
+}
+
+/// Checks that a `/metrics` request may read the metrics (see [`metrics_handler`]).
+async fn authorize_metrics(reg: &Registry, req: Request) -> Result<(), ApiError> {
+    let Some(auth) = reg.token_auth() else {
+        return Ok(());
+    };
+    let (parts, _) = req.into_parts();
+    // Basic credentials are a login, limited as on the API.
+    let attempt = begin_password_login(reg, &parts)?;
+    let identified = auth.identify(&parts).await;
+    if let Some(attempt) = attempt {
+        match &identified {
+            Err(AuthError::Unauthorized { .. }) => attempt.failed(),
+            _ => attempt.passed(),
+        }
+    }
+    // A scraper sends Basic credentials (Prometheus' `basic_auth`) when challenged so.
+    let challenge = || AuthError::Unauthorized {
+        challenge: Some(format!("Basic realm=\"{}\"", auth.service())),
+    };
+    let user = match identified {
+        Ok(Some(user)) => user,
+        Ok(None) | Err(AuthError::Unauthorized { .. }) => return Err(auth_error(challenge())),
+        Err(e) => return Err(auth_error(e)),
+    };
+    if auth.policy().may_read_metrics(&user) {
+        Ok(())
+    } else {
+        tracing::info!(user = %user, "metrics refused: not an admin or metrics user");
+        Err(auth_error(AuthError::Denied))
+    }
 }
 
 /// The TCP peer's IP, when the server recorded it.

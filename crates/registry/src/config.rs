@@ -4,6 +4,7 @@
 //! addr = "127.0.0.1:5000"
 //! root = "/var/lib/gantry/registry"
 //! delete_enabled = true
+//! metrics_address = "10.0.0.5:9100"  # also serve /metrics here, plain HTTP, without auth
 //!
 //! [tls]                       # HTTPS when present
 //! cert = "/etc/gantry/tls.crt"  # PEM chain
@@ -52,7 +53,8 @@
 //! token_ttl = "5m"
 //! key_file = "/etc/gantry/token.key"  # HMAC key (hex); default <root>/auth/token.key,
 //!                                     # generated on first start
-//! admins = ["root"]             # every action on every repository, and the catalog
+//! admins = ["root"]             # every action on every repository, the catalog, /metrics
+//! metrics_users = ["prometheus"]  # may read /metrics (which needs credentials with [auth])
 //!
 //! [[auth.access]]               # rules add up; nothing is allowed that no rule grants
 //! repository = "game/*"         # `*`: any characters but `/`; `**`: any characters
@@ -81,6 +83,10 @@ pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = gantry_oci::MAX_MANIFEST_BYTES as u6
 pub struct Config {
     /// Address to listen on.
     pub addr: SocketAddr,
+    /// Also serve `/metrics` (and nothing else) on this address, over plain HTTP and
+    /// without authentication: for a Prometheus on a private network. `/metrics` on
+    /// [`Config::addr`] keeps needing credentials when `[auth]` is configured.
+    pub metrics_address: Option<SocketAddr>,
     /// Storage directory.
     pub root: PathBuf,
     /// Serve HTTPS with this certificate and key.
@@ -187,8 +193,11 @@ pub struct AuthConfig {
     /// The HMAC-SHA256 token key (hex); default `<root>/auth/token.key`, generated when
     /// missing. Replicas sharing a store must share the key.
     pub key_file: Option<PathBuf>,
-    /// Users allowed everything, including the catalog.
+    /// Users allowed everything, including the catalog and `/metrics`.
     pub admins: Vec<String>,
+    /// Users who may read `/metrics` besides the admins (a Prometheus scraper's account).
+    /// With `[auth]`, `/metrics` needs the credentials of one of them or of an admin.
+    pub metrics_users: Vec<String>,
     /// Access rules; they add up.
     pub access: Vec<AccessRule>,
     /// The report tokens file (`name:sha256:<hex>` lines, see
@@ -223,6 +232,7 @@ impl Default for AuthConfig {
             token_ttl: Duration::from_secs(300),
             key_file: None,
             admins: Vec::new(),
+            metrics_users: Vec::new(),
             access: Vec::new(),
             report_tokens: None,
         }
@@ -323,6 +333,7 @@ impl Default for Config {
             addr: DEFAULT_ADDR
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 5000))),
+            metrics_address: None,
             root: PathBuf::from("gantry-registry"),
             tls: None,
             delete_enabled: true,
@@ -529,6 +540,9 @@ mod tests {
         assert_eq!(auth.service, "gantry");
         assert_eq!(auth.token_ttl, Duration::from_secs(600));
         assert_eq!(auth.access.len(), 2);
+        assert!(auth.metrics_users.is_empty());
+        let c = Config::from_toml("[auth]\nmetrics_users = [\"prom\"]").unwrap();
+        assert_eq!(c.auth.unwrap().metrics_users, vec!["prom".to_string()]);
         assert!(auth.access[1].anonymous_pull);
         assert!(auth.access[1].users.is_empty());
         assert!(Config::from_toml("[auth]\nuser = \"x\"").is_err());
