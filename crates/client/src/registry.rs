@@ -36,6 +36,9 @@ pub const MONOLITHIC_LIMIT: u64 = 16 * 1024 * 1024;
 pub const UPLOAD_CHUNK: u64 = 32 * 1024 * 1024;
 /// Most ranges in one delta-push request (the registry limits the body to 1 MiB).
 pub const MAX_RANGES_PER_REQUEST: usize = 4_000;
+/// Most bytes one delta-push request asks the registry to copy (`gantry serve` refuses more
+/// than `[limits] max_ranges_patch_bytes`, 4 GiB by default, in one request).
+pub const MAX_COPY_BYTES_PER_REQUEST: u64 = 1 << 30;
 
 /// How to reach and authenticate to registries.
 #[derive(Debug, Clone, Default)]
@@ -1115,26 +1118,50 @@ impl Step {
 }
 
 /// Groups ops into requests: consecutive copies (adjacent source ranges merged) into
-/// batches of at most [`MAX_RANGES_PER_REQUEST`], consecutive sends (adjacent file ranges
-/// merged) into pieces of at most [`UPLOAD_CHUNK`].
+/// batches of at most [`MAX_RANGES_PER_REQUEST`] ranges and [`MAX_COPY_BYTES_PER_REQUEST`]
+/// bytes, consecutive sends (adjacent file ranges merged) into pieces of at most
+/// [`UPLOAD_CHUNK`].
 fn plan_steps(ops: &[DeltaOp]) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
+    // Bytes of the last step when it is a copy batch.
+    let mut batch_bytes: u64 = 0;
     for op in ops {
         match op {
             DeltaOp::Copy(r) if r.length > 0 => {
-                if let Some(Step::Copy(batch)) = steps.last_mut() {
-                    if let Some(last) = batch.last_mut() {
-                        if last.digest == r.digest && last.offset + last.length == r.offset {
-                            last.length += r.length;
-                            continue;
+                let (mut offset, mut left) = (r.offset, r.length);
+                while left > 0 {
+                    let open = matches!(steps.last(), Some(Step::Copy(_)))
+                        && batch_bytes < MAX_COPY_BYTES_PER_REQUEST;
+                    if !open {
+                        steps.push(Step::Copy(Vec::new()));
+                        batch_bytes = 0;
+                    }
+                    let take = left.min(MAX_COPY_BYTES_PER_REQUEST - batch_bytes);
+                    let piece = BlobRange {
+                        digest: r.digest,
+                        offset,
+                        length: take,
+                    };
+                    if let Some(Step::Copy(batch)) = steps.last_mut() {
+                        let full = batch.len() >= MAX_RANGES_PER_REQUEST;
+                        match batch.last_mut() {
+                            Some(last)
+                                if last.digest == piece.digest
+                                    && last.offset + last.length == piece.offset =>
+                            {
+                                last.length += take;
+                            }
+                            _ if !full => batch.push(piece),
+                            _ => {
+                                steps.push(Step::Copy(vec![piece]));
+                                batch_bytes = 0;
+                            }
                         }
                     }
-                    if batch.len() < MAX_RANGES_PER_REQUEST {
-                        batch.push(r.clone());
-                        continue;
-                    }
+                    batch_bytes += take;
+                    offset += take;
+                    left -= take;
                 }
-                steps.push(Step::Copy(vec![r.clone()]));
             }
             DeltaOp::Send { offset, len } if *len > 0 => {
                 let (mut offset, mut len) = (*offset, *len);
@@ -1331,6 +1358,31 @@ mod tests {
         assert_eq!(locate(&steps, 0), (0, 0));
         assert_eq!(locate(&steps, 22), (1, 22));
         assert_eq!(locate(&steps, 22 + UPLOAD_CHUNK), (2, 22 + UPLOAD_CHUNK));
+    }
+
+    #[test]
+    fn copy_batches_stay_under_the_byte_cap() {
+        let gib = MAX_COPY_BYTES_PER_REQUEST;
+        let copy = |n: u8, offset: u64, length: u64| {
+            DeltaOp::Copy(BlobRange {
+                digest: d(n),
+                offset,
+                length,
+            })
+        };
+        // 2.5 GiB of one blob in two adjacent ops, then 10 bytes of another.
+        let ops = vec![copy(1, 0, gib), copy(1, gib, gib * 3 / 2), copy(2, 0, 10)];
+        let steps = plan_steps(&ops);
+        let sizes: Vec<u64> = steps.iter().map(Step::len).collect();
+        assert_eq!(sizes, vec![gib, gib, gib / 2 + 10]);
+        match &steps[1] {
+            Step::Copy(r) => assert_eq!((r[0].offset, r[0].length), (gib, gib)),
+            other => panic!("{other:?}"),
+        }
+        match &steps[2] {
+            Step::Copy(r) => assert_eq!(r.len(), 2),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ use crate::metrics::{method_label, Counted};
 use crate::range::{self, RangeRequest};
 use crate::route::{self, Route, RouteError};
 use crate::storage::{ByteStream, StorageError};
+use crate::upload_quota::QuotaError;
 use crate::{ManifestRef, Registry};
 
 /// `Docker-Distribution-API-Version` value sent on every response.
@@ -85,7 +86,31 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .with_state(registry)
 }
 
-async fn metrics_handler(State(reg): State<Arc<Registry>>) -> Response {
+/// `/metrics`. With `[auth]` its labels name private repositories and users, so it needs
+/// the credentials (Basic or a token) of an admin or a configured metrics user: 401 with a
+/// challenge without them, 403 for another user. Without `[auth]` it is open.
+async fn metrics_handler(State(reg): State<Arc<Registry>>, req: Request) -> Response {
+    if let Err(e) = authorize_metrics(&reg, req).await {
+        let mut resp = e.into_response();
+        resp.extensions_mut().insert(RouteKind("metrics"));
+        return resp;
+    }
+    metrics_page(&reg)
+}
+
+/// The application of the metrics listener ([`crate::Config::metrics_address`]): `/metrics`
+/// without authentication, nothing else.
+pub fn metrics_router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(reg): State<Arc<Registry>>| async move { metrics_page(&reg) }),
+        )
+        .with_state(registry)
+}
+
+/// The metrics in OpenMetrics text.
+fn metrics_page(reg: &Registry) -> Response {
     reg.metrics()
         .set_fleet_servers(&reg.fleet().counts(crate::fleet::now_ms()));
     let mut resp = (
@@ -98,6 +123,38 @@ async fn metrics_handler(State(reg): State<Arc<Registry>>) -> Response {
         .into_response();
     resp.extensions_mut().insert(RouteKind("metrics"));
     resp
+}
+
+/// Checks that a `/metrics` request may read the metrics (see [`metrics_handler`]).
+async fn authorize_metrics(reg: &Registry, req: Request) -> Result<(), ApiError> {
+    let Some(auth) = reg.token_auth() else {
+        return Ok(());
+    };
+    let (parts, _) = req.into_parts();
+    // Basic credentials are a login, limited as on the API.
+    let attempt = begin_password_login(reg, &parts)?;
+    let identified = auth.identify(&parts).await;
+    if let Some(attempt) = attempt {
+        match &identified {
+            Err(AuthError::Unauthorized { .. }) => attempt.failed(),
+            _ => attempt.passed(),
+        }
+    }
+    // A scraper sends Basic credentials (Prometheus' `basic_auth`) when challenged so.
+    let challenge = || AuthError::Unauthorized {
+        challenge: Some(format!("Basic realm=\"{}\"", auth.service())),
+    };
+    let user = match identified {
+        Ok(Some(user)) => user,
+        Ok(None) | Err(AuthError::Unauthorized { .. }) => return Err(auth_error(challenge())),
+        Err(e) => return Err(auth_error(e)),
+    };
+    if auth.policy().may_read_metrics(&user) {
+        Ok(())
+    } else {
+        tracing::info!(user = %user, "metrics refused: not an admin or metrics user");
+        Err(auth_error(AuthError::Denied))
+    }
 }
 
 /// The TCP peer's IP, when the server recorded it.
@@ -1104,11 +1161,103 @@ async fn append_body(ctx: &Ctx, name: &str, id: &str, body: Body) -> Result<u64,
     {
         return Err(too_large("blob", limit));
     }
-    ctx.reg
+    append_charged(ctx, name, id, start, body, limit).await
+}
+
+/// Carried in the error of a body stream stopped because its bytes would pass a limit on
+/// open upload sessions.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct QuotaExceeded(QuotaError);
+
+/// Appends a request body to upload `id` at `start`, each piece counted against the open
+/// session limits before it is written (a piece that would pass them ends the body, the
+/// bytes before it stay), and the session's bytes settled to what storage holds after.
+async fn append_charged(
+    ctx: &Ctx,
+    name: &str,
+    id: &str,
+    start: u64,
+    body: Body,
+    limit: u64,
+) -> Result<u64, ApiError> {
+    let quota = ctx.reg.upload_quota();
+    let client = ctx.client();
+    quota.track(name, id, &client, start);
+    if let Some(len) = ctx.content_length() {
+        // Refused before anything is read when the length says so.
+        quota.check(id, len).map_err(|e| quota_error(ctx, e))?;
+    }
+    let reg = ctx.reg.clone();
+    let session = id.to_string();
+    let charged = ctx.body_stream(name, body).and_then(move |chunk| {
+        let r = reg
+            .upload_quota()
+            .charge(&session, chunk.len() as u64)
+            .map(|()| chunk)
+            .map_err(|e| std::io::Error::other(QuotaExceeded(e)));
+        futures::future::ready(r)
+    });
+    let result = ctx
+        .reg
         .storage()
-        .append_upload(name, id, start, ctx.body_stream(name, body), limit)
-        .await
-        .map_err(|e| upload_error(name, id, e))
+        .append_upload(name, id, start, Box::pin(charged), limit)
+        .await;
+    match &result {
+        Ok(offset) => quota.settle(id, *offset),
+        Err(_) => settle_quota(ctx, name, id).await,
+    }
+    result.map_err(|e| {
+        let over = match &e {
+            StorageError::Body(io) => io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<QuotaExceeded>())
+                .map(|q| q.0.clone()),
+            _ => None,
+        };
+        match over {
+            Some(q) => quota_error(ctx, q),
+            None => upload_error(name, id, e),
+        }
+    })
+}
+
+/// Sets the counted bytes of session `id` to what storage holds (after a failed append or
+/// commit); forgets it when storage no longer has it.
+async fn settle_quota(ctx: &Ctx, name: &str, id: &str) {
+    let quota = ctx.reg.upload_quota();
+    match ctx.reg.storage().upload_info(name, id).await {
+        Ok(info) => quota.settle(id, info.offset),
+        Err(StorageError::UploadNotFound(_)) => quota.close(id),
+        Err(e) => tracing::warn!(error = %e, upload = id, "reading an upload's offset"),
+    }
+}
+
+/// A 429 for a limit on open upload sessions, naming it.
+fn quota_error(ctx: &Ctx, e: QuotaError) -> ApiError {
+    let detail = match &e {
+        QuotaError::Sessions {
+            scope,
+            name,
+            current,
+            limit,
+            knob,
+        } => {
+            json!({ "scope": scope, "name": name, "sessions": current, "limit": limit, "setting": knob })
+        }
+        QuotaError::Bytes {
+            scope,
+            name,
+            current,
+            wanted,
+            limit,
+            knob,
+        } => {
+            json!({ "scope": scope, "name": name, "bytes": current, "wanted": wanted, "limit": limit, "setting": knob })
+        }
+    };
+    ctx.reg.metrics().rate_limited("uploads");
+    too_many_requests(ctx.reg.upload_quota().retry_after(), &e.to_string()).with_detail(detail)
 }
 
 async fn start_upload(ctx: &Ctx, name: &str, body: Body) -> Result<Response, ApiError> {
@@ -1150,27 +1299,30 @@ async fn start_upload(ctx: &Ctx, name: &str, body: Body) -> Result<Response, Api
     if single_post.is_some() && ctx.content_length().is_some_and(|n| n > limit) {
         return Err(too_large("blob", limit));
     }
+    let slot = ctx
+        .reg
+        .upload_quota()
+        .open(name, &ctx.client())
+        .map_err(|e| quota_error(ctx, e))?;
     let info = ctx
         .reg
         .storage()
         .create_upload(name)
         .await
         .map_err(internal)?;
+    slot.bind(&info.id);
     let Some(digest) = single_post else {
         return Ok(upload_accepted(StatusCode::ACCEPTED, name, &info.id, 0));
     };
     let result = async {
-        ctx.reg
-            .storage()
-            .append_upload(name, &info.id, 0, ctx.body_stream(name, body), limit)
-            .await
-            .map_err(|e| upload_error(name, &info.id, e))?;
+        append_charged(ctx, name, &info.id, 0, body, limit).await?;
         ctx.reg
             .commit_upload(name, &info.id, &digest)
             .await
             .map_err(|e| upload_error(name, &info.id, e))
     }
     .await;
+    ctx.reg.upload_quota().close(&info.id);
     match result {
         Ok(_) => Ok(blob_created(name, &digest)),
         Err(e) => {
@@ -1255,13 +1407,13 @@ async fn patch_ranges(ctx: &Ctx, name: &str, id: &str, body: Body) -> Result<Res
     })?;
     let offset = ctx
         .reg
-        .append_blob_ranges(name, id, info.offset, &ranges.ranges)
+        .append_blob_ranges(name, id, &ctx.client(), info.offset, &ranges.ranges)
         .await
-        .map_err(|e| delta_error(name, id, e))?;
+        .map_err(|e| delta_error(ctx, name, id, e))?;
     Ok(upload_accepted(StatusCode::ACCEPTED, name, id, offset))
 }
 
-fn delta_error(name: &str, id: &str, e: DeltaError) -> ApiError {
+fn delta_error(ctx: &Ctx, name: &str, id: &str, e: DeltaError) -> ApiError {
     match e {
         DeltaError::BlobUnknown { digest, .. } => {
             ApiError::new(ErrorCode::BlobUnknown, e.to_string())
@@ -1281,6 +1433,16 @@ fn delta_error(name: &str, id: &str, e: DeltaError) -> ApiError {
                 "size": size,
             })),
         DeltaError::TooLarge { limit, .. } => too_large("blob", limit),
+        DeltaError::PatchTooLarge { appended, limit } => {
+            ApiError::new(ErrorCode::SizeInvalid, e.to_string())
+                .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+                .with_detail(json!({
+                    "appended": appended,
+                    "limit": limit,
+                    "setting": "limits.max_ranges_patch_bytes",
+                }))
+        }
+        DeltaError::Quota(q) => quota_error(ctx, q),
         DeltaError::SourceRead {
             digest,
             offset,
@@ -1321,11 +1483,16 @@ async fn put_upload(ctx: &Ctx, name: &str, id: &str, body: Body) -> Result<Respo
     if ctx.content_length() != Some(0) {
         append_body(ctx, name, id, body).await?;
     }
-    ctx.reg
-        .commit_upload(name, id, &digest)
-        .await
-        .map_err(|e| upload_error(name, id, e))?;
-    Ok(blob_created(name, &digest))
+    match ctx.reg.commit_upload(name, id, &digest).await {
+        Ok(_) => {
+            ctx.reg.upload_quota().close(id);
+            Ok(blob_created(name, &digest))
+        }
+        Err(e) => {
+            settle_quota(ctx, name, id).await;
+            Err(upload_error(name, id, e))
+        }
+    }
 }
 
 async fn cancel_upload(ctx: &Ctx, name: &str, id: &str) -> Result<Response, ApiError> {
@@ -1335,6 +1502,7 @@ async fn cancel_upload(ctx: &Ctx, name: &str, id: &str) -> Result<Response, ApiE
         .cancel_upload(name, id)
         .await
         .map_err(|e| upload_error(name, id, e))?;
+    ctx.reg.upload_quota().close(id);
     if !cancelled {
         return Err(upload_error(
             name,

@@ -4,6 +4,7 @@
 //! addr = "127.0.0.1:5000"
 //! root = "/var/lib/gantry/registry"
 //! delete_enabled = true
+//! metrics_address = "10.0.0.5:9100"  # also serve /metrics here, plain HTTP, without auth
 //!
 //! [tls]                       # HTTPS when present
 //! cert = "/etc/gantry/tls.crt"  # PEM chain
@@ -17,6 +18,8 @@
 //! burst = 0                     # bucket size; 0: one second's worth
 //! login_failures = 10           # failed logins per client IP within login_window,
 //! login_window = "5m"           # then 429 until the window passes; 0: no limit
+//! max_ranges_patch_bytes = 4294967296  # bytes one delta-push ranges PATCH may append
+//!                               # (413 beyond); 0: only max_blob_bytes
 //!
 //! [connections]
 //! max_connections = 4096        # served at once; more wait in the listen backlog
@@ -26,6 +29,10 @@
 //! [uploads]
 //! max_age = "24h"               # sessions idle this long are removed
 //! purge_interval = "15m"
+//! max_sessions_per_repository = 128     # open sessions; a new upload POST beyond
+//! max_sessions_per_client = 256         # gets 429 (client: the user, or the address
+//! max_open_bytes_per_repository = 274877906944  # when anonymous); bytes held by open
+//! max_open_bytes_per_client = 274877906944      # sessions likewise; 0: no limit
 //!
 //! [gc]
 //! grace_period = "1h"           # blobs written or touched this recently are kept
@@ -46,7 +53,8 @@
 //! token_ttl = "5m"
 //! key_file = "/etc/gantry/token.key"  # HMAC key (hex); default <root>/auth/token.key,
 //!                                     # generated on first start
-//! admins = ["root"]             # every action on every repository, and the catalog
+//! admins = ["root"]             # every action on every repository, the catalog, /metrics
+//! metrics_users = ["prometheus"]  # may read /metrics (which needs credentials with [auth])
 //!
 //! [[auth.access]]               # rules add up; nothing is allowed that no rule grants
 //! repository = "game/*"         # `*`: any characters but `/`; `**`: any characters
@@ -75,6 +83,10 @@ pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = gantry_oci::MAX_MANIFEST_BYTES as u6
 pub struct Config {
     /// Address to listen on.
     pub addr: SocketAddr,
+    /// Also serve `/metrics` (and nothing else) on this address, over plain HTTP and
+    /// without authentication: for a Prometheus on a private network. `/metrics` on
+    /// [`Config::addr`] keeps needing credentials when `[auth]` is configured.
+    pub metrics_address: Option<SocketAddr>,
     /// Storage directory.
     pub root: PathBuf,
     /// Serve HTTPS with this certificate and key.
@@ -181,8 +193,11 @@ pub struct AuthConfig {
     /// The HMAC-SHA256 token key (hex); default `<root>/auth/token.key`, generated when
     /// missing. Replicas sharing a store must share the key.
     pub key_file: Option<PathBuf>,
-    /// Users allowed everything, including the catalog.
+    /// Users allowed everything, including the catalog and `/metrics`.
     pub admins: Vec<String>,
+    /// Users who may read `/metrics` besides the admins (a Prometheus scraper's account).
+    /// With `[auth]`, `/metrics` needs the credentials of one of them or of an admin.
+    pub metrics_users: Vec<String>,
     /// Access rules; they add up.
     pub access: Vec<AccessRule>,
     /// The report tokens file (`name:sha256:<hex>` lines, see
@@ -217,6 +232,7 @@ impl Default for AuthConfig {
             token_ttl: Duration::from_secs(300),
             key_file: None,
             admins: Vec::new(),
+            metrics_users: Vec::new(),
             access: Vec::new(),
             report_tokens: None,
         }
@@ -256,6 +272,10 @@ pub struct Limits {
     /// The window over which failed logins are counted.
     #[serde(with = "duration_str")]
     pub login_window: Duration,
+    /// Bytes one delta-push ranges `PATCH` may append to its session (the body is at most
+    /// 1 MiB, but its ranges may name far more); a request asking for more is refused with
+    /// 413 before anything is appended. 0: only [`Limits::max_blob_bytes`] applies.
+    pub max_ranges_patch_bytes: u64,
 }
 
 /// Upload session housekeeping.
@@ -268,6 +288,19 @@ pub struct UploadConfig {
     /// How often stale sessions are looked for.
     #[serde(with = "duration_str")]
     pub purge_interval: Duration,
+    /// Open upload sessions one repository may have; a new upload `POST` beyond gets 429
+    /// with `Retry-After`. A session stops counting when it is completed, cancelled, or idle
+    /// for [`UploadConfig::max_age`]. 0: no limit. Counted per server process.
+    pub max_sessions_per_repository: usize,
+    /// Open upload sessions one client (the authenticated user, else the client address)
+    /// may have; as [`UploadConfig::max_sessions_per_repository`].
+    pub max_sessions_per_client: usize,
+    /// Bytes the open upload sessions of one repository may hold: a new upload `POST` when
+    /// they hold this much, and an append that would pass it, get 429. 0: no limit.
+    pub max_open_bytes_per_repository: u64,
+    /// Bytes the open upload sessions of one client may hold; as
+    /// [`UploadConfig::max_open_bytes_per_repository`].
+    pub max_open_bytes_per_client: u64,
 }
 
 /// Garbage collection settings.
@@ -300,6 +333,7 @@ impl Default for Config {
             addr: DEFAULT_ADDR
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 5000))),
+            metrics_address: None,
             root: PathBuf::from("gantry-registry"),
             tls: None,
             delete_enabled: true,
@@ -324,6 +358,9 @@ impl Default for Limits {
             burst: 0,
             login_failures: 10,
             login_window: Duration::from_secs(300),
+            // Well above a layer's worth of reused chunks in one request (Gantry's client
+            // sends at most 1 GiB of ranges per request), far below the blob limit.
+            max_ranges_patch_bytes: 4 << 30,
         }
     }
 }
@@ -333,6 +370,12 @@ impl Default for UploadConfig {
         UploadConfig {
             max_age: Duration::from_secs(24 * 3600),
             purge_interval: Duration::from_secs(15 * 60),
+            // Room for many concurrent pushes and for sessions of failed pushes waiting to
+            // expire; the bytes fit a few uploads of the largest blob (64 GiB) at once.
+            max_sessions_per_repository: 128,
+            max_sessions_per_client: 256,
+            max_open_bytes_per_repository: 256 << 30,
+            max_open_bytes_per_client: 256 << 30,
         }
     }
 }
@@ -462,6 +505,19 @@ mod tests {
         assert_eq!(c.limits.burst, 200);
         assert_eq!(c.limits.login_failures, 3);
         assert_eq!(c.limits.login_window, Duration::from_secs(600));
+        let d = Config::default();
+        assert_eq!(d.limits.max_ranges_patch_bytes, 4 << 30);
+        assert_eq!(d.uploads.max_sessions_per_repository, 128);
+        assert_eq!(d.uploads.max_open_bytes_per_client, 256 << 30);
+        let c = Config::from_toml(
+            "[limits]\nmax_ranges_patch_bytes = 0\n[uploads]\nmax_sessions_per_client = 5\n\
+             max_open_bytes_per_repository = 1000",
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_ranges_patch_bytes, 0);
+        assert_eq!(c.uploads.max_sessions_per_client, 5);
+        assert_eq!(c.uploads.max_sessions_per_repository, 128);
+        assert_eq!(c.uploads.max_open_bytes_per_repository, 1000);
     }
 
     #[test]
@@ -484,6 +540,9 @@ mod tests {
         assert_eq!(auth.service, "gantry");
         assert_eq!(auth.token_ttl, Duration::from_secs(600));
         assert_eq!(auth.access.len(), 2);
+        assert!(auth.metrics_users.is_empty());
+        let c = Config::from_toml("[auth]\nmetrics_users = [\"prom\"]").unwrap();
+        assert_eq!(c.auth.unwrap().metrics_users, vec!["prom".to_string()]);
         assert!(auth.access[1].anonymous_pull);
         assert!(auth.access[1].users.is_empty());
         assert!(Config::from_toml("[auth]\nuser = \"x\"").is_err());

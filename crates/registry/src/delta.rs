@@ -91,6 +91,21 @@ pub enum DeltaError {
         /// The limit.
         limit: u64,
     },
+    /// The ranges add up to more than one request may append
+    /// ([`crate::Limits::max_ranges_patch_bytes`]). Nothing was appended.
+    #[error(
+        "the ranges add up to {appended} bytes; one request may append at most {limit} bytes \
+         ([limits] max_ranges_patch_bytes): send them in several requests"
+    )]
+    PatchTooLarge {
+        /// Bytes the ranges add up to.
+        appended: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The bytes would pass a limit on open upload sessions. Nothing was appended.
+    #[error(transparent)]
+    Quota(#[from] crate::upload_quota::QuotaError),
     /// Reading a source blob failed midway; the bytes appended before stay in the session,
     /// now at `offset`.
     #[error("reading blob {digest} at upload offset {offset}: {source}")]
@@ -135,12 +150,14 @@ fn coalesce(ranges: &[BlobRange]) -> Vec<BlobRange> {
 
 impl Registry {
     /// Appends `ranges` of blobs linked into `repo` to upload `id`, which must be at offset
-    /// `start`. Every range is checked before anything is appended. Returns the new offset.
-    /// The caller checks that the client may pull `repo`.
+    /// `start`, for `client` (counted against its open-session bytes). Every range and
+    /// limit is checked before anything is appended. Returns the new offset. The caller
+    /// checks that the client may pull `repo`.
     pub async fn append_blob_ranges(
         &self,
         repo: &str,
         id: &str,
+        client: &str,
         start: u64,
         ranges: &[BlobRange],
     ) -> Result<u64, DeltaError> {
@@ -184,6 +201,39 @@ impl Registry {
                 limit,
             });
         }
+        let cap = self.options().limits.max_ranges_patch_bytes;
+        if cap > 0 && total > cap {
+            return Err(DeltaError::PatchTooLarge {
+                appended: total,
+                limit: cap,
+            });
+        }
+        self.upload_quota().track(repo, id, client, start);
+        self.upload_quota().charge(id, total)?;
+        let result = self.append_ranges_charged(repo, id, start, ranges).await;
+        // What the session holds now, whatever happened.
+        match &result {
+            Ok(offset) => self.upload_quota().settle(id, *offset),
+            Err(DeltaError::SourceRead { offset, .. }) => self.upload_quota().settle(id, *offset),
+            Err(_) => match storage.upload_info(repo, id).await {
+                Ok(info) => self.upload_quota().settle(id, info.offset),
+                Err(StorageError::UploadNotFound(_)) => self.upload_quota().close(id),
+                Err(_) => {}
+            },
+        }
+        result
+    }
+
+    /// The copy of [`Registry::append_blob_ranges`], once every check passed.
+    async fn append_ranges_charged(
+        &self,
+        repo: &str,
+        id: &str,
+        start: u64,
+        ranges: &[BlobRange],
+    ) -> Result<u64, DeltaError> {
+        let storage = self.storage();
+        let limit = self.options().limits.max_blob_bytes;
         let runs = coalesce(ranges);
         let source = storage.clone();
         let opened = stream::iter(runs)

@@ -30,6 +30,7 @@ pub mod server;
 pub mod storage;
 pub mod token;
 pub mod token_auth;
+pub mod upload_quota;
 pub mod users;
 
 use std::sync::Arc;
@@ -66,6 +67,8 @@ pub struct RegistryOptions {
     pub gc_grace_period: Duration,
     /// Idle upload sessions older than this are purged.
     pub upload_max_age: Duration,
+    /// Limits on open upload sessions (see [`upload_quota`]).
+    pub uploads: UploadConfig,
     /// The fleet view.
     pub fleet: fleet::FleetOptions,
 }
@@ -84,6 +87,7 @@ impl RegistryOptions {
             delete_enabled: config.delete_enabled,
             gc_grace_period: config.gc.grace_period,
             upload_max_age: config.uploads.max_age,
+            uploads: config.uploads.clone(),
             fleet: fleet::FleetOptions {
                 config: config.fleet.clone(),
                 state_file: config
@@ -116,6 +120,8 @@ pub struct Registry {
     fleet: fleet::Fleet,
     /// Checked chunk indexes per repository, for the chunk lookup of delta push.
     chunks: chunks::ChunkKnowledge,
+    /// Open upload sessions per repository and client.
+    upload_quota: upload_quota::UploadQuota,
 }
 
 /// A login in flight (see [`Registry::begin_login`]). [`LoginAttempt::passed`] ends it
@@ -178,6 +184,7 @@ impl Registry {
         let limits = &options.limits;
         Registry {
             chunks: chunks::ChunkKnowledge::new(storage.clone()),
+            upload_quota: upload_quota::UploadQuota::new(upload_quota_config(&options)),
             rate_limiter: ratelimit::RateLimiter::new(limits.requests_per_second, limits.burst),
             login_limiter: ratelimit::LoginLimiter::new(limits.login_failures, limits.login_window),
             storage,
@@ -222,6 +229,11 @@ impl Registry {
     /// The chunk knowledge behind the chunk lookup.
     pub fn chunks(&self) -> &chunks::ChunkKnowledge {
         &self.chunks
+    }
+
+    /// The accounting of open upload sessions.
+    pub fn upload_quota(&self) -> &upload_quota::UploadQuota {
+        &self.upload_quota
     }
 
     /// The fleet view.
@@ -503,6 +515,7 @@ impl Registry {
             .checked_sub(self.options.upload_max_age)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let n = self.storage.purge_uploads(before).await?;
+        self.upload_quota.expire_idle();
         self.metrics.uploads_purged.inc_by(n as u64);
         if n > 0 {
             tracing::info!(purged = n, "removed stale upload sessions");
@@ -531,6 +544,14 @@ impl ManifestRef {
         } else {
             None
         }
+    }
+}
+
+/// The session limits of `options`, idle sessions expiring with the purge's age.
+fn upload_quota_config(options: &RegistryOptions) -> UploadConfig {
+    UploadConfig {
+        max_age: options.upload_max_age,
+        ..options.uploads.clone()
     }
 }
 

@@ -9,7 +9,8 @@
 //! - `gantry_registry_delta_reused_bytes_total{repository}`: bytes a delta push appended
 //!   from blobs the registry already held (what the client did not have to send)
 //! - `gantry_registry_rate_limited_total{reason}`: requests refused with 429 (`requests`:
-//!   the per-client rate limit, `login`: too many failed logins)
+//!   the per-client rate limit, `login`: too many failed logins, `uploads`: the limits on
+//!   open upload sessions)
 //! - `gantry_fleet_servers{repository,tag,digest,status}`: game servers in the fleet view
 //!   ([`crate::fleet`]), recomputed at each scrape (`status` includes `lost`)
 //! - `gantry_registry_open_connections`: client connections held right now (at most
@@ -144,7 +145,7 @@ impl Metrics {
         );
         registry.register(
             "gantry_registry_rate_limited",
-            "Requests refused with 429, by reason (requests, login)",
+            "Requests refused with 429, by reason (requests, login, uploads)",
             rate_limited.clone(),
         );
         registry.register(

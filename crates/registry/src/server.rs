@@ -83,6 +83,7 @@ pub fn load_tls(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServeError> {
 /// A running server.
 pub struct RunningServer {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     tls: bool,
     registry: Arc<Registry>,
     stop: watch::Sender<bool>,
@@ -94,6 +95,11 @@ impl RunningServer {
     /// The bound address (useful after binding port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound address of the metrics listener, when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// `http://<addr>` or `https://<addr>`.
@@ -165,6 +171,14 @@ pub async fn bind_registry(
             source,
         })?;
     let addr = tcp.local_addr()?;
+    let metrics_tcp = match config.metrics_address {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|source| ServeError::Bind { addr: a, source })?,
+        ),
+        None => None,
+    };
     let (stop, mut stopped) = watch::channel(false);
     let app = router(registry.clone());
     let is_tls = tls.is_some();
@@ -200,6 +214,23 @@ pub async fn bind_registry(
         )),
     };
     let mut housekeeping = Vec::new();
+    let mut metrics_addr = None;
+    if let Some(tcp) = metrics_tcp {
+        metrics_addr = Some(tcp.local_addr()?);
+        let mut stopped = stop.subscribe();
+        housekeeping.push(tokio::spawn(gantry_net::serve(
+            tcp,
+            config.connections.serve_limits(),
+            gantry_net::plain,
+            ClientAddr::from,
+            crate::api::metrics_router(registry.clone()),
+            gantry_net::OpenConnections::default(),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        )));
+        tracing::info!(addr = ?metrics_addr, "metrics listening");
+    }
     let purge_every = config.uploads.purge_interval.max(Duration::from_secs(1));
     let reg = registry.clone();
     housekeeping.push(tokio::spawn(async move {
@@ -242,6 +273,7 @@ pub async fn bind_registry(
     tracing::info!(%addr, tls = is_tls, root = %config.root.display(), "registry listening");
     Ok(RunningServer {
         addr,
+        metrics_addr,
         tls: is_tls,
         registry,
         stop,

@@ -106,6 +106,8 @@ struct Rule {
 pub struct Policy {
     admins: HashSet<String>,
     rules: Vec<Rule>,
+    /// Users besides the admins who may read `/metrics`.
+    metrics_users: HashSet<String>,
 }
 
 /// Every action: what `*` and admins get.
@@ -155,7 +157,20 @@ impl Policy {
         Ok(Policy {
             admins: admins.iter().cloned().collect(),
             rules: out,
+            metrics_users: HashSet::new(),
         })
+    }
+
+    /// Also lets `users` read `/metrics` (admins always may).
+    pub fn with_metrics_users(mut self, users: &[String]) -> Policy {
+        self.metrics_users.extend(users.iter().cloned());
+        self
+    }
+
+    /// Whether `user` may read `/metrics`, whose labels name repositories and users: the
+    /// admins and the configured metrics users.
+    pub fn may_read_metrics(&self, user: &str) -> bool {
+        self.admins.contains(user) || self.metrics_users.contains(user)
     }
 
     /// What `user` (`None`: anonymous) may do to repository `repo`.
@@ -322,7 +337,8 @@ impl TokenAuth {
             .clone()
             .unwrap_or_else(|| Self::default_users_path(root));
         let users = Users::load(&users_path)?;
-        let policy = Policy::new(&config.admins, &config.access)?;
+        let policy =
+            Policy::new(&config.admins, &config.access)?.with_metrics_users(&config.metrics_users);
         let report_tokens_path = config
             .report_tokens
             .clone()

@@ -246,8 +246,7 @@ async fn pull_of_a_private_repository_is_refused() {
     .await
     .unwrap();
     assert_eq!(&data[..], b"layer");
-    let metrics = reg
-        .client
+    let metrics = root
         .get(reg.url("/metrics"))
         .send()
         .await
@@ -261,6 +260,93 @@ async fn pull_of_a_private_repository_is_refused() {
         ),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn metrics_need_an_admin_or_a_metrics_user() {
+    let reg = TestRegistry::with_config(|c| {
+        let users = TokenAuth::default_users_path(&c.root);
+        for (u, p) in [("root", "rootpw"), ("alice", "alicepw"), ("prom", "prompw")] {
+            add_user(&users, u, p).unwrap();
+        }
+        c.auth = Some(AuthConfig {
+            admins: vec!["root".into()],
+            metrics_users: vec!["prom".into()],
+            access: vec![rule("secret/*", &["alice"], &["pull", "push"], false)],
+            ..AuthConfig::default()
+        });
+        c.metrics_address = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let base = reg.server.url();
+    let alice = client_as("alice", "alicepw");
+    push_image(&alice, &base, "secret/game", "v1", &[b"layer"]).await;
+    let layer = Digest::of(b"layer");
+    let r = alice
+        .get(reg.url(&format!("/v2/secret/game/blobs/{layer}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Anonymous: 401 with a Basic challenge, naming nothing.
+    let r = reg.client.get(reg.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&r), "Basic realm=\"gantry\"");
+    let text = r.text().await.unwrap();
+    for leak in ["secret", "alice", "gantry_registry"] {
+        assert!(!text.contains(leak), "{leak:?} in {text}");
+    }
+    assert!(text.contains("UNAUTHORIZED"), "{text}");
+    // A wrong password: 401; a user who is neither admin nor metrics user: 403.
+    let r = client_as("prom", "nope")
+        .get(reg.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = alice.get(reg.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(!r.text().await.unwrap().contains("secret"));
+    // The metrics user and the admin read them, with Basic or a token.
+    let series = "gantry_registry_bytes_sent_total{repository=\"secret/game\",client=\"alice\"}";
+    for (user, password) in [("prom", "prompw"), ("root", "rootpw")] {
+        let r = client_as(user, password)
+            .get(reg.url("/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{user}");
+        assert!(r.text().await.unwrap().contains(series), "{user}");
+    }
+    let t = token(&reg, Some(("prom", "prompw")), &[]).await;
+    let r = bearer(reg.client.get(reg.url("/metrics")), &t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = bearer(reg.client.get(reg.url("/metrics")), "forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // The separate metrics listener (a private address) serves them without credentials,
+    // and nothing else.
+    let addr = reg.server.metrics_addr().expect("metrics listener");
+    let r = reg
+        .client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains(series));
+    let r = reg
+        .client
+        .get(format!("http://{addr}/v2/secret/game/tags/list"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -755,7 +841,7 @@ fn containerd_pulls_with_credentials_and_runs_and_is_refused_without() {
     assert_success("ctr run", &out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-with-auth\n");
     let text = rt.block_on(async {
-        reg.client
+        client_as("root", "rootpw")
             .get(reg.url("/metrics"))
             .send()
             .await

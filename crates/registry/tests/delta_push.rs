@@ -427,6 +427,65 @@ async fn the_blob_size_limit_counts_the_ranges() {
     assert_eq!(upload_offset(&reg.client, &base, &loc).await, 0);
 }
 
+/// Bytes of every file under `dir`.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .map(|e| e.unwrap())
+        .map(|e| match e.file_type().unwrap().is_dir() {
+            true => bytes_under(&e.path()),
+            false => e.metadata().unwrap().len(),
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn one_ranges_patch_may_not_append_more_than_the_cap() {
+    let reg = TestRegistry::with_config(|c| c.limits.max_ranges_patch_bytes = 1 << 20).await;
+    let base = reg.server.url();
+    let data = bytes(5, 65_536);
+    let a = reg.push_blob("r", &data).await;
+    let loc = start_upload(&reg.client, &base, "r").await;
+    // 2,000 ranges of 64 KiB: a body of about 220 KB asking for 131 MB.
+    let body = ranges_body(&vec![(a, 0, 65_536); 2_000]);
+    assert!(body.len() < 250_000, "{}", body.len());
+    let r = patch_ranges(&reg.client, &base, &loc, Some(0), body).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let err = json_of(r).await;
+    assert_eq!(err["errors"][0]["code"], "SIZE_INVALID", "{err}");
+    let message = err["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("131072000 bytes") && message.contains("max_ranges_patch_bytes"),
+        "{message}"
+    );
+    assert_eq!(err["errors"][0]["detail"]["limit"], 1 << 20, "{err}");
+    // Nothing was appended: not to the session, not to the disk.
+    assert_eq!(upload_offset(&reg.client, &base, &loc).await, 0);
+    let on_disk = bytes_under(&reg.root().join("uploads"));
+    assert!(on_disk < 4096, "{on_disk} bytes under uploads/");
+    // The session stays usable: 16 ranges (the cap exactly) pass, and the blob completes.
+    let r = patch_ranges(
+        &reg.client,
+        &base,
+        &loc,
+        Some(0),
+        ranges_body(&vec![(a, 0, 65_536); 16]),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(header(&r, "gantry-upload-offset"), (1u64 << 20).to_string());
+    let whole = data.repeat(16);
+    let r = reg
+        .client
+        .put(format!("{base}{loc}?digest={}", Digest::of(&whole)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
 fn rule(repository: &str, users: &[&str], actions: &[&str]) -> AccessRule {
     AccessRule {
         repository: repository.into(),

@@ -1,6 +1,7 @@
 //! Request-rate limits per client IP (`[limits] requests_per_second`, `burst`) and the
 //! failed-login limit (`login_failures` within `login_window`): 429 `TOOMANYREQUESTS`
-//! with `Retry-After`.
+//! with `Retry-After`; the limits on open upload sessions per repository and client
+//! (`[uploads]`).
 
 mod common;
 
@@ -344,4 +345,27 @@ async fn unknown_users_take_as_long_to_refuse_as_known_ones() {
         unknown * 4 >= known,
         "an unknown user is refused in {unknown:?}, a known one in {known:?}"
     );
+}
+
+#[tokio::test]
+async fn open_upload_sessions_are_limited_per_repository_and_client() {
+    let reg = TestRegistry::with_config(small_session_limits).await;
+    check_upload_session_limits(&reg).await;
+}
+
+#[tokio::test]
+async fn idle_upload_sessions_stop_counting_when_they_expire() {
+    let reg = TestRegistry::with_config(|c| {
+        c.uploads.max_sessions_per_client = 1;
+        c.uploads.max_age = Duration::from_secs(1);
+        c.uploads.purge_interval = Duration::from_secs(1);
+    })
+    .await;
+    let first = open_upload(&reg, "r").await;
+    assert_limited(post_upload(&reg, "r").await, &["max_sessions_per_client"]).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    open_upload(&reg, "r").await;
+    // The expired session was purged from storage too.
+    let r = reg.client.get(reg.url(&first)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }

@@ -256,3 +256,18 @@ fn unreachable_bucket_fails_at_start() {
         .expect("a missing bucket must fail");
     assert!(err.to_string().contains("no-such-bucket"), "{err}");
 }
+
+#[test]
+fn upload_session_limits_hold_on_the_s3_backend() {
+    let rt = runtime();
+    let moto = moto_with_bucket("limits");
+    rt.block_on(async {
+        let storage = s3_storage(&moto, "limits");
+        let reg = TestRegistry::with_config(move |c| {
+            c.storage = storage;
+            small_session_limits(c);
+        })
+        .await;
+        check_upload_session_limits(&reg).await;
+    });
+}

@@ -220,3 +220,124 @@ pub fn age_blob(root: &Path, digest: &Digest, secs: u64) {
         .set_modified(t)
         .unwrap();
 }
+
+/// Configures the upload session limits [`check_upload_session_limits`] expects: two
+/// sessions per repository, three per client, 100,000 bytes held per repository.
+pub fn small_session_limits(c: &mut Config) {
+    c.uploads.max_sessions_per_repository = 2;
+    c.uploads.max_sessions_per_client = 3;
+    c.uploads.max_open_bytes_per_repository = 100_000;
+}
+
+/// POST of a new upload session.
+pub async fn post_upload(reg: &TestRegistry, repo: &str) -> Response {
+    reg.client
+        .post(reg.url(&format!("/v2/{repo}/blobs/uploads/")))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Opens an upload session that must be admitted; returns its location.
+pub async fn open_upload(reg: &TestRegistry, repo: &str) -> String {
+    let r = post_upload(reg, repo).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "POST upload to {repo}");
+    r.headers()["location"].to_str().unwrap().to_string()
+}
+
+/// Asserts that `r` is a 429 `TOOMANYREQUESTS` with `Retry-After` whose message names
+/// every string of `names`.
+pub async fn assert_limited(r: Response, names: &[&str]) {
+    assert_eq!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "expected a 429 naming {names:?}"
+    );
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait > 0, "Retry-After {wait}");
+    let body = json_of(r).await;
+    assert_eq!(body["errors"][0]["code"], "TOOMANYREQUESTS", "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap_or("");
+    for n in names {
+        assert!(message.contains(n), "{n:?} not in {message:?}");
+    }
+}
+
+/// With [`small_session_limits`]: a POST beyond the per-repository and per-client session
+/// limits, or while a repository's sessions hold its byte limit, gets 429; an append that
+/// would pass the byte limit gets 429 and appends nothing; a completed or cancelled
+/// session frees its place.
+pub async fn check_upload_session_limits(reg: &TestRegistry) {
+    let a = open_upload(reg, "one").await;
+    let b = open_upload(reg, "one").await;
+    assert_limited(
+        post_upload(reg, "one").await,
+        &["repository one", "max_sessions_per_repository"],
+    )
+    .await;
+    let c = open_upload(reg, "two").await;
+    assert_limited(
+        post_upload(reg, "three").await,
+        &["client 127.0.0.1", "max_sessions_per_client"],
+    )
+    .await;
+    // A cancelled session frees its client's place.
+    let r = reg.client.delete(reg.url(&c)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let d = open_upload(reg, "three").await;
+    // A completed one frees its repository's place.
+    let data = bytes(1, 1000);
+    let r = reg
+        .client
+        .put(format!(
+            "{}{a}?digest={}",
+            reg.server.url(),
+            Digest::of(&data)
+        ))
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let _e = open_upload(reg, "one").await;
+    assert_limited(
+        post_upload(reg, "one").await,
+        &["max_sessions_per_repository"],
+    )
+    .await;
+    // Bytes: 60,000 fit, 50,000 more do not (refused whole), 40,000 do; then the
+    // repository's sessions hold its limit and a new session is refused.
+    let patch = |loc: &str, len: usize| {
+        reg.client
+            .patch(reg.url(loc))
+            .header("content-type", "application/octet-stream")
+            .body(bytes(2, len))
+            .send()
+    };
+    let r = patch(&d, 60_000).await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_limited(
+        patch(&d, 50_000).await.unwrap(),
+        &["repository three", "max_open_bytes_per_repository"],
+    )
+    .await;
+    let r = reg.client.get(reg.url(&d)).send().await.unwrap();
+    assert_eq!(r.headers()["gantry-upload-offset"], "60000");
+    let r = patch(&d, 40_000).await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    // Client places: b, d, e. Free one so that the byte limit is what refuses.
+    let r = reg.client.delete(reg.url(&b)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_limited(
+        post_upload(reg, "three").await,
+        &["repository three", "max_open_bytes_per_repository"],
+    )
+    .await;
+    let r = reg.client.delete(reg.url(&d)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    open_upload(reg, "three").await;
+}
