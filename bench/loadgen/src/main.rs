@@ -1,7 +1,7 @@
 //! Load client for `bench/registry.sh`.
 //!
 //! ```text
-//! loadgen get URL --concurrency N --duration SECS [--warmup SECS] --expect-size BYTES [--accept TYPE]
+//! loadgen get URL --concurrency N --duration SECS [--warmup SECS] --expect-size BYTES [--accept TYPE] [--rate PER_CLIENT_PER_SEC]
 //! loadgen push BASE_URL REPO --size BYTES [--seed N]
 //! loadgen hammer URL --concurrency N --duration SECS [--header 'Name: value']... [--sources IP/COUNT]
 //! loadgen slow URL --connections N --duration SECS [--sources IP/COUNT]
@@ -19,7 +19,10 @@
 //! byte, reconnect included) is taken over the requests that started in the window; those in
 //! flight at the end finish before the client stops. Every response, warm-up and tail
 //! included, is checked: status 200 and a body of exactly `--expect-size` bytes, else it is an
-//! error (a transport error reconnects). Prints one JSON object.
+//! error (a transport error reconnects). With `--rate R` each client sends R requests a
+//! second on a fixed schedule instead of back to back (an open workload, such as a fleet's
+//! steady pulls: a slow answer delays the next send but not the schedule), and latency is
+//! still send to last byte. Prints one JSON object.
 //!
 //! `push`: makes a deterministic incompressible blob of BYTES (from `--seed`), hashes it (not
 //! timed), then times a monolithic upload: `POST /v2/REPO/blobs/uploads/` then
@@ -52,7 +55,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  loadgen get URL --concurrency N --duration SECS [--warmup SECS] --expect-size BYTES [--accept TYPE]\n  loadgen push BASE_URL REPO --size BYTES [--seed N]"
+        "usage:\n  loadgen get URL --concurrency N --duration SECS [--warmup SECS] --expect-size BYTES [--accept TYPE] [--rate R] [--sources IP/COUNT]\n  loadgen push BASE_URL REPO --size BYTES [--seed N]\n  loadgen hammer URL --concurrency N --duration SECS [--header 'Name: value']... [--sources IP/COUNT]\n  loadgen slow URL --connections N --duration SECS [--sources IP/COUNT]"
     );
     std::process::exit(2)
 }
@@ -205,6 +208,8 @@ struct GetParams {
     headers: Vec<(String, String)>,
     accept: Option<String>,
     expect_size: u64,
+    /// Requests per second per client; 0: back to back.
+    rate: f64,
     start: Instant,
     deadline: Instant,
 }
@@ -233,10 +238,20 @@ async fn drain(
     Ok((status, n))
 }
 
-async fn get_worker(p: std::sync::Arc<GetParams>, source: Option<std::net::IpAddr>) -> WorkerStats {
+async fn get_worker(
+    p: std::sync::Arc<GetParams>,
+    source: Option<std::net::IpAddr>,
+    offset: Duration,
+) -> WorkerStats {
     let mut st = WorkerStats::default();
     let mut sender: Option<http1::SendRequest<Empty<Bytes>>> = None;
+    // Clients on a schedule start spread over one period, not all at once.
+    let mut next_send = Instant::now() + offset;
     loop {
+        if p.rate > 0.0 {
+            tokio::time::sleep_until(next_send.into()).await;
+            next_send += Duration::from_secs_f64(1.0 / p.rate);
+        }
         let t0 = Instant::now();
         if t0 >= p.deadline {
             break;
@@ -324,6 +339,7 @@ async fn get(args: &Args) -> Result<serde_json::Value, Error> {
     let warmup: f64 = args.num("warmup", Some(0.0));
     let expect_size: u64 = args.num("expect-size", None);
     let accept = args.flag("accept").map(str::to_string);
+    let rate: f64 = args.num("rate", Some(0.0));
 
     let now = Instant::now();
     let start = now + Duration::from_secs_f64(warmup);
@@ -334,11 +350,19 @@ async fn get(args: &Args) -> Result<serde_json::Value, Error> {
         headers: Vec::new(),
         accept: accept.clone(),
         expect_size,
+        rate,
         start,
         deadline: start + Duration::from_secs_f64(duration),
     });
     let handles: Vec<_> = (0..concurrency)
-        .map(|i| tokio::spawn(get_worker(p.clone(), source_of(src, i))))
+        .map(|i| {
+            let offset = if rate > 0.0 {
+                Duration::from_secs_f64(i as f64 / (rate * concurrency as f64))
+            } else {
+                Duration::ZERO
+            };
+            tokio::spawn(get_worker(p.clone(), source_of(src, i), offset))
+        })
         .collect();
     let mut all = WorkerStats::default();
     for h in handles {
@@ -368,6 +392,7 @@ async fn get(args: &Args) -> Result<serde_json::Value, Error> {
         "url": url,
         "accept": accept,
         "concurrency": concurrency,
+        "rate_per_client": rate,
         "duration_s": duration,
         "warmup_s": warmup,
         "tail_s": tail,
