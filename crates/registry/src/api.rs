@@ -132,7 +132,7 @@ async fn authorize_metrics(reg: &Registry, req: Request) -> Result<(), ApiError>
     };
     let (parts, _) = req.into_parts();
     // Basic credentials are a login, limited as on the API.
-    let attempt = begin_password_login(reg, &parts)?;
+    let attempt = begin_password_login(reg, &parts).await?;
     let identified = auth.identify(&parts).await;
     if let Some(attempt) = attempt {
         match &identified {
