@@ -119,17 +119,19 @@ impl FromStr for Reference {
                 });
             }
         }
+        // Checked after Docker Hub's `library/` is added: the name the registry sees must
+        // obey the grammar and its length bound too.
+        let repository = if registry == DEFAULT_REGISTRY && !repository.contains('/') {
+            format!("library/{repository}")
+        } else {
+            repository
+        };
         if !valid_repository(&repository) {
             return Err(ReferenceError::Repository {
                 reference,
                 repository,
             });
         }
-        let repository = if registry == DEFAULT_REGISTRY && !repository.contains('/') {
-            format!("library/{repository}")
-        } else {
-            repository
-        };
         Ok(Reference {
             registry,
             repository,
@@ -185,6 +187,23 @@ mod tests {
             ("docker.io", "library/ubuntu", Some("18.04"))
         );
         assert_eq!(parse("studio/game").repository, "studio/game");
+    }
+
+    /// Found by the `reference` fuzz target (input kept in fuzz/corpus/reference): a bare
+    /// name of 250 characters was accepted, and `library/` made it 258, past the 255 a
+    /// repository name may have.
+    #[test]
+    fn a_short_name_too_long_once_library_is_added_is_refused() {
+        let name = "a".repeat(crate::names::MAX_NAME_LEN - 4);
+        assert!(matches!(
+            name.parse::<Reference>(),
+            Err(ReferenceError::Repository { .. })
+        ));
+        let fits = "a".repeat(crate::names::MAX_NAME_LEN - "library/".len());
+        assert_eq!(
+            fits.parse::<Reference>().unwrap().repository,
+            format!("library/{fits}")
+        );
     }
 
     #[test]
