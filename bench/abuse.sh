@@ -4,11 +4,14 @@
 #
 # Usage:
 #   bash bench/abuse.sh [--duration SECS] [--attacks slow,ranges,logins] [--out FILE.json]
-#                       [--gantry BIN] [--no-build] [--keep]
+#                       [--egress-limit BYTES_PER_S] [--gantry BIN] [--no-build] [--keep]
 #   bash bench/abuse.sh --report FILE.json     (print the Markdown of an earlier result again)
 #
 # One `gantry serve` on loopback with `[auth]` (a user `ci`, `public/**` pullable anonymously)
-# and otherwise its default limits: the defaults are what is measured. Two phases of
+# and otherwise its default limits: the defaults are what is measured, unless
+# --egress-limit N sets `[limits] client_egress_bytes_per_second = N` (every client address
+# gets N blob bytes a second, its downloads together; the normal pulls need 25 MiB/s per
+# address, so N should be well above that). Two phases of
 # DURATION s each (default 45, longer than the default 30 s header timeout, so slow clients
 # are dropped inside the window):
 #   1. unloaded: the normal pull workload alone, from 8 node addresses (127.0.1.1-8), an open
@@ -39,6 +42,7 @@ set -euo pipefail
 
 DURATION=45
 ATTACKS=slow,ranges,logins
+EGRESS_LIMIT=0
 OUT=""
 BUILD=1
 KEEP=0
@@ -51,6 +55,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --duration) DURATION="$2"; shift ;;
     --attacks) ATTACKS="$2"; shift ;;
+    --egress-limit) EGRESS_LIMIT="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --no-build) BUILD=0 ;;
     --gantry) GANTRY_BIN="$2"; shift ;;
@@ -71,7 +76,7 @@ print_report() {
   def ok: if . then "met" else "**not met**" end;
   "### Abuse: `gantry serve` (\(.gantry_rev)) under slow clients, overlapping ranges and a login flood",
   "",
-  "\(.started), \(.params.duration_s) s per phase, loopback, default limits with `[auth]`. Normal pulls, on a fixed schedule from 8 addresses: 200 manifests by tag and 100 blobs of 1 MiB a second, anonymous. Attack clients at nice 19, each as fast as it is answered.",
+  "\(.started), \(.params.duration_s) s per phase, loopback, default limits with `[auth]`\(if (.params.client_egress_bytes_per_second // 0) > 0 then " and `client_egress_bytes_per_second = \(.params.client_egress_bytes_per_second)` (\(.params.client_egress_bytes_per_second / 1048576 | d(0)) MiB/s per client address)" else "" end). Normal pulls, on a fixed schedule from 8 addresses: 200 manifests by tag and 100 blobs of 1 MiB a second, anonymous. Attack clients at nice 19, each as fast as it is answered.",
   "",
   "| normal pull | phase | requests | errors | p50 | p90 | p99 | max |",
   "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -112,6 +117,8 @@ TGT=${CARGO_TARGET_DIR:-$ROOT/target}
 BENCH_DIR=${BENCH_DIR:-/tmp}
 OUT=${OUT:-$ROOT/bench/results/abuse.json}
 COMMAND="bash bench/abuse.sh --duration $DURATION --attacks $ATTACKS"
+[[ $EGRESS_LIMIT =~ ^[0-9]+$ ]] || die "--egress-limit wants a number of bytes per second, not $EGRESS_LIMIT"
+(( EGRESS_LIMIT > 0 )) && COMMAND+=" --egress-limit $EGRESS_LIMIT"
 has() { [[ ",$ATTACKS," == *",$1,"* ]]; }
 SMALL_SIZE=1048576
 LARGE_SIZE=$((64 * 1048576))
@@ -196,6 +203,9 @@ EOF
 cat >"$WORK/auth.toml" <<EOF
 addr = "127.0.0.1:$PORT"
 root = "$WORK/root"
+
+[limits]
+client_egress_bytes_per_second = $EGRESS_LIMIT
 
 [auth]
 admins = ["ci"]
@@ -306,7 +316,7 @@ curl -fsS -o /dev/null "$BASE/v2/public/bench/blobs/$SMALL" || die "gantry serve
 mkdir -p "$(dirname "$OUT")"
 jq -n \
   --arg started "$STARTED" --arg rev "$GANTRY_REV" --arg command "$COMMAND" \
-  --argjson duration "$DURATION" --argjson large $LARGE_SIZE --argjson hto $HEADER_TIMEOUT_S \
+  --argjson duration "$DURATION" --argjson egress "$EGRESS_LIMIT" --argjson large $LARGE_SIZE --argjson hto $HEADER_TIMEOUT_S \
   --slurpfile um "$WORK/unloaded-manifest.json" --slurpfile ub "$WORK/unloaded-blob.json" \
   --slurpfile lm "$WORK/loaded-manifest.json" --slurpfile lb "$WORK/loaded-blob.json" \
   --argjson urss "$(cat "$WORK/unloaded-rss")" --argjson lrss "$(cat "$WORK/loaded-rss")" \
@@ -317,7 +327,7 @@ jq -n \
   def named(n): {name: n} + .;
   {
     started: $started, gantry_rev: $rev, command: $command, machine: $machine,
-    params: {duration_s: $duration, attacks: $attacks, large_blob_bytes: $large, header_timeout_s: $hto},
+    params: {duration_s: $duration, attacks: $attacks, client_egress_bytes_per_second: $egress, large_blob_bytes: $large, header_timeout_s: $hto},
     phases: [
       {name: "unloaded", pulls: [($um[0] | named("manifest by tag")), ($ub[0] | named("blob 1 MiB"))],
        rss_peak_bytes: $urss, vmhwm_bytes: $uhwm},

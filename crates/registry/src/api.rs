@@ -369,6 +369,33 @@ impl Ctx {
             .unwrap_or_else(|| "unknown".to_string())
     }
 
+    /// A blob body paced by the per-client egress limit (`[limits]
+    /// client_egress_bytes_per_second`), when one is set: each frame waits until the
+    /// client's budget has room for it.
+    fn paced(&self, body: ByteStream) -> ByteStream {
+        let (Some(limiter), Some(ip)) = (
+            self.reg.egress_limiter().cloned(),
+            peer_ip(&self.parts.extensions),
+        ) else {
+            return body;
+        };
+        let reg = self.reg.clone();
+        Box::pin(body.then(move |frame| {
+            let wait = match &frame {
+                Ok(bytes) => limiter.charge(ip, bytes.len() as u64, std::time::Instant::now()),
+                Err(_) => std::time::Duration::ZERO,
+            };
+            let reg = reg.clone();
+            async move {
+                if !wait.is_zero() {
+                    reg.metrics().egress_paced(wait);
+                    tokio::time::sleep(wait).await;
+                }
+                frame
+            }
+        }))
+    }
+
     fn sent_counter(&self, repo: &str) -> Counter {
         self.reg.metrics().sent_counter(repo, &self.client())
     }
@@ -997,7 +1024,7 @@ async fn get_blob(ctx: &Ctx, name: &str, digest: &str, head: bool) -> Result<Res
             if head {
                 return Ok(finish(builder, Body::empty()));
             }
-            let body = Counted::new(open(None).await?, ctx.sent_counter(name));
+            let body = Counted::new(ctx.paced(open(None).await?), ctx.sent_counter(name));
             Ok(finish(builder, Body::from_stream(body)))
         }
         RangeRequest::Unsatisfiable => Err(ApiError::new(
@@ -1016,7 +1043,10 @@ async fn get_blob(ctx: &Ctx, name: &str, digest: &str, head: bool) -> Result<Res
                     format!("bytes {start}-{}/{size}", start + len - 1),
                 )
                 .header(header::CONTENT_LENGTH, len);
-            let body = Counted::new(open(Some((start, len))).await?, ctx.sent_counter(name));
+            let body = Counted::new(
+                ctx.paced(open(Some((start, len))).await?),
+                ctx.sent_counter(name),
+            );
             Ok(finish(builder, Body::from_stream(body)))
         }
         RangeRequest::Ranges(rs) => {
@@ -1063,7 +1093,7 @@ async fn get_blob(ctx: &Ctx, name: &str, digest: &str, head: bool) -> Result<Res
                     format!("multipart/byteranges; boundary={boundary}"),
                 )
                 .header(header::CONTENT_LENGTH, total);
-            let body = Counted::new(Box::pin(body), ctx.sent_counter(name));
+            let body = Counted::new(ctx.paced(Box::pin(body)), ctx.sent_counter(name));
             Ok(finish(builder, Body::from_stream(body)))
         }
     }

@@ -20,6 +20,9 @@
 //! login_window = "5m"           # then 429 until the window passes; 0: no limit
 //! max_ranges_patch_bytes = 4294967296  # bytes one delta-push ranges PATCH may append
 //!                               # (413 beyond); 0: only max_blob_bytes
+//! client_egress_bytes_per_second = 0  # blob bytes sent to one client IP per second,
+//! client_egress_burst_bytes = 0       # all its downloads together (paced, never refused);
+//!                               # 0: no limit (default); burst 0: one second's worth
 //!
 //! [connections]
 //! max_connections = 4096        # served at once; more wait in the listen backlog
@@ -276,6 +279,13 @@ pub struct Limits {
     /// 1 MiB, but its ranges may name far more); a request asking for more is refused with
     /// 413 before anything is appended. 0: only [`Limits::max_blob_bytes`] applies.
     pub max_ranges_patch_bytes: u64,
+    /// Blob body bytes per second sent to one client IP, all its downloads together (a
+    /// token bucket; bodies over it are paced, never refused), so that a few clients
+    /// downloading at link speed leave the server to the rest. 0: no limit.
+    pub client_egress_bytes_per_second: u64,
+    /// Bytes a client may receive at full speed before the rate applies; 0: one second's
+    /// worth ([`Limits::client_egress_bytes_per_second`]).
+    pub client_egress_burst_bytes: u64,
 }
 
 /// Upload session housekeeping.
@@ -361,6 +371,8 @@ impl Default for Limits {
             // Well above a layer's worth of reused chunks in one request (Gantry's client
             // sends at most 1 GiB of ranges per request), far below the blob limit.
             max_ranges_patch_bytes: 4 << 30,
+            client_egress_bytes_per_second: 0,
+            client_egress_burst_bytes: 0,
         }
     }
 }
@@ -507,14 +519,16 @@ mod tests {
         assert_eq!(c.limits.login_window, Duration::from_secs(600));
         let d = Config::default();
         assert_eq!(d.limits.max_ranges_patch_bytes, 4 << 30);
+        assert_eq!(d.limits.client_egress_bytes_per_second, 0);
         assert_eq!(d.uploads.max_sessions_per_repository, 128);
         assert_eq!(d.uploads.max_open_bytes_per_client, 256 << 30);
         let c = Config::from_toml(
-            "[limits]\nmax_ranges_patch_bytes = 0\n[uploads]\nmax_sessions_per_client = 5\n\
+            "[limits]\nmax_ranges_patch_bytes = 0\nclient_egress_bytes_per_second = 1000\n[uploads]\nmax_sessions_per_client = 5\n\
              max_open_bytes_per_repository = 1000",
         )
         .unwrap();
         assert_eq!(c.limits.max_ranges_patch_bytes, 0);
+        assert_eq!(c.limits.client_egress_bytes_per_second, 1000);
         assert_eq!(c.uploads.max_sessions_per_client, 5);
         assert_eq!(c.uploads.max_sessions_per_repository, 128);
         assert_eq!(c.uploads.max_open_bytes_per_repository, 1000);

@@ -113,6 +113,8 @@ pub struct Registry {
     rate_limiter: Option<ratelimit::RateLimiter>,
     /// Failed logins per client IP, when limited.
     login_limiter: Option<ratelimit::LoginLimiter>,
+    /// Blob bytes sent per client IP, when limited.
+    egress_limiter: Option<Arc<ratelimit::EgressLimiter>>,
     /// Held shared by operations that make a blob referenced (link, mount, manifest push)
     /// and exclusively by garbage collection's sweep; see [`gc`].
     gc_lock: tokio::sync::RwLock<()>,
@@ -187,6 +189,11 @@ impl Registry {
             upload_quota: upload_quota::UploadQuota::new(upload_quota_config(&options)),
             rate_limiter: ratelimit::RateLimiter::new(limits.requests_per_second, limits.burst),
             login_limiter: ratelimit::LoginLimiter::new(limits.login_failures, limits.login_window),
+            egress_limiter: ratelimit::EgressLimiter::new(
+                limits.client_egress_bytes_per_second,
+                limits.client_egress_burst_bytes,
+            )
+            .map(Arc::new),
             storage,
             options,
             authorizer: Arc::new(AllowAll),
@@ -249,6 +256,11 @@ impl Registry {
     /// The authorizer.
     pub fn authorizer(&self) -> &Arc<dyn Authorizer> {
         &self.authorizer
+    }
+
+    /// The per-client limit on blob bytes sent, when configured.
+    pub fn egress_limiter(&self) -> Option<&Arc<ratelimit::EgressLimiter>> {
+        self.egress_limiter.as_ref()
     }
 
     /// Takes a request from `ip` out of its rate limit; when over it, how long to wait.

@@ -11,6 +11,8 @@
 //! - `gantry_registry_rate_limited_total{reason}`: requests refused with 429 (`requests`:
 //!   the per-client rate limit, `login`: too many failed logins, `uploads`: the limits on
 //!   open upload sessions)
+//! - `gantry_registry_egress_paced_seconds_total`: time blob bodies were held back by the
+//!   per-client egress limit (`[limits] client_egress_bytes_per_second`), all clients
 //! - `gantry_fleet_servers{repository,tag,digest,status}`: game servers in the fleet view
 //!   ([`crate::fleet`]), recomputed at each scrape (`status` includes `lost`)
 //! - `gantry_registry_open_connections`: client connections held right now (at most
@@ -19,6 +21,7 @@
 //!   `gantry_registry_gc_blobs_deleted_total`, `gantry_registry_gc_bytes_deleted_total`
 
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -78,6 +81,7 @@ pub struct Metrics {
     bytes_sent: Family<EgressLabels, Counter>,
     delta_reused: Family<RepoLabels, Counter>,
     rate_limited: Family<ReasonLabels, Counter>,
+    egress_paced: Counter<f64, AtomicU64>,
     fleet_servers: Family<FleetLabels, Gauge>,
     pub(crate) uploads_purged: Counter,
     pub(crate) gc_runs: Counter,
@@ -108,6 +112,7 @@ impl Metrics {
         let bytes_sent = Family::<EgressLabels, Counter>::default();
         let delta_reused = Family::<RepoLabels, Counter>::default();
         let rate_limited = Family::<ReasonLabels, Counter>::default();
+        let egress_paced = Counter::<f64, AtomicU64>::default();
         let fleet_servers = Family::<FleetLabels, Gauge>::default();
         registry.register(
             "gantry_fleet_servers",
@@ -149,6 +154,11 @@ impl Metrics {
             rate_limited.clone(),
         );
         registry.register(
+            "gantry_registry_egress_paced_seconds",
+            "Time blob bodies were held back by the per-client egress limit",
+            egress_paced.clone(),
+        );
+        registry.register(
             "gantry_registry_uploads_purged",
             "Stale upload sessions removed",
             uploads_purged.clone(),
@@ -184,6 +194,7 @@ impl Metrics {
             bytes_sent,
             delta_reused,
             rate_limited,
+            egress_paced,
             fleet_servers,
             uploads_purged,
             gc_runs,
@@ -258,6 +269,11 @@ impl Metrics {
                 })
                 .set(*n);
         }
+    }
+
+    /// Records a blob body held back `wait` by the per-client egress limit.
+    pub(crate) fn egress_paced(&self, wait: std::time::Duration) {
+        self.egress_paced.inc_by(wait.as_secs_f64());
     }
 
     pub(crate) fn rate_limited(&self, reason: &'static str) {

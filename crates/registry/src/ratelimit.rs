@@ -8,8 +8,13 @@
 //!   attempts from that IP are refused until the oldest failure leaves the window. Logins
 //!   in flight count as failures until they end.
 //!
-//! Both answer 429 `TOOMANYREQUESTS` with `Retry-After` (see [`crate::api`]). Clients are
-//! told apart by the TCP peer address: behind a proxy they share one bucket.
+//! - [`EgressLimiter`]: blob bytes sent per second to one client IP (`[limits]
+//!   client_egress_bytes_per_second`); off by default. It does not refuse anything: a body
+//!   over the rate is sent more slowly, so that a few clients downloading as fast as the
+//!   link allows cannot take the server from everyone else.
+//!
+//! The first two answer 429 `TOOMANYREQUESTS` with `Retry-After` (see [`crate::api`]).
+//! Clients are told apart by the TCP peer address: behind a proxy they share one bucket.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -79,6 +84,64 @@ impl RateLimiter {
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
+        }
+    }
+}
+
+/// A byte budget per client IP: `burst` bytes at once, refilled at `rate` bytes per second.
+/// A client may run into debt (a body frame is sent whole); its next frames wait until
+/// the debt is paid, so every stream of one client together gets at most `rate`.
+#[derive(Debug)]
+pub struct EgressLimiter {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(HashMap<IpAddr, Bucket>, Option<Instant>)>,
+}
+
+impl EgressLimiter {
+    /// A limiter of `bytes_per_second` with bursts of `burst` bytes (0: one second's
+    /// worth); `None` when `bytes_per_second` is 0 (no limit).
+    pub fn new(bytes_per_second: u64, burst: u64) -> Option<EgressLimiter> {
+        if bytes_per_second == 0 {
+            return None;
+        }
+        let burst = if burst == 0 { bytes_per_second } else { burst };
+        Some(EgressLimiter {
+            rate: bytes_per_second as f64,
+            burst: burst as f64,
+            state: Mutex::new((HashMap::new(), None)),
+        })
+    }
+
+    /// Charges `bytes` about to be sent to `ip` at `now`; how long to wait before sending
+    /// them (zero while the client is within its budget).
+    pub fn charge(&self, ip: IpAddr, bytes: u64, now: Instant) -> Duration {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (buckets, last_prune) = &mut *guard;
+        if buckets.len() > PRUNE_ABOVE
+            && last_prune.is_none_or(|t| now.saturating_duration_since(t) >= PRUNE_EVERY)
+        {
+            // A bucket that has refilled completely is the same as no bucket; one in debt
+            // is refilled at most after the debt plus a full burst.
+            let (rate, burst) = (self.rate, self.burst);
+            buckets.retain(|_, b| {
+                let full_after = (burst - b.tokens) / rate;
+                now.saturating_duration_since(b.last).as_secs_f64() < full_after
+            });
+            *last_prune = Some(now);
+        }
+        let bucket = buckets.entry(ip).or_insert(Bucket {
+            tokens: self.burst,
+            last: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
+        bucket.last = now;
+        bucket.tokens -= bytes as f64;
+        if bucket.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-bucket.tokens / self.rate)
         }
     }
 }
@@ -194,6 +257,46 @@ mod tests {
 
     fn ip(last: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, last])
+    }
+
+    #[test]
+    fn egress_allows_a_burst_then_paces_every_stream_of_a_client_together() {
+        assert!(EgressLimiter::new(0, 10).is_none());
+        let l = EgressLimiter::new(1000, 2000).unwrap();
+        let t0 = Instant::now();
+        assert_eq!(l.charge(ip(1), 1500, t0), Duration::ZERO);
+        assert_eq!(l.charge(ip(1), 500, t0), Duration::ZERO);
+        // Two streams of one client: the second waits for the first one's debt too.
+        assert_eq!(l.charge(ip(1), 500, t0), Duration::from_millis(500));
+        assert_eq!(l.charge(ip(1), 500, t0), Duration::from_millis(1000));
+        // Another client has its own budget.
+        assert_eq!(l.charge(ip(2), 2000, t0), Duration::ZERO);
+        // After the debt is paid and a second more, a second's worth is free again.
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(l.charge(ip(1), 1000, later), Duration::ZERO);
+        assert_eq!(l.charge(ip(1), 250, later), Duration::from_millis(250));
+        // One frame larger than the burst is sent, then paid for.
+        let l = EgressLimiter::new(1000, 0).unwrap();
+        assert_eq!(l.charge(ip(3), 3000, t0), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn egress_buckets_of_idle_clients_are_pruned_but_debts_are_kept() {
+        let l = EgressLimiter::new(1000, 1000).unwrap();
+        let t0 = Instant::now();
+        assert_eq!(l.charge(ip(0), 20_000, t0), Duration::from_secs(19));
+        for i in 0..=PRUNE_ABOVE as u32 {
+            l.charge(
+                IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000u32 + i)),
+                1,
+                t0,
+            );
+        }
+        let later = t0 + PRUNE_EVERY + Duration::from_secs(1);
+        l.charge(ip(9), 1, later);
+        let map = &l.state.lock().unwrap().0;
+        assert!(map.len() < 10, "{} buckets kept", map.len());
+        assert!(map.contains_key(&ip(0)), "a client in debt was forgotten");
     }
 
     #[test]

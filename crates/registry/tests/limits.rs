@@ -1,7 +1,7 @@
 //! Request-rate limits per client IP (`[limits] requests_per_second`, `burst`) and the
 //! failed-login limit (`login_failures` within `login_window`): 429 `TOOMANYREQUESTS`
 //! with `Retry-After`; the limits on open upload sessions per repository and client
-//! (`[uploads]`).
+//! (`[uploads]`); the per-client egress limit (`client_egress_bytes_per_second`).
 
 mod common;
 
@@ -77,6 +77,84 @@ async fn over_the_rate_a_client_gets_429_with_retry_after() {
         "{text}"
     );
     assert!(text.contains("route=\"rate_limited\",method=\"GET\",status=\"429\""));
+}
+
+/// GETs `path` from `client`; the body's length and how long the whole answer took.
+async fn timed_get(client: &reqwest::Client, url: String) -> (usize, Duration) {
+    let started = std::time::Instant::now();
+    let r = client.get(url).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let n = r.bytes().await.unwrap().len();
+    (n, started.elapsed())
+}
+
+#[tokio::test]
+async fn downloads_of_one_client_are_paced_together_and_others_keep_their_own_budget() {
+    const MIB: usize = 1 << 20;
+    let reg = TestRegistry::with_config(|c| {
+        c.limits.client_egress_bytes_per_second = 4 * MIB as u64;
+        c.limits.client_egress_burst_bytes = MIB as u64;
+    })
+    .await;
+    let blob = bytes(7, 4 * MIB);
+    let digest = reg.push_blob("r", &blob).await;
+    let url = reg.url(&format!("/v2/r/blobs/{digest}"));
+    // Client A (127.0.0.1) downloads the blob twice at once, whole and as a range: 8 MiB
+    // against a budget of 1 MiB plus 4 MiB/s takes at least 1.75 s.
+    let a = client();
+    let whole = timed_get(&a, url.clone());
+    let range = async {
+        let started = std::time::Instant::now();
+        let r = a
+            .get(url.clone())
+            .header("Range", "bytes=0-")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        let body = r.bytes().await.unwrap();
+        assert_eq!(&body[..], &blob[..], "a paced range body is exact");
+        (body.len(), started.elapsed())
+    };
+    // Client B (127.0.0.2), meanwhile, has its own budget: 4 MiB in about 0.75 s, where
+    // sharing A's bucket would take at least 2.75 s.
+    let b = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let other = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        timed_get(&b, url.clone()).await
+    };
+    let (whole, range, other) = tokio::join!(whole, range, other);
+    assert_eq!(whole.0 + range.0, 8 * MIB);
+    let slowest = whole.1.max(range.1);
+    assert!(
+        slowest >= Duration::from_millis(1700),
+        "client A got 8 MiB in {slowest:?}, over its 4 MiB/s"
+    );
+    assert_eq!(other.0, 4 * MIB);
+    assert!(
+        other.1 < Duration::from_millis(2500),
+        "client B took {:?}: it was charged for client A's downloads",
+        other.1
+    );
+    let text = reg
+        .client
+        .get(reg.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let paced: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("gantry_registry_egress_paced_seconds_total "))
+        .expect("the paced-seconds metric")
+        .parse()
+        .unwrap();
+    assert!(paced > 1.0, "paced {paced} s");
 }
 
 #[tokio::test]
