@@ -54,6 +54,8 @@ enum Command {
     Supervise(commands::supervise::SuperviseArgs),
     /// The fleet view of a registry: which servers run which digest of each image and tag.
     Fleet(commands::fleet::FleetArgs),
+    /// What a `gantry serve` has replicated to the registries of its `[[replication]]`.
+    Replication(commands::replication::ReplicationArgs),
     /// Kubernetes: render or apply the game server (Deployment or Agones Fleet, pinned by
     /// digest) and the node agent (DaemonSet), and follow the rollout.
     Deploy(commands::deploy::DeployArgs),
@@ -87,6 +89,7 @@ fn main() {
         Command::Supervise(args) => commands::supervise::run(args),
         Command::Deploy(args) => commands::deploy::run(args),
         Command::Fleet(args) => commands::fleet::run(args),
+        Command::Replication(args) => commands::replication::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {}", error_text(&err));

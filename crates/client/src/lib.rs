@@ -24,8 +24,8 @@ pub use error::{ClientError, ClientResult};
 pub use layout::{LayoutWriter, OciLayout, ResolvedManifest};
 pub use progress::{BlobOutcome, NoProgress, TransferProgress};
 pub use pull::{copy_layout, pull_to_layout, resolve_image, PullOptions, PullReport, RemoteImage};
-pub use push::{copy_image, push_layout, PushOptions, PushReport};
+pub use push::{copy_image, push_from_source, push_layout, PushOptions, PushReport};
 pub use registry::{
-    BlobRange, Capabilities, ClientOptions, DeltaOp, FetchedManifest, RegistryClient, UploadSource,
-    UploadStart,
+    BlobRange, BlobSource, Capabilities, ClientOptions, DeltaOp, FetchedManifest, RegistryClient,
+    UploadSource, UploadStart,
 };

@@ -21,7 +21,7 @@ use crate::layout::OciLayout;
 use crate::progress::{BlobOutcome, TransferProgress};
 use crate::pull::resolve_image;
 use crate::registry::{
-    fallback_tag, BlobRange, DeltaOp, RegistryClient, UploadSource, UploadStart,
+    fallback_tag, BlobRange, BlobSource, DeltaOp, RegistryClient, UploadSource, UploadStart,
 };
 
 /// Largest chunk index read while planning a delta push.
@@ -113,6 +113,8 @@ enum Origin<'a> {
         client: &'a RegistryClient,
         repo: &'a str,
     },
+    /// Any other blob source (a registry's own storage, replicating).
+    Source(&'a dyn BlobSource),
 }
 
 impl Origin<'_> {
@@ -124,6 +126,10 @@ impl Origin<'_> {
                 .read_blob_bytes(repo, digest, MAX_INDEX_BYTES)
                 .await
                 .map(|b| b.to_vec()),
+            Origin::Source(source) => source
+                .read_small(digest, MAX_INDEX_BYTES)
+                .await
+                .map(|b| b.to_vec()),
         }
     }
 
@@ -132,7 +138,7 @@ impl Origin<'_> {
     fn verify(&self, digest: &Digest, size: u64) -> ClientResult<()> {
         match self {
             Origin::Layout(l) => l.verify_blob(digest, size),
-            Origin::Registry { .. } => Ok(()),
+            Origin::Registry { .. } | Origin::Source(_) => Ok(()),
         }
     }
 
@@ -145,6 +151,10 @@ impl Origin<'_> {
                 repo,
                 digest: *digest,
             },
+            Origin::Source(source) => UploadSource::Source {
+                source: *source,
+                digest: *digest,
+            },
         }
     }
 
@@ -153,6 +163,10 @@ impl Origin<'_> {
             Origin::Layout(l) => invalid(l, e),
             Origin::Registry { client, repo } => ClientError::Invalid {
                 what: format!("{}/{repo}", client.host()),
+                message: e.to_string(),
+            },
+            Origin::Source(source) => ClientError::Invalid {
+                what: source.describe(),
                 message: e.to_string(),
             },
         }
@@ -249,6 +263,45 @@ pub async fn copy_image(
     push_image(dst, &origin, image, dest, options, progress).await
 }
 
+/// Pushes the image manifest `manifest` (its bytes, as stored) with its chunk-index
+/// referrers (`referrers`: the descriptor and bytes of each) from `source` to `dest`, as
+/// [`copy_image`] does between registries: what the destination holds is skipped, a layer
+/// with a chunk index sends only the chunks the destination lacks, the rest is streamed
+/// from `source`. `gantry serve` replicates with it, reading its own storage.
+pub async fn push_from_source(
+    dst: &RegistryClient,
+    source: &dyn BlobSource,
+    manifest: Bytes,
+    referrers: Vec<(Descriptor, Bytes)>,
+    dest: &Reference,
+    options: &PushOptions,
+    progress: Arc<dyn TransferProgress>,
+) -> ClientResult<PushReport> {
+    let bad = |what: String, e: serde_json::Error| ClientError::Invalid {
+        what,
+        message: e.to_string(),
+    };
+    let parsed = serde_json::from_slice::<ImageManifest>(&manifest)
+        .map_err(|e| bad(format!("{} image manifest", source.describe()), e))?;
+    let mut refs = Vec::new();
+    for (desc, bytes) in referrers {
+        let m = serde_json::from_slice::<ImageManifest>(&bytes).map_err(|e| {
+            bad(
+                format!("{} referrer {}", source.describe(), desc.digest()),
+                e,
+            )
+        })?;
+        refs.push((desc, m, bytes.to_vec()));
+    }
+    let image = Image {
+        digest: Digest::of(&manifest),
+        bytes: manifest.to_vec(),
+        manifest: parsed,
+        referrers: refs,
+    };
+    push_image(dst, &Origin::Source(source), image, dest, options, progress).await
+}
+
 /// Pushes `image` from `origin` to `dest`: blobs (skipped, mounted, delta-pushed or
 /// sent), the manifest by digest, its referrers, then the tag.
 async fn push_image(
@@ -319,7 +372,10 @@ async fn push_image(
         mount_from: mount_from.as_deref(),
         progress: progress.as_ref(),
     };
-    let blobs: Vec<PushedBlob> = stream::iter(jobs.iter().map(|j| ctx.push_blob(j)))
+    // The futures are made up front: a lazy `map` over `jobs.iter()` would make this
+    // future too general for the compiler to prove `Send` (replication spawns it).
+    let pushes: Vec<_> = jobs.iter().map(|j| ctx.push_blob(j)).collect();
+    let blobs: Vec<PushedBlob> = stream::iter(pushes)
         .buffer_unordered(options.jobs.max(1))
         .try_collect()
         .await?;

@@ -84,6 +84,18 @@ pub enum UploadStart {
     Session(String),
 }
 
+/// Blobs of an image source other than a layout or a registry reached over HTTP: a
+/// registry's own storage, when `gantry serve` replicates what was pushed to it.
+#[async_trait::async_trait]
+pub trait BlobSource: Send + Sync {
+    /// `len` bytes of blob `digest` from `start`.
+    async fn read(&self, digest: &Digest, start: u64, len: u64) -> ClientResult<Bytes>;
+    /// A whole blob of at most `max` bytes (a manifest, a chunk index).
+    async fn read_small(&self, digest: &Digest, max: u64) -> ClientResult<Bytes>;
+    /// What the source is, for error messages.
+    fn describe(&self) -> String;
+}
+
 /// Where the bytes of an upload come from.
 #[derive(Clone)]
 pub enum UploadSource<'a> {
@@ -96,6 +108,13 @@ pub enum UploadSource<'a> {
         client: &'a RegistryClient,
         /// Its repository.
         repo: &'a str,
+        /// The blob.
+        digest: Digest,
+    },
+    /// A blob of a [`BlobSource`]; the destination verifies the finished upload.
+    Source {
+        /// Where the blob is read.
+        source: &'a dyn BlobSource,
         /// The blob.
         digest: Digest,
     },
@@ -127,6 +146,7 @@ impl UploadSource<'_> {
                 repo,
                 digest,
             } => client.read_range(repo, digest, start, len).await,
+            UploadSource::Source { source, digest } => source.read(digest, start, len).await,
         }
     }
 }

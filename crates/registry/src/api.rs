@@ -78,6 +78,10 @@ pub fn router(registry: Arc<Registry>) -> Router {
             axum::routing::post(crate::fleet::post_events),
         )
         .route("/gantry/v1/fleet", get(crate::fleet::get_view))
+        .route(
+            "/gantry/v1/replication",
+            get(crate::replication::get_status),
+        )
         .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(
             registry.clone(),
@@ -126,7 +130,7 @@ fn metrics_page(reg: &Registry) -> Response {
 }
 
 /// Checks that a `/metrics` request may read the metrics (see [`metrics_handler`]).
-async fn authorize_metrics(reg: &Registry, req: Request) -> Result<(), ApiError> {
+pub(crate) async fn authorize_metrics(reg: &Registry, req: Request) -> Result<(), ApiError> {
     let Some(auth) = reg.token_auth() else {
         return Ok(());
     };

@@ -67,6 +67,14 @@
 //! [[auth.access]]
 //! repository = "public/**"
 //! anonymous_pull = true         # pull without credentials
+//!
+//! [[replication]]               # copy every tag pushed here to another registry
+//! url = "https://eu.registry.example"   # http:// for a plain-HTTP registry
+//! repositories = ["studio/**"]  # which repositories (globs as above); default all
+//! username = "replicator"       # with password_file; else the credentials stored
+//! password_file = "/etc/gantry/eu.password"  # for the host (`gantry login`), else none
+//! ca_file = "/etc/gantry/eu-ca.pem"  # also trust this CA
+//! interval = "1m"               # full comparison of tags this often (pushes go at once)
 //! ```
 
 use std::net::SocketAddr;
@@ -110,6 +118,84 @@ pub struct Config {
     pub fleet: FleetConfig,
     /// What clients may hold: connections, header and idle timeouts.
     pub connections: ConnectionLimits,
+    /// Registries every pushed tag is copied to (`[[replication]]`).
+    pub replication: Vec<ReplicationConfig>,
+}
+
+/// A registry that `gantry serve` copies pushed images to (`[[replication]]`): every tag
+/// of a matching repository is kept pointing at the same manifest there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// The remote registry: `https://host[:port]`, or `http://` for plain HTTP.
+    pub url: String,
+    /// Name in status and metrics; default: the URL's host.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Repositories replicated (globs: `*` any characters but `/`, `**` any); default all.
+    #[serde(default = "all_repositories")]
+    pub repositories: Vec<String>,
+    /// User name at the remote; its password is read from [`ReplicationConfig::password_file`].
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password (its first line).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Extra CA certificate (PEM) trusted for the remote.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// How often every matching tag is compared with the remote (pushes are replicated
+    /// at once; this catches up what a restart or an outage left behind).
+    #[serde(default = "default_replication_interval", with = "duration_str")]
+    pub interval: Duration,
+}
+
+fn all_repositories() -> Vec<String> {
+    vec!["**".to_string()]
+}
+
+fn default_replication_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl ReplicationConfig {
+    /// The remote's `host[:port]` and whether it speaks plain HTTP.
+    pub fn host(&self) -> Result<(String, bool), String> {
+        let bad = |why: &str| format!("[[replication]] url {:?}: {why}", self.url);
+        let (plain, rest) = match (
+            self.url.strip_prefix("https://"),
+            self.url.strip_prefix("http://"),
+        ) {
+            (Some(r), _) => (false, r),
+            (None, Some(r)) => (true, r),
+            _ => return Err(bad("must start with https:// or http://")),
+        };
+        let host = rest.trim_end_matches('/');
+        if host.is_empty() || host.contains('/') || host.contains('?') || host.contains('#') {
+            return Err(bad(
+                "must be a registry's address alone (scheme, host, port)",
+            ));
+        }
+        Ok((host.to_string(), plain))
+    }
+
+    /// The name shown in status and metrics.
+    pub fn display_name(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => self
+                .host()
+                .map(|(h, _)| h)
+                .unwrap_or_else(|_| self.url.clone()),
+        }
+    }
+
+    /// Whether `repository` is replicated.
+    pub fn matches(&self, repository: &str) -> bool {
+        self.repositories
+            .iter()
+            .any(|g| crate::token_auth::glob_match(g.as_bytes(), repository.as_bytes()))
+    }
 }
 
 /// Limits on client connections (see `gantry_net::ServeLimits`).
@@ -354,6 +440,7 @@ impl Default for Config {
             auth: None,
             fleet: FleetConfig::default(),
             connections: ConnectionLimits::default(),
+            replication: Vec::new(),
         }
     }
 }
@@ -438,7 +525,25 @@ impl Config {
 
     /// Parses TOML configuration text.
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut names = std::collections::HashSet::new();
+        for r in &config.replication {
+            r.host()?;
+            if r.username.is_some() != r.password_file.is_some() {
+                return Err(format!(
+                    "[[replication]] {}: username and password_file go together",
+                    r.url
+                ));
+            }
+            if !names.insert(r.display_name()) {
+                return Err(format!(
+                    "[[replication]] {}: another entry has the name {:?} (set `name`)",
+                    r.url,
+                    r.display_name()
+                ));
+            }
+        }
+        Ok(config)
     }
 }
 
@@ -532,6 +637,39 @@ mod tests {
         assert_eq!(c.uploads.max_sessions_per_client, 5);
         assert_eq!(c.uploads.max_sessions_per_repository, 128);
         assert_eq!(c.uploads.max_open_bytes_per_repository, 1000);
+    }
+
+    #[test]
+    fn replication_entries_are_checked() {
+        let c = Config::from_toml(
+            "[[replication]]\nurl = \"https://eu.example:5000/\"\nrepositories = [\"studio/**\"]\n\
+             [[replication]]\nurl = \"http://10.0.0.9:5000\"\nname = \"lab\"\ninterval = \"5s\"",
+        )
+        .unwrap();
+        assert_eq!(c.replication.len(), 2);
+        let eu = &c.replication[0];
+        assert_eq!(eu.host().unwrap(), ("eu.example:5000".to_string(), false));
+        assert_eq!(eu.display_name(), "eu.example:5000");
+        assert!(eu.matches("studio/zad/server") && !eu.matches("other/x"));
+        assert_eq!(eu.interval, Duration::from_secs(60));
+        let lab = &c.replication[1];
+        assert_eq!(lab.host().unwrap(), ("10.0.0.9:5000".to_string(), true));
+        assert!(lab.matches("anything/at/all"));
+        assert_eq!(lab.interval, Duration::from_secs(5));
+        for (bad, says) in [
+            ("url = \"eu.example\"", "https://"),
+            ("url = \"https://eu.example/v2/x\"", "address alone"),
+            ("url = \"https://a\"\nusername = \"u\"", "go together"),
+            ("url = \"https://a\"\nbogus = 1", "unknown field"),
+        ] {
+            let e = Config::from_toml(&format!("[[replication]]\n{bad}")).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let e = Config::from_toml(
+            "[[replication]]\nurl = \"https://a\"\n[[replication]]\nurl = \"http://a\"",
+        )
+        .unwrap_err();
+        assert!(e.contains("another entry"), "{e}");
     }
 
     #[test]

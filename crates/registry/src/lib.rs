@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod range;
 pub mod ratelimit;
+pub mod replication;
 pub mod report_tokens;
 pub mod route;
 pub mod server;
@@ -43,15 +44,13 @@ pub use api::router;
 pub use auth::{Access, Action, AllowAll, AuthError, Authorizer, Principal};
 pub use config::{
     AccessRule, AuthConfig, Config, ConfigError, ConnectionLimits, FleetConfig, GcConfig, Limits,
-    TlsConfig, UploadConfig,
+    ReplicationConfig, TlsConfig, UploadConfig,
 };
 pub use error::{ApiError, ErrorCode};
 pub use gc::{GcOptions, GcReport};
 pub use metrics::Metrics;
 pub use report_tokens::{add_report_token, remove_report_token, ReportTokens};
-pub use server::{
-    bind, bind_registry, gc_blocking, serve, serve_blocking, RunningServer, ServeError,
-};
+pub use server::{bind, bind_registry, gc_blocking, shutdown_signal, RunningServer, ServeError};
 pub use storage::{BlobMeta, FsStorage, Storage, StorageError, UploadInfo};
 pub use token_auth::{AuthSetupError, Policy, TokenAuth};
 pub use users::{add_user, Users, UsersError};
@@ -124,6 +123,10 @@ pub struct Registry {
     chunks: chunks::ChunkKnowledge,
     /// Open upload sessions per repository and client.
     upload_quota: upload_quota::UploadQuota,
+    /// Tags pushed, for replication.
+    pushes: tokio::sync::broadcast::Sender<replication::PushEvent>,
+    /// The state of each replication remote.
+    replication: replication::ReplicationStatus,
 }
 
 /// A login in flight (see [`Registry::begin_login`]). [`LoginAttempt::passed`] ends it
@@ -179,6 +182,9 @@ pub struct PushedManifest {
     pub subject: Option<Digest>,
 }
 
+/// Tag pushes buffered for a slow replication task before it must compare every tag.
+const PUSH_EVENTS_BUFFERED: usize = 4096;
+
 impl Registry {
     /// A registry over `storage` that allows every request.
     pub fn new(storage: Arc<dyn Storage>, options: RegistryOptions) -> Self {
@@ -189,6 +195,8 @@ impl Registry {
             upload_quota: upload_quota::UploadQuota::new(upload_quota_config(&options)),
             rate_limiter: ratelimit::RateLimiter::new(limits.requests_per_second, limits.burst),
             login_limiter: ratelimit::LoginLimiter::new(limits.login_failures, limits.login_window),
+            pushes: tokio::sync::broadcast::channel(PUSH_EVENTS_BUFFERED).0,
+            replication: replication::ReplicationStatus::default(),
             egress_limiter: ratelimit::EgressLimiter::new(
                 limits.client_egress_bytes_per_second,
                 limits.client_egress_burst_bytes,
@@ -256,6 +264,18 @@ impl Registry {
     /// The authorizer.
     pub fn authorizer(&self) -> &Arc<dyn Authorizer> {
         &self.authorizer
+    }
+
+    /// Tags pushed from now on, in the order they were stored (for replication). A
+    /// receiver that falls more than a few thousand behind gets `Lagged` and should
+    /// compare every tag instead.
+    pub fn subscribe_pushes(&self) -> tokio::sync::broadcast::Receiver<replication::PushEvent> {
+        self.pushes.subscribe()
+    }
+
+    /// The state of each replication remote, as its task reports it.
+    pub fn replication(&self) -> &replication::ReplicationStatus {
+        &self.replication
     }
 
     /// The per-client limit on blob bytes sent, when configured.
@@ -484,6 +504,12 @@ impl Registry {
                 .put_tag(repo, tag, &digest)
                 .await
                 .map_err(internal)?;
+            // Nobody listening (no replication) is not an error.
+            let _ = self.pushes.send(replication::PushEvent {
+                repository: repo.to_string(),
+                tag: tag.clone(),
+                digest,
+            });
         }
         self.chunks.learn(repo, indexes);
         Ok(PushedManifest { digest, subject })

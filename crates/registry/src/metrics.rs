@@ -11,6 +11,10 @@
 //! - `gantry_registry_rate_limited_total{reason}`: requests refused with 429 (`requests`:
 //!   the per-client rate limit, `login`: too many failed logins, `uploads`: the limits on
 //!   open upload sessions)
+//! - `gantry_registry_replication_pending{target}`: images waiting to be compared with
+//!   or copied to a `[[replication]]` remote; `gantry_registry_replications_total{target,
+//!   result}` (`copied`, `in_sync`, `failed`); `gantry_registry_replication_bytes_sent_total
+//!   {target}`: blob bytes sent to it
 //! - `gantry_registry_egress_paced_seconds_total`: time blob bodies were held back by the
 //!   per-client egress limit (`[limits] client_egress_bytes_per_second`), all clients
 //! - `gantry_fleet_servers{repository,tag,digest,status}`: game servers in the fleet view
@@ -65,6 +69,17 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetResultLabels {
+    target: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EgressLabels {
     repository: String,
     client: String,
@@ -82,6 +97,9 @@ pub struct Metrics {
     delta_reused: Family<RepoLabels, Counter>,
     rate_limited: Family<ReasonLabels, Counter>,
     egress_paced: Counter<f64, AtomicU64>,
+    replication_pending: Family<TargetLabels, Gauge>,
+    replications: Family<TargetResultLabels, Counter>,
+    replication_bytes: Family<TargetLabels, Counter>,
     fleet_servers: Family<FleetLabels, Gauge>,
     pub(crate) uploads_purged: Counter,
     pub(crate) gc_runs: Counter,
@@ -113,6 +131,24 @@ impl Metrics {
         let delta_reused = Family::<RepoLabels, Counter>::default();
         let rate_limited = Family::<ReasonLabels, Counter>::default();
         let egress_paced = Counter::<f64, AtomicU64>::default();
+        let replication_pending = Family::<TargetLabels, Gauge>::default();
+        let replications = Family::<TargetResultLabels, Counter>::default();
+        let replication_bytes = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "gantry_registry_replication_pending",
+            "Images waiting to be compared with or copied to a replication remote",
+            replication_pending.clone(),
+        );
+        registry.register(
+            "gantry_registry_replications",
+            "Tags replicated, by remote and result (copied, in_sync, failed)",
+            replications.clone(),
+        );
+        registry.register(
+            "gantry_registry_replication_bytes_sent",
+            "Blob bytes sent to a replication remote",
+            replication_bytes.clone(),
+        );
         let fleet_servers = Family::<FleetLabels, Gauge>::default();
         registry.register(
             "gantry_fleet_servers",
@@ -195,6 +231,9 @@ impl Metrics {
             delta_reused,
             rate_limited,
             egress_paced,
+            replication_pending,
+            replications,
+            replication_bytes,
             fleet_servers,
             uploads_purged,
             gc_runs,
@@ -269,6 +308,31 @@ impl Metrics {
                 })
                 .set(*n);
         }
+    }
+
+    /// Sets how many images wait for replication remote `target`.
+    pub fn replication_pending(&self, target: &str, pending: usize) {
+        self.replication_pending
+            .get_or_create(&TargetLabels {
+                target: target.to_string(),
+            })
+            .set(pending as i64);
+    }
+
+    /// Counts one replication of a tag to `target`: `copied`, `in_sync` or `failed`, and
+    /// the blob bytes it sent.
+    pub fn replication_done(&self, target: &str, result: &'static str, bytes_sent: u64) {
+        self.replications
+            .get_or_create(&TargetResultLabels {
+                target: target.to_string(),
+                result,
+            })
+            .inc();
+        self.replication_bytes
+            .get_or_create(&TargetLabels {
+                target: target.to_string(),
+            })
+            .inc_by(bytes_sent);
     }
 
     /// Records a blob body held back `wait` by the per-client egress limit.

@@ -282,27 +282,6 @@ pub async fn bind_registry(
     })
 }
 
-/// Serves until Ctrl-C or SIGTERM, then shuts down gracefully.
-pub async fn serve(config: Config) -> Result<(), ServeError> {
-    let server = bind(&config).await?;
-    eprintln!("gantry registry listening on {}", server.url());
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    server.shutdown().await
-}
-
-/// [`serve`] on a new multi-threaded tokio runtime, for callers without one (the CLI).
-pub fn serve_blocking(config: Config) -> Result<(), ServeError> {
-    // The connection cap, not EMFILE, should be what bounds the server.
-    if let Err(e) = gantry_net::raise_open_file_limit() {
-        tracing::warn!(error = %e, "could not raise the open-file limit");
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(serve(config))
-}
-
 /// Offline garbage collection of the storage of `config` (for `gantry gc`): fails with
 /// [`StorageError::Locked`] while a server has the storage open; run it online with
 /// [`Registry::collect_garbage`] instead. On S3 storage nothing stops it while replicas
@@ -320,7 +299,8 @@ pub fn gc_blocking(config: &Config, dry_run: bool) -> Result<crate::GcReport, Se
     })
 }
 
-async fn shutdown_signal() {
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

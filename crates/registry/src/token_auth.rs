@@ -71,7 +71,7 @@ pub enum AuthSetupError {
 }
 
 /// `*` matches any characters but `/`, `**` any characters; everything else literally.
-fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+pub(crate) fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
     match pattern.split_first() {
         None => name.is_empty(),
         Some((b'*', rest)) => {

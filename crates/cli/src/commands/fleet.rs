@@ -123,21 +123,26 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
     }
 }
 
+/// A client for a `gantry serve` named as `host:port`, `http://host:port` (plain HTTP) or
+/// `https://host:port`.
+pub(crate) fn server_client(
+    registry: &str,
+    connection: &RegistryArgs,
+) -> anyhow::Result<gantry_client::RegistryClient> {
+    let (plain_http, host) = match registry.strip_prefix("http://") {
+        Some(h) => (true, h),
+        None => (false, registry.strip_prefix("https://").unwrap_or(registry)),
+    };
+    connection.client(host.trim_end_matches('/'), plain_http)
+}
+
 fn status(args: StatusArgs) -> anyhow::Result<()> {
     let registry = args
         .registry
         .clone()
         .or(args.registry_pos.clone())
         .context("name the registry")?;
-    let (plain_http, host) = match registry.strip_prefix("http://") {
-        Some(h) => (true, h),
-        None => (
-            false,
-            registry.strip_prefix("https://").unwrap_or(&registry),
-        ),
-    };
-    let host = host.trim_end_matches('/').to_string();
-    let client = args.connection.client(&host, plain_http)?;
+    let client = server_client(&registry, &args.connection)?;
     let mut scopes = Vec::new();
     let mut url = format!("{}/gantry/v1/fleet", client.base_url());
     if let Some(image) = &args.image {

@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod login;
 pub mod pull;
 pub mod push;
+pub mod replication;
 pub mod sample_game;
 pub mod serve;
 pub mod snapshotter;

@@ -14,7 +14,8 @@ pub struct ServeArgs {
     /// Storage directory [default: ./gantry-registry, or the config file's `root`].
     #[arg(long)]
     pub root: Option<PathBuf>,
-    /// TOML configuration file: TLS cert/key, limits, upload expiry, garbage collection.
+    /// TOML configuration file: TLS cert/key, limits, upload expiry, garbage collection,
+    /// replication to other registries.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -32,6 +33,26 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.root = root;
     }
     let root = config.root.display().to_string();
-    gantry_registry::serve_blocking(config)
+    // The connection cap, not EMFILE, should be what bounds the server.
+    if let Err(e) = gantry_net::raise_open_file_limit() {
+        tracing::warn!(error = %e, "could not raise the open-file limit");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime
+        .block_on(async {
+            let server = gantry_registry::bind(&config).await?;
+            eprintln!("gantry registry listening on {}", server.url());
+            let replication =
+                gantry_replicate::start(server.registry().clone(), &config.replication)?;
+            gantry_registry::server::shutdown_signal().await;
+            tracing::info!("shutting down");
+            for task in replication {
+                task.abort();
+            }
+            server.shutdown().await?;
+            anyhow::Ok(())
+        })
         .with_context(|| format!("gantry serve (storage {root})"))
 }
