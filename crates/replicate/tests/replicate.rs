@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use gantry_oci::Digest;
 use gantry_registry::{Registry, ReplicationConfig};
-use gantry_test_support::{push_layout_to, registry_client, sample_images, GantryServe};
+use gantry_test_support::{push_layout_to, registry_client, sample_images, GantryServe, NetnsLink};
 use serde_json::Value;
 
 fn replication_to(remote_host: &str) -> ReplicationConfig {
@@ -199,6 +199,181 @@ async fn a_remote_that_was_down_catches_up_and_a_restarted_source_compares_again
     wait_for_tag(&dst, "studio/game", "v2", v2, Duration::from_secs(60)).await;
     let s = status(&source).await;
     assert!(s["in_sync"].as_u64().unwrap() >= 1, "v1 found in sync: {s}");
+    stop(tasks);
+    drop(remote);
+}
+
+/// A `gantry serve` listening inside a network namespace (another region, reached over a
+/// limited link), on its own thread; [`RemoteSite::kill`] drops it at once, cutting what
+/// it was receiving.
+struct RemoteSite {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RemoteSite {
+    fn start(link: &Arc<NetnsLink>, root: &std::path::Path, addr: std::net::SocketAddr) -> Self {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (link, root) = (link.clone(), root.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            link.enter();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let config = gantry_registry::Config {
+                    addr,
+                    root,
+                    ..gantry_registry::Config::default()
+                };
+                // The address may take a moment to be free again after a kill.
+                let mut tries = 0;
+                let server = loop {
+                    match gantry_registry::bind(&config).await {
+                        Ok(s) => break s,
+                        Err(e) if tries < 50 => {
+                            tries += 1;
+                            eprintln!("remote bind: {e}; retrying");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => panic!("remote gantry serve on {addr}: {e}"),
+                    }
+                };
+                ready_tx.send(()).unwrap();
+                let _ = stop_rx.await;
+                drop(server);
+            });
+            // Dropping the runtime ends every connection in flight.
+            drop(rt);
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the remote started");
+        RemoteSite {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn kill(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for RemoteSite {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// The issue's setup: the remote region in its own network namespace behind `tc tbf`; the
+/// update crosses the link once (about its own size), and a remote killed while it
+/// receives an update converges once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_region_behind_a_limited_link_gets_the_update_for_about_its_size() {
+    let images = tokio::task::spawn_blocking(|| sample_images(20_000_000, 4_000_000, None))
+        .await
+        .unwrap();
+    let link = Arc::new(NetnsLink::new(None));
+    let remote_root = tempfile::tempdir().unwrap();
+    let addr = std::net::SocketAddr::from((link.ns_ip, 5000));
+    let dst = addr.to_string();
+    let remote = RemoteSite::start(&link, remote_root.path(), addr);
+    let source = GantryServe::open().await;
+    let src = source.host();
+    let registry = source.server.registry().clone();
+    let tasks = gantry_replicate::start(registry.clone(), &[replication_to(&dst)]).unwrap();
+    let client = registry_client(&src, None);
+
+    push_layout_to(&client, &images.v1, &format!("{src}/studio/game:v1")).await;
+    let v1 = local_tag(&registry, "studio/game", "v1").await;
+    wait_for_tag(&dst, "studio/game", "v1", v1, Duration::from_secs(120)).await;
+
+    // The inter-region link from now on: 8 Mbit/s each way.
+    link.set_rate("8mbit");
+    let before = link.bytes_to_namespace();
+    push_layout_to(&client, &images.v2, &format!("{src}/studio/game:v2")).await;
+    let v2 = local_tag(&registry, "studio/game", "v2").await;
+    wait_for_tag(&dst, "studio/game", "v2", v2, Duration::from_secs(120)).await;
+    let carried = link.bytes_to_namespace() - before;
+    eprintln!(
+        "v2 replicated over the 8 Mbit link: {carried} bytes toward the remote (IP and TCP \
+         headers, HTTP requests included) for an update of {} ({:.3}x)",
+        images.update_bytes,
+        carried as f64 / images.update_bytes as f64
+    );
+    assert!(
+        carried as f64 <= 1.3 * images.update_bytes as f64,
+        "the link carried {carried} bytes for an update of {} (limit 1.3x, headers included)",
+        images.update_bytes
+    );
+
+    // v3 (an engine update): the remote is killed as soon as the copy is under way.
+    let v3_layout = tokio::task::spawn_blocking({
+        let images = images;
+        move || {
+            let v3 = images.engine_update();
+            (images, v3)
+        }
+    })
+    .await
+    .unwrap();
+    let (_images, v3_layout) = v3_layout;
+    let before = link.bytes_to_namespace();
+    push_layout_to(&client, &v3_layout, &format!("{src}/studio/game:v3")).await;
+    let v3 = local_tag(&registry, "studio/game", "v3").await;
+    let start = Instant::now();
+    while link.bytes_to_namespace() - before < 20_000 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the copy of v3 did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    remote.kill();
+    assert_ne!(
+        registry_client(&src, None)
+            .head_manifest("studio/game", "v3")
+            .await
+            .unwrap(),
+        None
+    );
+    let start = Instant::now();
+    loop {
+        let s = status(&source).await;
+        if s["failing"] == true {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the killed remote was not noticed: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let remote = RemoteSite::start(&link, remote_root.path(), addr);
+    wait_for_tag(&dst, "studio/game", "v3", v3, Duration::from_secs(120)).await;
+    let s = status(&source).await;
+    assert_eq!(s["failing"], false, "{s}");
+    assert_eq!(s["pending"].as_array().map(Vec::len), Some(0), "{s}");
+    // Every tag is there, each at its image.
+    for (tag, digest) in [("v1", v1), ("v2", v2), ("v3", v3)] {
+        assert_eq!(
+            tag_on(&dst, "studio/game", tag).await,
+            Some(digest),
+            "{tag}"
+        );
+    }
     stop(tasks);
     drop(remote);
 }

@@ -22,6 +22,7 @@ mod containerd;
 mod cri;
 mod http_stub;
 mod moto;
+mod netns;
 mod proxy;
 mod registry;
 mod rootfs;
@@ -36,6 +37,7 @@ pub use containerd::{CriOptions, CRI_SANDBOX_IMAGE};
 pub use cri::{cri_api, cri_log_stream, CriClient, PodSandbox};
 pub use http_stub::{HttpStub, StubRequest};
 pub use moto::{MotoServer, MOTO_ACCESS_KEY_ID, MOTO_REGION, MOTO_SECRET_ACCESS_KEY};
+pub use netns::NetnsLink;
 pub use proxy::{raw_http, stall_connections, RawResponse, TcpProxy};
 pub use registry::DistributionRegistry;
 pub use rootfs::{
