@@ -125,6 +125,8 @@ pub struct Registry {
     upload_quota: upload_quota::UploadQuota,
     /// Tags pushed, for replication.
     pushes: tokio::sync::broadcast::Sender<replication::PushEvent>,
+    /// Held while a push is counted and announced, and while a subscriber joins.
+    push_announce: std::sync::Mutex<()>,
     /// The state of each replication remote.
     replication: replication::ReplicationStatus,
 }
@@ -196,6 +198,7 @@ impl Registry {
             rate_limiter: ratelimit::RateLimiter::new(limits.requests_per_second, limits.burst),
             login_limiter: ratelimit::LoginLimiter::new(limits.login_failures, limits.login_window),
             pushes: tokio::sync::broadcast::channel(PUSH_EVENTS_BUFFERED).0,
+            push_announce: std::sync::Mutex::new(()),
             replication: replication::ReplicationStatus::default(),
             egress_limiter: ratelimit::EgressLimiter::new(
                 limits.client_egress_bytes_per_second,
@@ -271,6 +274,20 @@ impl Registry {
     /// compare every tag instead.
     pub fn subscribe_pushes(&self) -> tokio::sync::broadcast::Receiver<replication::PushEvent> {
         self.pushes.subscribe()
+    }
+
+    /// [`Registry::subscribe_pushes`] for replication remote `name`: pushes announced
+    /// before it are counted as read in its status, so that only the ones it receives
+    /// can be unread.
+    pub fn subscribe_pushes_for(
+        &self,
+        name: &str,
+    ) -> tokio::sync::broadcast::Receiver<replication::PushEvent> {
+        let _joining = self.push_announce.lock().unwrap_or_else(|e| e.into_inner());
+        let rx = self.pushes.subscribe();
+        let announced = self.replication.announced();
+        self.replication.update(name, |s| s.pushes_read = announced);
+        rx
     }
 
     /// The state of each replication remote, as its task reports it.
@@ -504,6 +521,9 @@ impl Registry {
                 .put_tag(repo, tag, &digest)
                 .await
                 .map_err(internal)?;
+            // Counted and sent together, so a subscriber knows which pushes it will get.
+            let _announcing = self.push_announce.lock().unwrap_or_else(|e| e.into_inner());
+            self.replication.pushed();
             // Nobody listening (no replication) is not an error.
             let _ = self.pushes.send(replication::PushEvent {
                 repository: repo.to_string(),

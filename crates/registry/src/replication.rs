@@ -47,6 +47,12 @@ pub struct TargetStatus {
     pub url: String,
     /// `repository:tag` of the images waiting to be compared or copied, oldest first.
     pub pending: Vec<String>,
+    /// Tag pushes the remote's task has not read yet (their images may join `pending`).
+    pub unread_pushes: u64,
+    /// Tag pushes the remote's task has read (of every repository; see
+    /// [`ReplicationStatus::pushed`]).
+    #[serde(skip)]
+    pub pushes_read: u64,
     /// Whether the last attempt failed and the remote is being retried.
     pub failing: bool,
     /// Images copied since the server started.
@@ -69,9 +75,28 @@ pub struct TargetStatus {
 #[derive(Debug, Default)]
 pub struct ReplicationStatus {
     targets: Mutex<BTreeMap<String, TargetStatus>>,
+    /// Tag pushes announced so far (counted before each is sent to the tasks).
+    pushes: std::sync::atomic::AtomicU64,
 }
 
 impl ReplicationStatus {
+    /// Counts a tag push about to be announced, so that a remote whose task has not read
+    /// it yet does not look in sync.
+    pub fn pushed(&self) {
+        self.pushes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Tag pushes announced so far.
+    pub fn announced(&self) -> u64 {
+        self.pushes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether a remote is in sync: nothing waiting, nothing unread, last attempt fine.
+    pub fn in_sync(status: &TargetStatus) -> bool {
+        status.pending.is_empty() && status.unread_pushes == 0 && !status.failing
+    }
+
     /// Changes the state of remote `name` (created as `TargetStatus::default()` named
     /// `name` on first use).
     pub fn update(&self, name: &str, f: impl FnOnce(&mut TargetStatus)) {
@@ -87,8 +112,15 @@ impl ReplicationStatus {
 
     /// Every remote's state, by name.
     pub fn snapshot(&self) -> Vec<TargetStatus> {
+        let pushes = self.pushes.load(std::sync::atomic::Ordering::SeqCst);
         let targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
-        targets.values().cloned().collect()
+        targets
+            .values()
+            .map(|t| TargetStatus {
+                unread_pushes: pushes.saturating_sub(t.pushes_read),
+                ..t.clone()
+            })
+            .collect()
     }
 }
 
@@ -98,7 +130,15 @@ pub async fn get_status(State(reg): State<Arc<Registry>>, req: Request) -> Respo
     let mut resp = match crate::api::authorize_metrics(&reg, req).await {
         Ok(()) => (
             [(http::header::CONTENT_TYPE, "application/json")],
-            serde_json::json!({ "targets": reg.replication().snapshot() }).to_string(),
+            serde_json::json!({
+                "targets": reg.replication().snapshot().into_iter().map(|t| {
+                    let in_sync = ReplicationStatus::in_sync(&t);
+                    let mut v = serde_json::to_value(t).unwrap_or_default();
+                    v["in_sync_now"] = serde_json::Value::Bool(in_sync);
+                    v
+                }).collect::<Vec<_>>(),
+            })
+            .to_string(),
         )
             .into_response(),
         Err(e) => e.into_response(),
@@ -118,11 +158,17 @@ mod tests {
         s.update("eu", |t| t.pending.push("a:v1".into()));
         s.update("eu", |t| t.copied += 1);
         s.update("asia", |t| t.failing = true);
+        s.pushed();
+        s.update("eu", |t| t.pushes_read += 1);
         let all = s.snapshot();
+        assert_eq!((all[0].unread_pushes, all[1].unread_pushes), (1, 0));
+        assert!(!ReplicationStatus::in_sync(&all[0]) && !ReplicationStatus::in_sync(&all[1]));
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].name, "asia");
         assert!(all[0].failing);
         assert_eq!(all[1].name, "eu");
         assert_eq!((all[1].pending.len(), all[1].copied), (1, 1));
+        s.update("eu", |t| t.pending.clear());
+        assert!(ReplicationStatus::in_sync(&s.snapshot()[1]));
     }
 }

@@ -96,7 +96,7 @@ pub fn start(
     for config in configs {
         let remote = remote(config)?;
         // Subscribed before the first comparison, so no push falls between the two.
-        let pushes = registry.subscribe_pushes();
+        let pushes = registry.subscribe_pushes_for(&remote.name);
         registry.replication().update(&remote.name, |s| {
             s.url = config.url.clone();
         });
@@ -199,9 +199,12 @@ async fn run(registry: Arc<Registry>, remote: Remote, mut pushes: Receiver<PushE
         // Take what was pushed meanwhile; a lost event means comparing every tag.
         loop {
             match pushes.try_recv() {
-                Ok(ev) => enqueue(&remote, &mut queue, &ev),
+                Ok(ev) => enqueue(&registry, &remote, &mut queue, &ev),
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Lagged(_)) => next_scan = Instant::now(),
+                Err(TryRecvError::Lagged(n)) => {
+                    read_pushes(&registry, &remote, n);
+                    next_scan = Instant::now();
+                }
                 Err(TryRecvError::Closed) => return,
             }
         }
@@ -215,8 +218,11 @@ async fn run(registry: Arc<Registry>, remote: Remote, mut pushes: Receiver<PushE
         let Some((repository, tag)) = queue.front() else {
             tokio::select! {
                 ev = pushes.recv() => match ev {
-                    Ok(ev) => enqueue(&remote, &mut queue, &ev),
-                    Err(RecvError::Lagged(_)) => next_scan = Instant::now(),
+                    Ok(ev) => enqueue(&registry, &remote, &mut queue, &ev),
+                    Err(RecvError::Lagged(n)) => {
+                        read_pushes(&registry, &remote, n);
+                        next_scan = Instant::now();
+                    }
                     Err(RecvError::Closed) => return,
                 },
                 _ = tokio::time::sleep_until(next_scan) => {}
@@ -248,8 +254,11 @@ async fn run(registry: Arc<Registry>, remote: Remote, mut pushes: Receiver<PushE
                 loop {
                     tokio::select! {
                         ev = pushes.recv() => match ev {
-                            Ok(ev) => enqueue(&remote, &mut queue, &ev),
-                            Err(RecvError::Lagged(_)) => next_scan = Instant::now(),
+                            Ok(ev) => enqueue(&registry, &remote, &mut queue, &ev),
+                            Err(RecvError::Lagged(n)) => {
+                        read_pushes(&registry, &remote, n);
+                        next_scan = Instant::now();
+                    }
                             Err(RecvError::Closed) => return,
                         },
                         _ = tokio::time::sleep_until(until) => break,
@@ -260,10 +269,19 @@ async fn run(registry: Arc<Registry>, remote: Remote, mut pushes: Receiver<PushE
     }
 }
 
-fn enqueue(remote: &Remote, queue: &mut Queue, ev: &PushEvent) {
+/// Takes a push read from the channel: queued if it matches, counted as read either way.
+fn enqueue(registry: &Registry, remote: &Remote, queue: &mut Queue, ev: &PushEvent) {
     if remote.config.matches(&ev.repository) {
         queue.push(&ev.repository, &ev.tag);
     }
+    read_pushes(registry, remote, 1);
+}
+
+/// Counts pushes read (or lost to lag, which a full comparison makes up for).
+fn read_pushes(registry: &Registry, remote: &Remote, n: u64) {
+    registry
+        .replication()
+        .update(&remote.name, |s| s.pushes_read += n);
 }
 
 fn publish_pending(registry: &Registry, remote: &Remote, queue: &Queue) {

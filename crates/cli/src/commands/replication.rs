@@ -33,8 +33,8 @@ pub struct StatusArgs {
     /// Print the registry's JSON.
     #[arg(long)]
     pub json: bool,
-    /// Exit non-zero unless every remote has nothing waiting and its last attempt
-    /// succeeded (for scripts waiting for a rollout to reach every region).
+    /// Exit non-zero unless every remote has nothing waiting, no push unread, and its last
+    /// attempt succeeded (for scripts waiting for a push to reach every region).
     #[arg(long)]
     pub expect_in_sync: bool,
     #[command(flatten)]
@@ -108,10 +108,10 @@ fn print_table(targets: &[Value]) {
         let pending = t["pending"].as_array().map(Vec::len).unwrap_or(0);
         let state = if t["failing"] == Value::Bool(true) {
             "retrying"
-        } else if pending > 0 {
-            "copying"
-        } else {
+        } else if in_sync(t) {
             "in sync"
+        } else {
+            "copying"
         };
         println!(
             "{:<24} {:>7} {:>7} {:>8} {:>9} {:>12}  {state}",
