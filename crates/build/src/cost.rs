@@ -48,8 +48,8 @@ pub fn update_cost(
     new: &OciLayout,
     new_tag: Option<&str>,
 ) -> Result<UpdateCost, BuildError> {
-    let old_m = old.resolve(old_tag, "linux", "amd64")?.manifest;
-    let new_m = new.resolve(new_tag, "linux", "amd64")?.manifest;
+    let old_m = old.resolve_for_host(old_tag)?.manifest;
+    let new_m = new.resolve_for_host(new_tag)?.manifest;
     let layers: Vec<LayerCost> =
         compare_layers(&layout_layers(old, &old_m)?, &layout_layers(new, &new_m)?)
             .into_iter()

@@ -330,7 +330,10 @@ mod tests {
     fn elf_headers_tell_static_from_dynamic() {
         let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         let info = elf_info(&exe).unwrap();
-        assert_eq!(Some(info.machine), elf_machine(crate_arch()));
+        assert_eq!(
+            Some(info.machine),
+            elf_machine(gantry_oci::platform::host_arch())
+        );
         // Test binaries are linked against the system's glibc.
         assert!(info.dynamic);
         assert!(elf_info(b"#!/bin/sh\necho hi\n")
@@ -349,13 +352,5 @@ mod tests {
                 dynamic: false
             }
         );
-    }
-
-    fn crate_arch() -> &'static str {
-        match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            other => other,
-        }
     }
 }

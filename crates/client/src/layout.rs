@@ -240,6 +240,16 @@ impl OciLayout {
         Ok(())
     }
 
+    /// [`OciLayout::resolve`] for this machine's platform (`linux` and its OCI
+    /// architecture name), else `linux/amd64`, the usual platform of game servers.
+    pub fn resolve_for_host(&self, tag: Option<&str>) -> Result<ResolvedManifest, ClientError> {
+        let host = gantry_oci::platform::host_arch();
+        match self.resolve(tag, "linux", host) {
+            Err(e) if host != "amd64" => self.resolve(tag, "linux", "amd64").map_err(|_| e),
+            other => other,
+        }
+    }
+
     /// The image manifest tagged `tag`, or the only image when `tag` is
     /// `None`. An image index is followed to its `platform` entry.
     pub fn resolve(

@@ -51,14 +51,7 @@ impl Default for PullOptions {
     }
 }
 
-/// The OCI name of this machine's architecture.
-pub fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
+pub use gantry_oci::platform::host_arch;
 
 /// One blob of a pull or copy.
 #[derive(Debug, Clone, Serialize)]

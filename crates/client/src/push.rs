@@ -191,12 +191,7 @@ pub async fn push_layout(
     options: &PushOptions,
     progress: Arc<dyn TransferProgress>,
 ) -> ClientResult<PushReport> {
-    let image = layout.resolve(tag, "linux", "amd64").or_else(|e| {
-        // A layout built for another platform still pushes when it holds one image.
-        layout
-            .resolve(tag, "linux", std::env::consts::ARCH)
-            .map_err(|_| e)
-    })?;
+    let image = layout.resolve_for_host(tag)?;
     let mut referrers = Vec::new();
     for (desc, manifest) in layout_referrers(layout, &image.digest)? {
         let digest = Digest::from_oci(desc.digest()).map_err(|e| invalid(layout, e))?;

@@ -11,6 +11,7 @@ pub mod delta_push;
 mod digest;
 pub mod media_types;
 pub mod names;
+pub mod platform;
 mod reference;
 
 pub use canonical::{canonical_json, canonical_json_pretty, CanonicalJsonError};

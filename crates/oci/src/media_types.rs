@@ -44,11 +44,6 @@ pub const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
 /// The bytes of the empty JSON descriptor's blob.
 pub const EMPTY_JSON: &[u8] = b"{}";
 
-/// Whether `media_type` is a layer type a runtime can unpack with gzip.
-pub fn is_gzip_layer(media_type: &str) -> bool {
-    media_type == OCI_LAYER_GZIP || media_type == DOCKER_LAYER_GZIP
-}
-
 /// Whether `media_type` names a single-platform image manifest.
 pub fn is_image_manifest(media_type: &str) -> bool {
     media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST

@@ -169,15 +169,7 @@ fn busybox_path() -> PathBuf {
 
 /// The OCI architecture name of this machine (`amd64`, `arm64`, ...).
 pub fn host_oci_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        "s390x" => "s390x",
-        "riscv64" => "riscv64",
-        other => other,
-    }
+    gantry_oci::platform::host_arch()
 }
 
 /// Digests and sizes of the image written by [`write_busybox_oci_layout`]

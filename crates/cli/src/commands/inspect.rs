@@ -69,7 +69,7 @@ struct ChunkRow {
 /// Runs `gantry inspect`.
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let layout = OciLayout::open(&args.layout)?;
-    let resolved = layout.resolve(args.tag.as_deref(), "linux", "amd64")?;
+    let resolved = layout.resolve_for_host(args.tag.as_deref())?;
     let manifest = &resolved.manifest;
     let config_digest = Digest::from_oci(manifest.config().digest())?;
     let config: serde_json::Value = serde_json::from_slice(&layout.read_blob(&config_digest)?)?;
