@@ -635,19 +635,28 @@ fn pull_base(
         referrers: true,
         ..gantry_client::PullOptions::default()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| berr(format!("starting the async runtime: {e}")))?;
-    let report = runtime
-        .block_on(gantry_client::pull_to_layout(
-            &client,
-            &reference,
-            &layout_dir,
-            &options,
-            std::sync::Arc::new(gantry_client::NoProgress),
-        ))
-        .map_err(|e| berr(e.to_string()))?;
+    // The pull runs on a runtime of its own; called from async code (inside a runtime,
+    // where a second one may not block), on a thread of its own too.
+    let pull = || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| berr(format!("starting the async runtime: {e}")))?;
+        runtime
+            .block_on(gantry_client::pull_to_layout(
+                &client,
+                &reference,
+                &layout_dir,
+                &options,
+                std::sync::Arc::new(gantry_client::NoProgress),
+            ))
+            .map_err(|e| berr(e.to_string()))
+    };
+    let report = match tokio::runtime::Handle::try_current() {
+        Ok(_) => std::thread::scope(|scope| scope.spawn(pull).join())
+            .map_err(|_| berr("the base image pull panicked".to_string()))??,
+        Err(_) => pull()?,
+    };
     Ok((target, text.to_string(), report.manifest_digest))
 }
 

@@ -71,11 +71,9 @@ dest = "/app"
         tag: None,
         registry: Default::default(),
     };
-    let built = tokio::task::spawn_blocking(move || {
-        gantry_build::build(&opts, &gantry_build::NoProgress).unwrap()
-    })
-    .await
-    .unwrap();
+    // Called straight from async code (this worker blocks; the registry runs on the
+    // other): the pull of the base must not block on a second runtime inside this one.
+    let built = gantry_build::build(&opts, &gantry_build::NoProgress).unwrap();
     assert_eq!(built.base_digest, Some(base.manifest_digest));
     let image = OciLayout::open(&built.layout)
         .unwrap()
