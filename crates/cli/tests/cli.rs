@@ -179,3 +179,183 @@ fn install_containerd_config_turns_the_snapshotter_on_and_off() {
     assert!(!v3.status.success());
     assert!(String::from_utf8_lossy(&v3.stderr).contains("version 3"));
 }
+
+/// A `gantry serve` process on a free loopback port, killed when dropped.
+struct Serve(std::process::Child, String);
+
+impl Serve {
+    fn start(root: &Path) -> Serve {
+        let addr = format!("127.0.0.1:{}", gantry_test_support::free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["serve", "--addr", &addr, "--root"])
+            .arg(root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("gantry serve");
+        gantry_test_support::wait_for_tcp(addr.as_str(), std::time::Duration::from_secs(30));
+        Serve(child, addr)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn fails(out: &Output, says: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected a failure; stderr: {err}");
+    for s in says {
+        assert!(err.contains(s), "{s:?} not in: {err}");
+    }
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_str(&ok(out)).unwrap()
+}
+
+/// What a `gantry diff --json` says a node downloads, and of which two images.
+fn diff_figures(out: &Output) -> serde_json::Value {
+    let v = json(out);
+    let keep = [
+        "old_manifest",
+        "new_manifest",
+        "image_bytes",
+        "layer_level_bytes",
+        "chunk_level_bytes",
+    ];
+    keep.iter().map(|k| (k.to_string(), v[k].clone())).collect()
+}
+
+/// Every command that takes an image takes the same forms: a path (`./DIR`, `/DIR`, or a
+/// directory holding `oci-layout`), `oci:DIR[:TAG]`, `docker://REF`, `http://REF` and a
+/// bare reference; where only one kind makes sense, the other is refused saying so.
+#[test]
+fn every_command_takes_the_same_image_forms() {
+    let tmp = gantry_test_support::tempdir();
+    let dir = tmp.path();
+    ok(&gantry(&["sample-game", "game", "--scale", "2MB"], dir));
+    ok(&gantry(&["build", "game", "--output", "v1"], dir));
+    ok(&gantry(
+        &["sample-game", "--update", "game", "--mb", "0.1"],
+        dir,
+    ));
+    ok(&gantry(&["build", "game", "--output", "v2"], dir));
+    std::fs::create_dir(dir.join("notes")).unwrap();
+    let abs = |name: &str| dir.join(name).display().to_string();
+    let serve = Serve::start(&dir.join("registry"));
+    let host = serve.1.clone();
+
+    // inspect and diff: every way of naming the two layouts says the same.
+    let digest = json(&gantry(&["inspect", "v1", "--json"], dir))["manifest_digest"].clone();
+    for form in ["./v1", &abs("v1"), "oci:v1", &format!("oci:{}", abs("v1"))] {
+        let i = json(&gantry(&["inspect", form, "--json"], dir));
+        assert_eq!(i["manifest_digest"], digest, "inspect {form}");
+    }
+    let expected = diff_figures(&gantry(&["diff", "v1", "v2", "--json"], dir));
+    for (old, new) in [
+        ("./v1".to_string(), "./v2".to_string()),
+        (abs("v1"), abs("v2")),
+        ("oci:v1".to_string(), "oci:v2".to_string()),
+    ] {
+        let d = diff_figures(&gantry(&["diff", &old, &new, "--json"], dir));
+        assert_eq!(d, expected, "diff {old} {new}");
+    }
+
+    // push from each layout form to each registry form, pull back with each.
+    for (i, (layout, dest, flags)) in [
+        (
+            "./v1",
+            format!("docker://{host}/forms/a:v1"),
+            vec!["--insecure"],
+        ),
+        ("oci:v1", format!("http://{host}/forms/b:v1"), vec![]),
+        ("v1", format!("{host}/forms/c:v1"), vec!["--insecure"]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut args = vec!["push", layout, dest.as_str(), "--json"];
+        args.extend(flags.iter().copied());
+        let pushed = json(&gantry(&args, dir));
+        assert_eq!(pushed["manifest_digest"], digest, "push {layout} {dest}");
+        let out = format!("oci:pulled-{i}:mine");
+        let mut args = vec!["pull", dest.as_str(), out.as_str(), "--json"];
+        args.extend(flags.iter().copied());
+        let pulled = json(&gantry(&args, dir));
+        assert_eq!(pulled["manifest_digest"], digest, "pull {dest} {out}");
+        let i = json(&gantry(&["inspect", &out, "--json"], dir));
+        assert_eq!(i["manifest_digest"], digest, "inspect {out}");
+    }
+    // copy between a layout and a registry, both ways, and diff against the registry.
+    ok(&gantry(
+        &[
+            "copy",
+            "oci:v2",
+            &format!("docker://{host}/forms/d:v2"),
+            "--insecure",
+        ],
+        dir,
+    ));
+    ok(&gantry(
+        &[
+            "copy",
+            &format!("docker://{host}/forms/d:v2"),
+            "./copied",
+            "--insecure",
+        ],
+        dir,
+    ));
+    let d = diff_figures(&gantry(
+        &[
+            "diff",
+            "./v1",
+            &format!("http://{host}/forms/d:v2"),
+            "--json",
+        ],
+        dir,
+    ));
+    assert_eq!(d, expected, "diff layout registry");
+    let built = json(&gantry(
+        &[
+            "build",
+            "game",
+            "--output",
+            "v2-again",
+            "--push",
+            &format!("docker://{host}/forms/e:v2"),
+            "--insecure",
+            "--json",
+        ],
+        dir,
+    ));
+    assert_eq!(built["push"]["manifest_digest"], built["manifest_digest"]);
+
+    // Refusals name the problem and the forms that work.
+    fails(
+        &gantry(&["diff", "notes", "v2"], dir),
+        &["\"notes\"", "ambiguous", "oci:DIR"],
+    );
+    fails(
+        &gantry(&["diff", "docker-archive:game.tar", "v2"], dir),
+        &["docker-archive", "docker://"],
+    );
+    fails(
+        &gantry(
+            &[
+                "push",
+                &format!("docker://{host}/forms/a:v1"),
+                &format!("{host}/x:y"),
+            ],
+            dir,
+        ),
+        &["expected an OCI layout"],
+    );
+    fails(
+        &gantry(&["pull", "./v1", "out"], dir),
+        &["expected a registry image", "oci:DIR"],
+    );
+}

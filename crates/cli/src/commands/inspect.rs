@@ -7,13 +7,12 @@ use gantry_build::OciLayout;
 use gantry_layer::ChunkIndex;
 use gantry_oci::{media_types, Digest};
 use serde::Serialize;
-use std::path::PathBuf;
 
 /// Arguments of `gantry inspect`.
 #[derive(Args)]
 pub struct InspectArgs {
-    /// OCI image layout directory.
-    pub layout: PathBuf,
+    /// OCI image layout: a directory, or `oci:DIR[:TAG]`.
+    pub layout: String,
     /// Which image in the layout (default: the only one).
     #[arg(long)]
     pub tag: Option<String>,
@@ -68,8 +67,9 @@ struct ChunkRow {
 
 /// Runs `gantry inspect`.
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
-    let layout = OciLayout::open(&args.layout)?;
-    let resolved = layout.resolve_for_host(args.tag.as_deref())?;
+    let (path, tag) = super::transfer::Location::layout(&args.layout)?;
+    let layout = OciLayout::open(&path)?;
+    let resolved = layout.resolve_for_host(args.tag.as_deref().or(tag.as_deref()))?;
     let manifest = &resolved.manifest;
     let config_digest = Digest::from_oci(manifest.config().digest())?;
     let config: serde_json::Value = serde_json::from_slice(&layout.read_blob(&config_digest)?)?;

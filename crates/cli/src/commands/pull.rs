@@ -1,6 +1,5 @@
 //! `gantry pull REF LAYOUT`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -14,8 +13,9 @@ use super::transfer::{runtime, Location, RegistryArgs, TransferBars};
 pub struct PullArgs {
     /// The image, e.g. `registry.example.com/studio/game:v2` (`http://` for plain HTTP).
     pub reference: String,
-    /// The OCI layout directory to write (replaced if it is one; its blobs are reused).
-    pub layout: PathBuf,
+    /// The OCI layout to write: a directory, or `oci:DIR[:TAG]` to name the image TAG in
+    /// it (replaced if it is one; its blobs are reused).
+    pub layout: String,
     /// Platform to pick from a multi-platform image, as OS/ARCH.
     #[arg(long, default_value = "linux/amd64")]
     pub platform: String,
@@ -57,6 +57,7 @@ pub fn print_report(r: &PullReport) {
 /// Runs `gantry pull`.
 pub fn run(args: PullArgs) -> anyhow::Result<()> {
     let (reference, plain_http) = Location::reference(&args.reference)?;
+    let (layout, tag) = Location::layout(&args.layout)?;
     let client = args.registry.client(&reference.registry, plain_http)?;
     let (os, arch) = platform(&args.platform)?;
     let options = PullOptions {
@@ -64,17 +65,11 @@ pub fn run(args: PullArgs) -> anyhow::Result<()> {
         arch,
         jobs: args.jobs,
         referrers: !args.no_referrers,
-        tag: None,
+        tag,
     };
     let bars = Arc::new(TransferBars::new(args.json));
     let report = runtime()?
-        .block_on(pull_to_layout(
-            &client,
-            &reference,
-            &args.layout,
-            &options,
-            bars,
-        ))
+        .block_on(pull_to_layout(&client, &reference, &layout, &options, bars))
         .with_context(|| format!("pulling {}", args.reference))?;
     if args.json {
         super::print_json(&report)

@@ -1,6 +1,6 @@
 //! `gantry push LAYOUT REF`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -104,14 +104,7 @@ pub fn print_report(r: &PushReport) {
 /// Runs `gantry push`.
 pub fn run(args: PushArgs) -> anyhow::Result<()> {
     // `oci:DIR[:TAG]`, or a plain directory (never a registry reference here).
-    let (path, tag) = if args.layout.starts_with("oci:") {
-        match Location::parse(&args.layout)? {
-            Location::Layout { path, tag } => (path, tag),
-            Location::Registry { .. } => unreachable!("oci: always parses as a layout"),
-        }
-    } else {
-        (PathBuf::from(&args.layout), None)
-    };
+    let (path, tag) = Location::layout(&args.layout)?;
     let report = push(
         &path,
         tag.as_deref(),

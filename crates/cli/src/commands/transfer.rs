@@ -99,49 +99,151 @@ pub enum Location {
     },
 }
 
+/// How to write an image, for error messages.
+const FORMS: &str = "write a layout as a path (./DIR, /DIR, or a directory holding an \
+oci-layout file) or oci:DIR[:TAG], and a registry image as [docker://]HOST/REPO[:TAG][@DIGEST] \
+(http:// for a plain-HTTP registry)";
+
+/// Whether `s` is written as a path: `/…`, `./…`, `../…`, `~/…`, `.` or `..`.
+fn looks_like_path(s: &str) -> bool {
+    s.starts_with('/')
+        || s.starts_with("./")
+        || s.starts_with("../")
+        || s.starts_with("~/")
+        || s == "."
+        || s == ".."
+}
+
+/// Whether `dir` is an OCI layout (holds an `oci-layout` file).
+fn is_layout_dir(dir: &std::path::Path) -> bool {
+    dir.join("oci-layout").is_file()
+}
+
 impl Location {
-    /// Parses `oci:DIR[:TAG]`, `[http://]host/repo[:tag][@digest]`.
+    /// Parses an image as every command takes it (skopeo's and Docker's conventions):
+    /// - `oci:DIR[:TAG]`: an OCI layout, and the image tagged TAG in it;
+    /// - a path (`/…`, `./…`, `../…`, `~/…`), or an existing directory holding an
+    ///   `oci-layout` file: an OCI layout;
+    /// - `docker://REF` (as skopeo writes it), `http://REF` (plain HTTP), `https://REF`, or
+    ///   a bare reference `[HOST/]REPO[:TAG][@DIGEST]`: an image in a registry.
+    ///
+    /// `docker-archive:FILE` is refused, naming the forms that work. A bare name that is
+    /// neither a layout nor a valid reference, or that names an existing file or
+    /// directory that is not a layout, is refused as ambiguous.
     pub fn parse(s: &str) -> anyhow::Result<Location> {
+        Self::parse_at(s, std::path::Path::new("."))
+    }
+
+    /// [`Location::parse`] with bare names looked up under `base` instead of the
+    /// working directory.
+    fn parse_at(s: &str, base: &std::path::Path) -> anyhow::Result<Location> {
         if let Some(rest) = s.strip_prefix("oci:") {
-            if rest.is_empty() {
-                bail!("{s:?}: an OCI layout location needs a directory (oci:DIR[:TAG])");
-            }
-            // The last `:` starts a tag when what follows has no `/`.
-            if let Some((dir, tag)) = rest.rsplit_once(':') {
-                if !tag.contains('/') && !dir.is_empty() {
-                    return Ok(Location::Layout {
-                        path: PathBuf::from(dir),
-                        tag: (!tag.is_empty()).then(|| tag.to_string()),
-                    });
-                }
-            }
+            return Self::layout_form(s, rest);
+        }
+        if s.starts_with("docker-archive:") {
+            bail!("{s:?}: docker-archive is not read by this command; {FORMS}");
+        }
+        if looks_like_path(s) {
             return Ok(Location::Layout {
-                path: PathBuf::from(rest),
+                path: expand_home(s),
                 tag: None,
             });
         }
+        let explicit = ["docker://", "http://", "https://"]
+            .iter()
+            .any(|p| s.starts_with(p));
+        if !explicit {
+            if is_layout_dir(&base.join(s)) {
+                return Ok(Location::Layout {
+                    path: PathBuf::from(s),
+                    tag: None,
+                });
+            }
+            if base.join(s).exists() {
+                bail!(
+                    "{s:?} is ambiguous: there is a file or directory of that name, but it \
+                     is not an OCI layout (no oci-layout file); {FORMS}"
+                );
+            }
+        }
+        Self::registry_form(s)
+    }
+
+    /// Parses where a layout is: `oci:DIR[:TAG]`, or any other text as a directory.
+    /// A registry written as such (`docker://`, `http://`, `https://`) is refused.
+    pub fn layout(s: &str) -> anyhow::Result<(PathBuf, Option<String>)> {
+        if let Some(rest) = s.strip_prefix("oci:") {
+            if let Location::Layout { path, tag } = Self::layout_form(s, rest)? {
+                return Ok((path, tag));
+            }
+        }
+        if ["docker://", "http://", "https://", "docker-archive:"]
+            .iter()
+            .any(|p| s.starts_with(p))
+        {
+            bail!("{s:?}: expected an OCI layout here, not a registry image; {FORMS}");
+        }
+        Ok((expand_home(s), None))
+    }
+
+    fn layout_form(s: &str, rest: &str) -> anyhow::Result<Location> {
+        if rest.is_empty() {
+            bail!("{s:?}: an OCI layout location needs a directory (oci:DIR[:TAG])");
+        }
+        // The last `:` starts a tag when what follows has no `/`.
+        if let Some((dir, tag)) = rest.rsplit_once(':') {
+            if !tag.contains('/') && !dir.is_empty() {
+                return Ok(Location::Layout {
+                    path: expand_home(dir),
+                    tag: (!tag.is_empty()).then(|| tag.to_string()),
+                });
+            }
+        }
+        Ok(Location::Layout {
+            path: expand_home(rest),
+            tag: None,
+        })
+    }
+
+    fn registry_form(s: &str) -> anyhow::Result<Location> {
         let (plain_http, rest) = match s.strip_prefix("http://") {
             Some(r) => (true, r),
-            None => (false, s.strip_prefix("https://").unwrap_or(s)),
+            None => (
+                false,
+                s.strip_prefix("https://")
+                    .or_else(|| s.strip_prefix("docker://"))
+                    .unwrap_or(s),
+            ),
         };
-        let reference: Reference = rest
-            .parse()
-            .with_context(|| format!("{s:?} is neither oci:DIR[:TAG] nor an image reference"))?;
+        let reference: Reference = rest.parse().with_context(|| {
+            format!("{s:?} is neither an OCI layout nor an image reference; {FORMS}")
+        })?;
         Ok(Location::Registry {
             reference,
             plain_http,
         })
     }
 
-    /// Parses a reference (a registry location only).
+    /// Parses a registry image (where only a registry makes sense); a layout is refused.
     pub fn reference(s: &str) -> anyhow::Result<(Reference, bool)> {
-        match Location::parse(s)? {
+        if s.starts_with("oci:") || looks_like_path(s) {
+            bail!("{s:?}: expected a registry image here, not an OCI layout; {FORMS}");
+        }
+        match Self::registry_form(s)? {
             Location::Registry {
                 reference,
                 plain_http,
             } => Ok((reference, plain_http)),
             Location::Layout { .. } => bail!("{s:?}: expected an image reference, not a layout"),
         }
+    }
+}
+
+/// `~/x` with the home directory; anything else as it is.
+fn expand_home(s: &str) -> PathBuf {
+    match (s.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(s),
     }
 }
 
@@ -265,5 +367,95 @@ mod tests {
         }
         assert!(Location::parse("oci:").is_err());
         assert!(Location::parse("UPPER/Case").is_err());
+    }
+
+    fn layout_of(s: &str) -> (PathBuf, Option<String>) {
+        match Location::parse(s).unwrap() {
+            Location::Layout { path, tag } => (path, tag),
+            other => panic!("{s}: {other:?}"),
+        }
+    }
+
+    fn registry_of(s: &str) -> (String, bool) {
+        match Location::parse(s).unwrap() {
+            Location::Registry {
+                reference,
+                plain_http,
+            } => (reference.to_string(), plain_http),
+            other => panic!("{s}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_form_of_an_image_argument() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("v1");
+        std::fs::create_dir(&layout).unwrap();
+        std::fs::write(layout.join("oci-layout"), "{}").unwrap();
+        let plain = dir.path().join("notes");
+        std::fs::create_dir(&plain).unwrap();
+        // Paths, however written, are layouts.
+        assert_eq!(layout_of("./v1").0, PathBuf::from("./v1"));
+        assert_eq!(layout_of("../v1").0, PathBuf::from("../v1"));
+        assert_eq!(layout_of(".").0, PathBuf::from("."));
+        let abs = layout.to_str().unwrap();
+        assert_eq!(layout_of(abs).0, layout);
+        assert_eq!(
+            layout_of(&format!("oci:{abs}:v2")),
+            (layout.clone(), Some("v2".into()))
+        );
+        // A bare name that is a layout directory is a layout (relative to the cwd).
+        let bare = Location::parse_at("v1", dir.path());
+        let ambiguous = Location::parse_at("notes", dir.path());
+        let reference = Location::parse_at("busybox:1", dir.path());
+        assert!(matches!(bare.unwrap(), Location::Layout { .. }));
+        let e = ambiguous.unwrap_err().to_string();
+        assert!(e.contains("ambiguous") && e.contains("oci:DIR"), "{e}");
+        assert!(matches!(reference.unwrap(), Location::Registry { .. }));
+        // Registry forms.
+        assert_eq!(
+            registry_of("docker://ghcr.io/studio/game:v1"),
+            ("ghcr.io/studio/game:v1".into(), false)
+        );
+        assert_eq!(
+            registry_of("http://127.0.0.1:5000/game:v1"),
+            ("127.0.0.1:5000/game:v1".into(), true)
+        );
+        assert_eq!(
+            registry_of("https://127.0.0.1:5000/game:v1"),
+            ("127.0.0.1:5000/game:v1".into(), false)
+        );
+        assert_eq!(
+            registry_of("127.0.0.1:5000/game:v1"),
+            ("127.0.0.1:5000/game:v1".into(), false)
+        );
+        // Refused, naming the forms.
+        for bad in ["docker-archive:game.tar", "Not A Ref", "oci:"] {
+            let e = Location::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+        let e = Location::parse("docker-archive:game.tar")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("oci:DIR") && e.contains("docker://"), "{e}");
+        // Where only one kind makes sense.
+        assert!(Location::reference("./v1").is_err());
+        assert!(Location::reference("oci:v1").is_err());
+        assert_eq!(
+            Location::reference("docker://h:1/r:t")
+                .unwrap()
+                .0
+                .to_string(),
+            "h:1/r:t"
+        );
+        assert_eq!(
+            Location::layout("Copy_Of_Image").unwrap().0,
+            PathBuf::from("Copy_Of_Image")
+        );
+        assert_eq!(
+            Location::layout("oci:out:v3").unwrap(),
+            (PathBuf::from("out"), Some("v3".into()))
+        );
+        assert!(Location::layout("docker://h/r:t").is_err());
     }
 }
