@@ -34,7 +34,7 @@ use crate::upstream::{UpstreamSpec, Upstreams};
 /// Longest single range request (missing chunks are coalesced up to this).
 pub const MAX_RANGE: u64 = 8 << 20;
 /// Largest chunk index accepted.
-const MAX_INDEX_BYTES: usize = 64 << 20;
+const MAX_INDEX_BYTES: usize = gantry_layer::MAX_INDEX_BLOB_BYTES as usize;
 
 /// One fetch job: which upstream, repository and credentials.
 pub struct Fetcher<'a> {

@@ -28,7 +28,7 @@ use crate::pull::{host_arch, resolve_image};
 use crate::registry::RegistryClient;
 
 /// Largest chunk index blob read.
-const MAX_INDEX_BYTES: u64 = 64 << 20;
+const MAX_INDEX_BYTES: u64 = gantry_layer::MAX_INDEX_BLOB_BYTES;
 /// Archives up to this size are held in memory while their entries are read; larger ones
 /// spill to a temporary file.
 const SPOOL_IN_MEMORY: usize = 64 << 20;

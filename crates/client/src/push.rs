@@ -25,7 +25,7 @@ use crate::registry::{
 };
 
 /// Largest chunk index read while planning a delta push.
-const MAX_INDEX_BYTES: u64 = 64 << 20;
+const MAX_INDEX_BYTES: u64 = gantry_layer::MAX_INDEX_BLOB_BYTES;
 
 /// Options of a push.
 #[derive(Debug, Clone)]

@@ -3,6 +3,11 @@ use gantry_oci::{media_types, Digest};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
+/// Largest chunk-index blob (gzipped JSON) any reader accepts: the registry, the agent,
+/// the snapshotter and the client use this one limit, so an index one of them takes is
+/// not refused by another.
+pub const MAX_INDEX_BLOB_BYTES: u64 = 64 << 20;
+
 /// Content-defined chunking parameters (FastCDC 2020, normalization level 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkerParams {

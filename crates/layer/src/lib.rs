@@ -17,7 +17,9 @@ mod tar_stream;
 pub use compress::{gunzip_all, GzipChunkCompressor, DEFAULT_GZIP_LEVEL, DEFLATE_IMPLEMENTATION};
 pub use entry::{EntryKind, FileData, ImagePath, LayerEntry};
 pub use error::LayerError;
-pub use index::{ChunkIndex, ChunkRecord, ChunkerParams, CompressionParams, IndexedChunk};
+pub use index::{
+    ChunkIndex, ChunkRecord, ChunkerParams, CompressionParams, IndexedChunk, MAX_INDEX_BLOB_BYTES,
+};
 pub use pipeline::{
     write_layer, CachedMember, ChunkReuse, KnownChunk, LayerOptions, NoReuse, WrittenChunk,
     WrittenLayer,

@@ -31,7 +31,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::storage::{Storage, StorageError};
 
 /// Largest chunk index read.
-const MAX_INDEX_BYTES: u64 = 64 << 20;
+const MAX_INDEX_BYTES: u64 = gantry_layer::MAX_INDEX_BLOB_BYTES;
 /// Bytes hashed per step on the blocking pool.
 const STEP: usize = 8 << 20;
 /// Index checks running at once.

@@ -174,12 +174,19 @@ impl GantryFastPath {
     }
 
     /// GETs `digest` (a manifest or a blob) through the agent and checks it hashes to it.
-    async fn verified(&self, src: &Source, what: &str, digest: &Digest) -> Result<Bytes> {
+    /// At most `limit` bytes.
+    async fn verified(
+        &self,
+        src: &Source,
+        what: &str,
+        digest: &Digest,
+        limit: usize,
+    ) -> Result<Bytes> {
         let url = format!(
             "{}/v2/{}/{what}/{digest}?ns={}",
             self.agent, src.repository, src.registry
         );
-        let body = self.get(&url, Some(MAX_DOCUMENT)).await?;
+        let body = self.get(&url, Some(limit)).await?;
         if Digest::of(&body) != *digest {
             return Err(Error::FastPath(format!("{url} does not hash to {digest}")));
         }
@@ -197,14 +204,18 @@ impl GantryFastPath {
         {
             return Ok(d);
         }
-        let manifest = self.verified(src, "manifests", &src.manifest).await?;
+        let manifest = self
+            .verified(src, "manifests", &src.manifest, MAX_DOCUMENT)
+            .await?;
         let m: serde_json::Value = serde_json::from_slice(&manifest)
             .map_err(|e| Error::FastPath(format!("manifest {}: {e}", src.manifest)))?;
         let config_digest: Digest = m["config"]["digest"]
             .as_str()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| Error::FastPath(format!("manifest {} names no config", src.manifest)))?;
-        let config = self.verified(src, "blobs", &config_digest).await?;
+        let config = self
+            .verified(src, "blobs", &config_digest, MAX_DOCUMENT)
+            .await?;
         let c: serde_json::Value = serde_json::from_slice(&config)
             .map_err(|e| Error::FastPath(format!("config {config_digest}: {e}")))?;
         let docs = Arc::new(ImageDocs {
@@ -253,7 +264,14 @@ impl GantryFastPath {
         let diff_id: Digest = docs.diff_ids.get(pos).copied().flatten().ok_or_else(|| {
             Error::FastPath(format!("config {config_digest} has no diff_id {pos}"))
         })?;
-        let blob = self.verified(src, "blobs", &index_digest).await?;
+        let blob = self
+            .verified(
+                src,
+                "blobs",
+                &index_digest,
+                gantry_layer::MAX_INDEX_BLOB_BYTES as usize,
+            )
+            .await?;
         let index = ChunkIndex::from_blob(&blob)
             .map_err(|e| Error::FastPath(format!("chunk index {index_digest}: {e}")))?;
         let size = desc["size"].as_u64();
