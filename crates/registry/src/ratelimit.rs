@@ -32,97 +32,38 @@ struct Bucket {
     last: Instant,
 }
 
-/// A token bucket per client IP: `burst` requests at once, refilled at `rate` per second.
+/// A token bucket per client IP, `burst` tokens each, refilled at `rate` a second; the
+/// core of [`RateLimiter`] and [`EgressLimiter`].
 #[derive(Debug)]
-pub struct RateLimiter {
+struct Buckets {
     rate: f64,
     burst: f64,
     state: Mutex<(HashMap<IpAddr, Bucket>, Option<Instant>)>,
 }
 
-impl RateLimiter {
-    /// A limiter of `requests_per_second` with bursts of `burst` (0: one second's worth);
-    /// `None` when `requests_per_second` is 0 (no limit).
-    pub fn new(requests_per_second: u32, burst: u32) -> Option<RateLimiter> {
-        if requests_per_second == 0 {
+impl Buckets {
+    /// `None` when `rate` is 0 (no limit); a `burst` of 0 is one second's worth.
+    fn new(rate: u64, burst: u64) -> Option<Buckets> {
+        if rate == 0 {
             return None;
         }
-        let burst = if burst == 0 {
-            requests_per_second
-        } else {
-            burst
-        };
-        Some(RateLimiter {
-            rate: f64::from(requests_per_second),
-            burst: f64::from(burst),
-            state: Mutex::new((HashMap::new(), None)),
-        })
-    }
-
-    /// Takes a token for a request from `ip` at `now`; when there is none, how long until
-    /// there is.
-    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (buckets, last_prune) = &mut *guard;
-        if buckets.len() > PRUNE_ABOVE
-            && last_prune.is_none_or(|t| now.saturating_duration_since(t) >= PRUNE_EVERY)
-        {
-            // A bucket that has refilled completely is the same as no bucket.
-            let full_after = Duration::from_secs_f64(self.burst / self.rate);
-            buckets.retain(|_, b| now.saturating_duration_since(b.last) < full_after);
-            *last_prune = Some(now);
-        }
-        let bucket = buckets.entry(ip).or_insert(Bucket {
-            tokens: self.burst,
-            last: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
-        bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
-        }
-    }
-}
-
-/// A byte budget per client IP: `burst` bytes at once, refilled at `rate` bytes per second.
-/// A client may run into debt (a body frame is sent whole); its next frames wait until
-/// the debt is paid, so every stream of one client together gets at most `rate`.
-#[derive(Debug)]
-pub struct EgressLimiter {
-    rate: f64,
-    burst: f64,
-    state: Mutex<(HashMap<IpAddr, Bucket>, Option<Instant>)>,
-}
-
-impl EgressLimiter {
-    /// A limiter of `bytes_per_second` with bursts of `burst` bytes (0: one second's
-    /// worth); `None` when `bytes_per_second` is 0 (no limit).
-    pub fn new(bytes_per_second: u64, burst: u64) -> Option<EgressLimiter> {
-        if bytes_per_second == 0 {
-            return None;
-        }
-        let burst = if burst == 0 { bytes_per_second } else { burst };
-        Some(EgressLimiter {
-            rate: bytes_per_second as f64,
+        let burst = if burst == 0 { rate } else { burst };
+        Some(Buckets {
+            rate: rate as f64,
             burst: burst as f64,
             state: Mutex::new((HashMap::new(), None)),
         })
     }
 
-    /// Charges `bytes` about to be sent to `ip` at `now`; how long to wait before sending
-    /// them (zero while the client is within its budget).
-    pub fn charge(&self, ip: IpAddr, bytes: u64, now: Instant) -> Duration {
+    /// Runs `f` on `ip`'s tokens, refilled up to `now` (a bucket may be in debt: below 0).
+    fn with_tokens<R>(&self, ip: IpAddr, now: Instant, f: impl FnOnce(&mut f64) -> R) -> R {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (buckets, last_prune) = &mut *guard;
         if buckets.len() > PRUNE_ABOVE
             && last_prune.is_none_or(|t| now.saturating_duration_since(t) >= PRUNE_EVERY)
         {
-            // A bucket that has refilled completely is the same as no bucket; one in debt
-            // is refilled at most after the debt plus a full burst.
+            // A bucket that has refilled completely is the same as no bucket; one in
+            // debt is full only after the debt and a whole burst are refilled.
             let (rate, burst) = (self.rate, self.burst);
             buckets.retain(|_, b| {
                 let full_after = (burst - b.tokens) / rate;
@@ -137,12 +78,66 @@ impl EgressLimiter {
         let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
         bucket.last = now;
-        bucket.tokens -= bytes as f64;
-        if bucket.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-bucket.tokens / self.rate)
-        }
+        f(&mut bucket.tokens)
+    }
+}
+
+/// A token bucket per client IP: `burst` requests at once, refilled at `rate` per second.
+#[derive(Debug)]
+pub struct RateLimiter {
+    buckets: Buckets,
+}
+
+impl RateLimiter {
+    /// A limiter of `requests_per_second` with bursts of `burst` (0: one second's worth);
+    /// `None` when `requests_per_second` is 0 (no limit).
+    pub fn new(requests_per_second: u32, burst: u32) -> Option<RateLimiter> {
+        Buckets::new(u64::from(requests_per_second), u64::from(burst))
+            .map(|buckets| RateLimiter { buckets })
+    }
+
+    /// Takes a token for a request from `ip` at `now`; when there is none, how long until
+    /// there is.
+    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let rate = self.buckets.rate;
+        self.buckets.with_tokens(ip, now, |tokens| {
+            if *tokens >= 1.0 {
+                *tokens -= 1.0;
+                Ok(())
+            } else {
+                Err(Duration::from_secs_f64((1.0 - *tokens) / rate))
+            }
+        })
+    }
+}
+
+/// A byte budget per client IP: `burst` bytes at once, refilled at `rate` bytes per second.
+/// A client may run into debt (a body frame is sent whole); its next frames wait until
+/// the debt is paid, so every stream of one client together gets at most `rate`.
+#[derive(Debug)]
+pub struct EgressLimiter {
+    buckets: Buckets,
+}
+
+impl EgressLimiter {
+    /// A limiter of `bytes_per_second` with bursts of `burst` bytes (0: one second's
+    /// worth); `None` when `bytes_per_second` is 0 (no limit).
+    pub fn new(bytes_per_second: u64, burst: u64) -> Option<EgressLimiter> {
+        Buckets::new(bytes_per_second, burst).map(|buckets| EgressLimiter { buckets })
+    }
+
+    /// Charges `bytes` about to be sent to `ip` at `now`; how long to wait before sending
+    /// them (zero while the client is within its budget).
+    pub fn charge(&self, ip: IpAddr, bytes: u64, now: Instant) -> Duration {
+        let rate = self.buckets.rate;
+        self.buckets.with_tokens(ip, now, |tokens| {
+            *tokens -= bytes as f64;
+            if *tokens >= 0.0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(-*tokens / rate)
+            }
+        })
     }
 }
 
@@ -294,7 +289,7 @@ mod tests {
         }
         let later = t0 + PRUNE_EVERY + Duration::from_secs(1);
         l.charge(ip(9), 1, later);
-        let map = &l.state.lock().unwrap().0;
+        let map = &l.buckets.state.lock().unwrap().0;
         assert!(map.len() < 10, "{} buckets kept", map.len());
         assert!(map.contains_key(&ip(0)), "a client in debt was forgotten");
     }
@@ -338,7 +333,7 @@ mod tests {
         }
         // The first prune (at t0) found nothing idle; the next may run 10 s later.
         l.check(ip(1), t0 + PRUNE_EVERY).unwrap();
-        assert!(l.state.lock().unwrap().0.len() <= 2);
+        assert!(l.buckets.state.lock().unwrap().0.len() <= 2);
     }
 
     /// A login from `ip` at `t` that fails.

@@ -1455,15 +1455,7 @@ async fn authorizer_hook_guards_every_route() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let text = reg
-        .client
-        .get(reg.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = reg.metrics_text().await;
     assert!(
         text.contains(
             "gantry_registry_bytes_sent_total{repository=\"private/x\",client=\"alice\"} 12"
@@ -1497,15 +1489,7 @@ async fn stale_upload_sessions_are_purged() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let r = reg.client.get(reg.url(&fresh)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let text = reg
-        .client
-        .get(reg.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = reg.metrics_text().await;
     assert!(
         text.contains("gantry_registry_uploads_purged_total 1"),
         "{text}"

@@ -79,15 +79,7 @@ fn header(r: &reqwest::Response, name: &str) -> String {
 
 /// The value of a metric line starting with `prefix` (0 when absent).
 async fn metric(reg: &TestRegistry, prefix: &str) -> u64 {
-    let text = reg
-        .client
-        .get(reg.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = reg.metrics_text().await;
     text.lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())

@@ -115,15 +115,7 @@ async fn deletes_unreferenced_blobs_and_keeps_referenced_and_recent_ones() {
         status(&reg, "GET", &format!("/v2/g/a/blobs/{orphan}")).await,
         StatusCode::OK
     );
-    let text = reg
-        .client
-        .get(reg.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = reg.metrics_text().await;
     assert!(text.contains("gantry_registry_gc_runs_total 1"), "{text}");
     assert!(
         text.contains("gantry_registry_gc_blobs_deleted_total 4"),

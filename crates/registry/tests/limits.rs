@@ -63,15 +63,7 @@ async fn over_the_rate_a_client_gets_429_with_retry_after() {
         "allowed again after Retry-After"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let text = reg
-        .client
-        .get(reg.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = reg.metrics_text().await;
     assert!(
         text.contains("gantry_registry_rate_limited_total{reason=\"requests\"} 2"),
         "{text}"
@@ -139,15 +131,7 @@ async fn downloads_of_one_client_are_paced_together_and_others_keep_their_own_bu
         "client B took {:?}: it was charged for client A's downloads",
         other.1
     );
-    let text = reg
-        .client
-        .get(reg.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = reg.metrics_text().await;
     let paced: f64 = text
         .lines()
         .find_map(|l| l.strip_prefix("gantry_registry_egress_paced_seconds_total "))

@@ -136,6 +136,25 @@ pub(crate) fn server_client(
     connection.client(host.trim_end_matches('/'), plain_http)
 }
 
+/// GETs `url` of a `gantry serve` (asking for `scopes` when it wants a token) and parses
+/// the JSON answer; `what` names it in errors.
+pub(crate) fn get_json(
+    client: &gantry_client::RegistryClient,
+    scopes: &[String],
+    url: &str,
+    what: &str,
+) -> anyhow::Result<Value> {
+    runtime()?.block_on(async {
+        let resp = client.send(scopes, reqwest::Method::GET, url, &Ok).await?;
+        let resp = client.check(resp, what).await?;
+        let text = resp
+            .text()
+            .await
+            .with_context(|| format!("reading {url}"))?;
+        serde_json::from_str::<Value>(&text).with_context(|| format!("{url}: not JSON"))
+    })
+}
+
 fn status(args: StatusArgs) -> anyhow::Result<()> {
     let registry = args
         .registry
@@ -150,17 +169,7 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
         scopes.push(gantry_client::auth::repository_scope(repo, &["pull"]));
         url.push_str(&format!("?image={image}"));
     }
-    let view: Value = runtime()?.block_on(async {
-        let resp = client
-            .send(&scopes, reqwest::Method::GET, &url, &Ok)
-            .await?;
-        let resp = client.check(resp, "the fleet view").await?;
-        let text = resp
-            .text()
-            .await
-            .with_context(|| format!("reading {url}"))?;
-        serde_json::from_str::<Value>(&text).with_context(|| format!("{url}: not JSON"))
-    })?;
+    let view = get_json(&client, &scopes, &url, "the fleet view")?;
     if args.json {
         super::print_json(&view)?;
     } else {

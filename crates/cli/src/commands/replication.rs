@@ -1,12 +1,12 @@
 //! `gantry replication status`: what a `gantry serve` has copied to the registries of its
 //! `[[replication]]` config, read from its `/gantry/v1/replication`.
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use super::fleet::server_client;
-use super::transfer::{runtime, RegistryArgs};
+use super::fleet::{get_json, server_client};
+use super::transfer::RegistryArgs;
 
 /// Arguments of `gantry replication`.
 #[derive(Args)]
@@ -51,15 +51,7 @@ pub fn run(args: ReplicationArgs) -> anyhow::Result<()> {
 fn status(args: StatusArgs) -> anyhow::Result<()> {
     let client = server_client(&args.registry, &args.connection)?;
     let url = format!("{}/gantry/v1/replication", client.base_url());
-    let view: Value = runtime()?.block_on(async {
-        let resp = client.send(&[], reqwest::Method::GET, &url, &Ok).await?;
-        let resp = client.check(resp, "the replication status").await?;
-        let text = resp
-            .text()
-            .await
-            .with_context(|| format!("reading {url}"))?;
-        serde_json::from_str::<Value>(&text).with_context(|| format!("{url}: not JSON"))
-    })?;
+    let view = get_json(&client, &[], &url, "the replication status")?;
     let targets = view["targets"].as_array().cloned().unwrap_or_default();
     if args.json {
         super::print_json(&view)?;

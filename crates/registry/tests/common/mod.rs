@@ -62,6 +62,18 @@ impl TestRegistry {
         format!("{}{path}", self.server.url())
     }
 
+    /// The `/metrics` page (OpenMetrics text).
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn host(&self) -> String {
         self.server.addr().to_string()
     }
