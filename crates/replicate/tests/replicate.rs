@@ -377,3 +377,84 @@ async fn a_remote_region_behind_a_limited_link_gets_the_update_for_about_its_siz
     stop(tasks);
     drop(remote);
 }
+
+/// An image index: each platform's image (pushed by digest only, no tag of its own) is
+/// copied with its chunk index, then the index under its tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_index_is_copied_platform_by_platform() {
+    let images = tokio::task::spawn_blocking(|| sample_images(8_000_000, 1_000_000, None))
+        .await
+        .unwrap();
+    let remote = GantryServe::open().await;
+    let source = GantryServe::open().await;
+    let (src, dst) = (source.host(), remote.host());
+    let client = registry_client(&src, None);
+    let mut children = Vec::new();
+    for (layout, arch) in [(&images.v1, "amd64"), (&images.v2, "arm64")] {
+        let digest = gantry_client::OciLayout::open(layout)
+            .unwrap()
+            .resolve_for_host(None)
+            .unwrap()
+            .digest;
+        let report = push_layout_to(&client, layout, &format!("{src}/studio/multi@{digest}")).await;
+        assert_eq!(report.manifest_digest, digest);
+        let size = registry_client(&src, None)
+            .get_manifest("studio/multi", &digest.to_string())
+            .await
+            .unwrap()
+            .bytes
+            .len();
+        children.push(serde_json::json!({
+            "mediaType": gantry_oci::media_types::OCI_MANIFEST,
+            "digest": digest.to_string(),
+            "size": size,
+            "platform": {"os": "linux", "architecture": arch},
+        }));
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": gantry_oci::media_types::OCI_INDEX,
+        "manifests": children,
+    }))
+    .unwrap();
+    client
+        .put_manifest(
+            "studio/multi",
+            "multi",
+            gantry_oci::media_types::OCI_INDEX,
+            index.clone().into(),
+        )
+        .await
+        .unwrap();
+    let registry = source.server.registry().clone();
+    let tasks = gantry_replicate::start(registry.clone(), &[replication_to(&dst)]).unwrap();
+    wait_for_tag(
+        &dst,
+        "studio/multi",
+        "multi",
+        Digest::of(&index),
+        Duration::from_secs(60),
+    )
+    .await;
+    let there = registry_client(&dst, None);
+    for child in &children {
+        let digest: Digest = child["digest"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            there
+                .head_manifest("studio/multi", &digest.to_string())
+                .await
+                .unwrap(),
+            Some(digest)
+        );
+        let referrers = there
+            .referrers(
+                "studio/multi",
+                &digest,
+                Some(gantry_oci::media_types::CHUNK_INDEX_ARTIFACT),
+            )
+            .await
+            .unwrap();
+        assert_eq!(referrers.len(), 1, "the chunk index of {digest}");
+    }
+    stop(tasks);
+}
