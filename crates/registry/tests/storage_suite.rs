@@ -40,10 +40,25 @@ impl Backend {
     }
 
     /// Opens the store. A filesystem store must be closed (dropped) before it is opened
-    /// again; S3 stores may be open several times at once.
+    /// again; S3 stores may be open several times at once. A background task of the
+    /// store just dropped (a chunk-index check, say) may hold it a moment longer: a
+    /// locked filesystem store is tried again for up to 10 s.
     async fn open(&self) -> Arc<dyn Storage> {
         match self {
-            Backend::Fs(dir) => Arc::new(FsStorage::open(dir.path()).unwrap()),
+            Backend::Fs(dir) => {
+                let start = std::time::Instant::now();
+                loop {
+                    match FsStorage::open(dir.path()) {
+                        Ok(s) => break Arc::new(s),
+                        Err(StorageError::Locked(_))
+                            if start.elapsed() < Duration::from_secs(10) =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("opening {}: {e}", dir.path().display()),
+                    }
+                }
+            }
             Backend::S3(_, config) => Arc::new(S3Storage::connect(config).await.unwrap()),
         }
     }
