@@ -217,13 +217,8 @@ async fn run(registry: Arc<Registry>, remote: Remote, mut pushes: Receiver<PushE
         publish_pending(&registry, &remote, &queue);
         let Some((repository, tag)) = queue.front() else {
             tokio::select! {
-                ev = pushes.recv() => match ev {
-                    Ok(ev) => enqueue(&registry, &remote, &mut queue, &ev),
-                    Err(RecvError::Lagged(n)) => {
-                        read_pushes(&registry, &remote, n);
-                        next_scan = Instant::now();
-                    }
-                    Err(RecvError::Closed) => return,
+                ev = pushes.recv() => if !take(&registry, &remote, &mut queue, ev, &mut next_scan) {
+                    return;
                 },
                 _ = tokio::time::sleep_until(next_scan) => {}
             }
@@ -253,13 +248,8 @@ async fn run(registry: Arc<Registry>, remote: Remote, mut pushes: Receiver<PushE
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 loop {
                     tokio::select! {
-                        ev = pushes.recv() => match ev {
-                            Ok(ev) => enqueue(&registry, &remote, &mut queue, &ev),
-                            Err(RecvError::Lagged(n)) => {
-                        read_pushes(&registry, &remote, n);
-                        next_scan = Instant::now();
-                    }
-                            Err(RecvError::Closed) => return,
+                        ev = pushes.recv() => if !take(&registry, &remote, &mut queue, ev, &mut next_scan) {
+                            return;
                         },
                         _ = tokio::time::sleep_until(until) => break,
                     }
@@ -267,6 +257,26 @@ async fn run(registry: Arc<Registry>, remote: Remote, mut pushes: Receiver<PushE
             }
         }
     }
+}
+
+/// Takes what `recv` gave: a push is queued, a lag means comparing every tag now.
+/// `false` when the registry is gone.
+fn take(
+    registry: &Registry,
+    remote: &Remote,
+    queue: &mut Queue,
+    ev: Result<PushEvent, RecvError>,
+    next_scan: &mut Instant,
+) -> bool {
+    match ev {
+        Ok(ev) => enqueue(registry, remote, queue, &ev),
+        Err(RecvError::Lagged(n)) => {
+            read_pushes(registry, remote, n);
+            *next_scan = Instant::now();
+        }
+        Err(RecvError::Closed) => return false,
+    }
+    true
 }
 
 /// Takes a push read from the channel: queued if it matches, counted as read either way.
